@@ -1,0 +1,68 @@
+"""Measurement helpers shared by the benchmark families (``python benchmark.py <family>``).
+
+Every figure a family prints comes from two things measured side by side in the same process, alternating runs so
+that slow drift of the machine hits both equally; ratios are what the targets are stated in.
+"""
+import time
+from typing import Callable, Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ['count_params', 'count_flops', 'interleaved_throughput', 'print_table']
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(fn: Callable[[], object]) -> int:
+    """Forward FLOPs of one call of ``fn`` as counted by ``torch.utils.flop_counter``."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def interleaved_throughput(fns: Dict[str, Callable[[], object]], items_per_call: int, warmup: int = 2,
+                           rounds: int = 5, min_seconds: float = 0.5) -> Dict[str, float]:
+    """Items per second of each callable, measured in alternating rounds; the best round of each is kept.
+
+    Args:
+        fns: Name -> zero-argument callable doing one unit of work (a forward, a train step).
+        items_per_call: Items (images) processed by one call, the same for every callable.
+        warmup: Untimed calls of each callable first.
+        rounds: Alternating timed rounds; each round calls every callable for at least ``min_seconds``.
+        min_seconds: Minimum duration of one timed round of one callable.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: 0.0 for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            calls, start = 0, time.perf_counter()
+            while True:
+                fn()
+                calls += 1
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_seconds:
+                    break
+            best[name] = max(best[name], calls * items_per_call / elapsed)
+    return best
+
+
+def print_table(rows: List[Dict[str, object]], columns: Sequence[str]) -> None:
+    """Print rows as a Markdown table with the given column order."""
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f'{v:.3f}' if abs(v) < 100 else f'{v:,.1f}'
+        if isinstance(v, int):
+            return f'{v:,}'
+        return str(v)
+    print('| ' + ' | '.join(columns) + ' |')
+    print('|' + '|'.join('---' for _ in columns) + '|')
+    for row in rows:
+        print('| ' + ' | '.join(fmt(row.get(c, '')) for c in columns) + ' |')

@@ -1,0 +1,9 @@
+"""timm_mimo: multi-input multi-output ensembles (MixMo, MixViT, ...) as first-class timm models.
+
+``import timm_mimo`` registers every model in timm's registry, so ``timm.create_model('cut_mixmo_wrn28_10')`` works.
+"""
+from timm_mimo.mixing import MASK_KINDS, Mixer, MixPlan
+
+__version__ = '0.1.0'
+from timm_mimo import models  # noqa: E402,F401  (registers the models with timm)
+from timm_mimo.loss import MimoLoss, mixing_loss_weights  # noqa: E402

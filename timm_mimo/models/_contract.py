@@ -1,0 +1,72 @@
+"""The one contract every MIMO model obeys (DESIGN.md, "The one contract").
+
+``model(x)`` with ``x: (B, C, H, W)`` returns the ``(B, K)`` ensemble logits (mean over members),
+``model.forward_members(x)`` returns ``(B, M, K)``, and ``model(xs, plan)`` with ``xs: (B, M, C, H, W)`` and a
+:class:`~timm_mimo.mixing.MixPlan` returns ``(B, M, K)``. A model class mixes in :class:`MimoContract` and
+implements ``forward_members`` and ``forward_mixed``; the checks on shapes live here, once.
+"""
+from typing import Optional, Tuple
+
+import torch
+
+from timm_mimo.mixing import MixPlan
+
+__all__ = ['MimoContract', 'check_image_batch', 'check_multi_input']
+
+
+def check_image_batch(x: torch.Tensor) -> None:
+    """Refuse anything but a ``(B, C, H, W)`` image batch."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f'expected an image batch of shape (B, C, H, W), got {shape}; '
+            'multi-input batches of shape (B, M, C, H, W) need a MixPlan: model(xs, plan)')
+
+
+def check_multi_input(xs: torch.Tensor, plan: MixPlan, num_members: int, grid: Tuple[int, int]) -> None:
+    """Refuse a multi-input batch or plan that does not match the model.
+
+    Args:
+        xs: Inputs, expected ``(B, M, C, H, W)``.
+        plan: The mixing plan for this batch.
+        num_members: The model's M.
+        grid: The spatial grid the model mixes on for this input size (``model.mix_grid``).
+    """
+    if not isinstance(plan, MixPlan):
+        raise ValueError(f'expected a MixPlan as second argument, got {type(plan).__name__}')
+    if not isinstance(xs, torch.Tensor) or xs.ndim != 5:
+        shape = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
+        raise ValueError(f'expected multi-input batch of shape (B, M={num_members}, C, H, W), got {shape}')
+    if xs.shape[1] != num_members:
+        raise ValueError(
+            f'expected multi-input batch of shape (B, M={num_members}, C, H, W), got {tuple(xs.shape)} '
+            f'({xs.shape[1]} members for a {num_members}-member model)')
+    plan.check(batch_size=xs.shape[0], num_members=num_members, grid=grid)
+
+
+class MimoContract:
+    """Mixin giving a MIMO model the DESIGN.md call contract and its input checks.
+
+    Subclasses set ``num_members`` and implement ``mix_grid``, ``forward_members`` and ``forward_mixed``.
+    """
+    num_members: int
+
+    def mix_grid(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
+        """The spatial grid (H, W) on which mixing masks live for inputs of ``img_size``."""
+        raise NotImplementedError
+
+    def forward_members(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's logits on the same image batch: ``(B, C, H, W)`` -> ``(B, M, K)``."""
+        raise NotImplementedError
+
+    def forward_mixed(self, xs: torch.Tensor, plan: MixPlan) -> torch.Tensor:
+        """Training forward on checked inputs: ``(B, M, C, H, W)`` mixed as ``plan`` says -> ``(B, M, K)``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, plan: Optional[MixPlan] = None) -> torch.Tensor:
+        """``model(x)`` -> ``(B, K)`` ensemble logits; ``model(xs, plan)`` -> ``(B, M, K)`` member logits."""
+        if plan is None:
+            check_image_batch(x)
+            return self.forward_members(x).mean(dim=1)
+        check_multi_input(x, plan, self.num_members, self.mix_grid(tuple(x.shape[-2:])))
+        return self.forward_mixed(x, plan)

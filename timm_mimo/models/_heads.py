@@ -1,0 +1,61 @@
+"""M dense heads ``d_m`` in one module (DESIGN.md: "M copies of the classifier")."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['MemberHeads']
+
+
+class MemberHeads(nn.Module):
+    """M linear classifiers, one per member, stored as ``weight: (M, K, F)`` and ``bias: (M, K)``.
+
+    A ``(B, F)`` input (every member sees the same feature) runs as one ``F -> M·K`` matmul; a ``(B, M, F)`` input
+    (a feature per member: MixViT's class tokens, unmixed features) runs member-wise. Output is ``(B, M, K)``.
+    ``num_classes=0`` makes the heads the identity on features (timm's ``reset_classifier(0)``).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, num_members: int, bias: bool = True):
+        super().__init__()
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.num_members = num_members
+        self.weight = nn.Parameter(torch.empty(num_members, num_classes, in_features))
+        self.bias = nn.Parameter(torch.empty(num_members, num_classes)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each head initialised like a fresh ``nn.Linear``."""
+        for m in range(self.num_members):
+            linear = nn.Linear(self.in_features, self.num_classes, bias=self.bias is not None)
+            with torch.no_grad():
+                self.weight[m].copy_(linear.weight)
+                if self.bias is not None:
+                    self.bias[m].copy_(linear.bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, num_members: int) -> 'MemberHeads':
+        """M heads that each equal ``linear`` (a pretrained classifier copied into every member)."""
+        heads = cls(linear.in_features, linear.out_features, num_members, bias=linear.bias is not None)
+        with torch.no_grad():
+            heads.weight.copy_(linear.weight.detach().unsqueeze(0).expand_as(heads.weight))
+            if linear.bias is not None:
+                heads.bias.copy_(linear.bias.detach().unsqueeze(0).expand_as(heads.bias))
+        return heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_classes == 0:
+            return x.unsqueeze(1).expand(-1, self.num_members, -1) if x.ndim == 2 else x
+        if x.ndim == 2:
+            bias: Optional[torch.Tensor] = None if self.bias is None else self.bias.reshape(-1)
+            out = F.linear(x, self.weight.reshape(-1, self.in_features), bias)
+            return out.view(x.shape[0], self.num_members, self.num_classes)
+        if x.ndim == 3 and x.shape[1] == self.num_members:
+            out = torch.einsum('bmf,mkf->bmk', x, self.weight)
+            return out if self.bias is None else out + self.bias
+        raise ValueError(f'expected features of shape (B, {self.in_features}) or (B, M={self.num_members}, '
+                         f'{self.in_features}), got {tuple(x.shape)}')
+
+    def extra_repr(self) -> str:
+        return f'in_features={self.in_features}, num_classes={self.num_classes}, num_members={self.num_members}'
