@@ -2,8 +2,11 @@
 
 ``import timm_mimo`` registers every model in timm's registry, so ``timm.create_model('cut_mixmo_wrn28_10')`` works.
 """
+from timm_mimo import models  # registers the models with timm
+from timm_mimo.loss import MimoLoss, mixing_loss_weights
 from timm_mimo.mixing import MASK_KINDS, Mixer, MixPlan
+from timm_mimo.models import MemberHeads, MimoContract
 
 __version__ = '0.1.0'
-from timm_mimo import models  # noqa: E402,F401  (registers the models with timm)
-from timm_mimo.loss import MimoLoss, mixing_loss_weights  # noqa: E402
+__all__ = ['MASK_KINDS', 'MemberHeads', 'MimoContract', 'MimoLoss', 'MixPlan', 'Mixer', 'mixing_loss_weights',
+           'models']
