@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from timm_mimo.metrics import (
-    calibrated_nll, disagreement, ensemble_metrics, expected_calibration_error, fit_temperature, nll,
-    ratio_error_diversity, split_halves, topk_accuracy,
+    calibrated_nll,
+    disagreement,
+    ensemble_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    ratio_error_diversity,
+    split_halves,
+    topk_accuracy,
 )
 
 

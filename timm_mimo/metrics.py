@@ -100,7 +100,6 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, num_b
     confidence, prediction = probs.double().max(dim=-1)
     correct = (prediction == targets).double()
     bins = (confidence * num_bins).ceil().long().clamp(1, num_bins) - 1  # (lo, hi] bins; confidence 0 goes to bin 0
-    count = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(correct))
     conf_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, confidence)
     acc_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, correct)
     return 100.0 * ((acc_sum - conf_sum).abs().sum() / confidence.numel()).item()
