@@ -1,0 +1,134 @@
+"""The multi-input batch: batch repetition, DDP shards, pairing, input repetition, §1.7 pixel mixing."""
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+
+from timm_mimo.data import (
+    BatchRepeatSampler,
+    PixelMix,
+    apply_pixel_mix,
+    cifar_transform,
+    corrected_mix_ratio,
+    eval_transform,
+    pair_inputs,
+    soft_targets,
+)
+from timm_mimo.mixing import MixPlan
+
+
+def test_batch_repeat_sampler_repeats_each_index_b_times():
+    sampler = BatchRepeatSampler(num_samples=100, batch_size=8, batch_repeat=4, seed=3)
+    batches = list(sampler)
+    assert sampler.steps_per_epoch == len(batches) == 100 * 4 // 8  # |D|·b/bs steps
+    seen = []
+    for batch in batches:
+        counts = Counter(batch)
+        assert len(batch) == 8 and len(counts) == 2 and set(counts.values()) == {4}
+        seen += list(counts)
+    assert sorted(seen) == list(range(100))  # every index once per epoch, as one of bs/b unique per step
+
+
+def test_batch_repeat_sampler_epochs_differ_and_are_reproducible():
+    sampler = BatchRepeatSampler(num_samples=20, batch_size=4, batch_repeat=2, seed=0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+
+
+def test_ddp_shards_are_disjoint_and_cover_the_global_batch():
+    single = BatchRepeatSampler(num_samples=30, batch_size=12, batch_repeat=2, seed=5)
+    ranks = [BatchRepeatSampler(num_samples=30, batch_size=4, batch_repeat=2, world_size=3, rank=r, seed=5)
+             for r in range(3)]
+    accum = BatchRepeatSampler(num_samples=30, batch_size=4, batch_repeat=2, grad_accum_steps=3, seed=5)
+    accum_batches = list(accum)
+    for step, (global_batch, *shards) in enumerate(zip(single, *ranks)):
+        assert sum(shards, []) == global_batch  # shard r = positions [4r, 4r + 4) of the global batch
+        assert accum_batches[3 * step:3 * step + 3] == shards  # 1 process x 3 micro-batches == 3 ranks
+    assert len(ranks[0]) == single.steps_per_epoch == 30 * 2 // 12
+
+
+def test_sampler_refuses_a_global_batch_not_divisible_by_b():
+    with pytest.raises(ValueError, match='multiple of batch repeat'):
+        BatchRepeatSampler(num_samples=30, batch_size=5, batch_repeat=2)
+
+
+def test_pair_inputs_permutes_every_member_slot():
+    images = torch.arange(10.0).view(10, 1, 1, 1)
+    xs, ys = pair_inputs(images, torch.arange(10), num_members=3, generator=torch.Generator().manual_seed(0))
+    assert xs.shape == (10, 3, 1, 1, 1) and ys.shape == (10, 3)
+    for m in range(3):
+        assert sorted(ys[:, m].tolist()) == list(range(10))
+    assert torch.equal(xs.view(10, 3).long(), ys)  # image and target travel together
+    assert (ys[:, 0] != ys[:, 1]).any()
+
+
+def test_input_repetition_makes_all_members_see_the_same_image():
+    images = torch.arange(20.0).view(20, 1, 1, 1)
+    xs, ys = pair_inputs(images, torch.arange(20), num_members=2, input_repeat=0.25,
+                         generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ys[:5, 0], ys[:5, 1])  # ⌊20 · 0.25⌋ = 5 repeated positions
+    assert (ys[5:, 0] != ys[5:, 1]).any()
+
+
+def test_corrected_mix_ratio_counts_only_the_mixmo_region():
+    keep = torch.zeros(1, 2, 2, 2)
+    keep[0, :, 0, :] = 1.0  # the CutMix keeps the top row of both member inputs
+    member = torch.zeros(1, 2, 2, 2)
+    member[0, 0, 0, 0] = member[0, 0, 1, 0] = 1.0  # member 0 visible on the left column
+    member[0, 1] = 1.0 - member[0, 0]
+    member_masks = member
+    lam = corrected_mix_ratio(keep, member_masks)
+    assert lam.tolist() == [[0.5, 0.5]]
+    member_masks = torch.zeros(1, 2, 2, 2)
+    member_masks[0, 0, 1, :] = 1.0  # member 0 visible only on the bottom row: none of its kept pixels show
+    member_masks[0, 1] = 1.0 - member_masks[0, 0]
+    assert corrected_mix_ratio(keep, member_masks).tolist() == [[0.0, 1.0]]
+    empty = torch.zeros(1, 2, 2, 2)  # κ = 0: the plain CutMix ratio
+    assert corrected_mix_ratio(keep, empty).tolist() == [[0.5, 0.5]]
+
+
+def test_apply_pixel_mix_swaps_when_the_visible_share_is_below_half():
+    xs = torch.ones(1, 2, 1, 2, 2)
+    partner_x = torch.full((1, 2, 1, 2, 2), 5.0)
+    targets = soft_targets(torch.tensor([[0, 1]]), 3)
+    partner_y = soft_targets(torch.tensor([[2, 2]]), 3)
+    keep = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]]])  # shares 3/4 and 1/4
+    member_masks = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]]])
+    mixed_x, mixed_y = apply_pixel_mix(xs, targets, partner_x, partner_y, keep, member_masks)
+    assert mixed_x[0, 0, 0].tolist() == [[1.0, 1.0], [1.0, 5.0]]  # no swap
+    assert mixed_x[0, 1, 0].tolist() == [[5.0, 1.0], [1.0, 1.0]]  # swapped: own image on 3/4 of the pixels
+    assert mixed_y.tolist() == [[[0.75, 0.0, 0.25], [0.0, 0.75, 0.25]]]
+    # inside member 0's MixMo region (left column) only 1 of 2 kept pixels shows: λ' = 1/2, weights follow λ'
+    member_masks = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]]])
+    _, mixed_y = apply_pixel_mix(xs, targets, partner_x, partner_y, keep, member_masks)
+    assert mixed_y[0, 0].tolist() == [1.0, 0.0, 0.0]  # left column fully kept -> λ' = 1
+    assert mixed_y[0, 1].tolist() == [0.0, 1.0, 0.0]  # right column: kept 0 of 2 -> λ' = 0 -> swap -> 1
+
+
+def test_pixel_mix_outputs_are_consistent_mixtures():
+    generator = torch.Generator().manual_seed(0)
+    xs = torch.rand(6, 2, 1, 8, 8)
+    targets = soft_targets(torch.randint(0, 4, (6, 2)), 4)
+    plan = MixPlan.from_masks(torch.stack([torch.ones(6, 4, 4), torch.zeros(6, 4, 4)], dim=1))
+    mixer = PixelMix(cutmix_alpha=1.0, prob=1.0)
+    mixer(xs, targets, plan, generator)  # first shard: partners from itself; the next from the stream
+    new_xs = torch.rand(6, 2, 1, 8, 8) + 10.0
+    mixed_x, mixed_y = mixer(new_xs, targets, plan, generator)
+    own = (mixed_x == new_xs).float().mean(dim=(2, 3, 4))
+    assert ((mixed_x == new_xs) | (mixed_x < 10)).all()  # every pixel is its own or a partner's from the stream
+    assert (own[:, 0] >= 0.5).all()  # member 0's region is the whole image: its own image predominates
+    assert torch.allclose(mixed_y.sum(-1), torch.ones(6, 2))
+
+
+def test_transforms_pad_gray_fashion_mnist_to_32_and_3_channels():
+    img = Image.new('L', (28, 28), color=255)
+    train = cifar_transform((3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pad=4)
+    assert train(img).shape == (3, 32, 32)
+    gray = eval_transform((1, 32, 32), mean=(0.2, 0.4, 0.6), std=(0.5, 0.5, 0.5))(img)
+    assert gray.shape == (1, 32, 32)
+    assert gray[0, 0, 0].item() == pytest.approx((0.0 - 0.4) / 0.5)  # padding, normalised with the mean mean
+    assert gray[0, 16, 16].item() == pytest.approx((1.0 - 0.4) / 0.5)

@@ -1,0 +1,320 @@
+"""The multi-input batch of MIMO training (SPEC §1.1, §1.4, §1.7): sampling, pairing, pixel-level MSDA, transforms.
+
+Global-batch semantics (README "Distributed"):
+
+- ``-b/--batch-size`` is the batch of ONE forward pass on one process (timm's meaning). The global batch of one
+  optimizer step is ``G = batch_size × world_size × grad_accum_steps``.
+- Batch repetition b (SPEC §1.4) acts on the global batch: every step draws ``G / b`` unique indices, repeats each b
+  times (every copy augmented on its own by the dataset transform), shuffles the G positions and cuts them into
+  ``world_size × grad_accum_steps`` shards; shard ``rank · grad_accum_steps + micro_step`` is what a process sees.
+  Steps per epoch = ``⌊|D| · b / G⌋``. A 2-process run with ``-b 32`` therefore sees the same shards as a 1-process
+  run with ``-b 32 --grad-accum-steps 2``, and every shard is paired and mixed on its own (as BatchNorm normalises
+  it on its own), from a generator seeded by (seed, epoch, step, shard): the same shard gets the same pairs and plan
+  whichever process computes it.
+- The learning rate is NOT divided by b automatically: SPEC §1.3 "lr / b" is written into the configs (SPEC §8), so
+  ``--lr`` always means the rate the optimizer uses.
+"""
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Sampler
+from torchvision import transforms
+
+from timm_mimo.mixing import MixPlan, random_cutmix_masks, sample_mixing_ratios
+
+__all__ = [
+    'BatchRepeatSampler', 'shard_seed', 'pair_inputs', 'PixelMix', 'apply_pixel_mix', 'corrected_mix_ratio',
+    'soft_targets',
+    'ConvertImageMode', 'PadToSize', 'cifar_transform', 'eval_transform',
+]
+
+
+def shard_seed(seed: int, epoch: int, step: int, shard: int) -> int:
+    """A 63-bit seed for one shard of one step: the same on every process that computes that shard."""
+    value = (seed * 1_000_003 + epoch) * 1_000_033 + step
+    return (value * 1_009 + shard) % (2 ** 63 - 1)
+
+
+class BatchRepeatSampler(Sampler[List[int]]):
+    """Batch sampler with batch repetition b, DDP and gradient-accumulation aware (SPEC §1.4).
+
+    Yields the index lists of this process's shards in order (``grad_accum_steps`` shards per optimizer step).
+    Every process builds the same global batches from ``seed + epoch``; call :meth:`set_epoch` each epoch.
+
+    Args:
+        num_samples: |D|.
+        batch_size: Per-process batch of one forward pass.
+        batch_repeat: b, copies of every selected index in the global batch (1 = plain sampling without repetition).
+        world_size: Number of processes.
+        rank: This process's global rank.
+        grad_accum_steps: Forward passes per optimizer step on every process.
+        seed: Seed shared by all processes.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, batch_repeat: int = 1, world_size: int = 1, rank: int = 0,
+                 grad_accum_steps: int = 1, seed: int = 0):
+        global_batch = batch_size * world_size * grad_accum_steps
+        if batch_repeat < 1 or global_batch % batch_repeat:
+            raise ValueError(f'global batch {global_batch} (batch size {batch_size} x world size {world_size} x '
+                             f'grad accum {grad_accum_steps}) must be a multiple of batch repeat {batch_repeat}')
+        if not 0 <= rank < world_size:
+            raise ValueError(f'rank {rank} outside world size {world_size}')
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.batch_repeat = batch_repeat
+        self.world_size = world_size
+        self.rank = rank
+        self.grad_accum_steps = grad_accum_steps
+        self.seed = seed
+        self.epoch = 0
+        self.unique_per_step = global_batch // batch_repeat
+        if num_samples < self.unique_per_step:
+            raise ValueError(f'{num_samples} samples cannot fill one global batch of {self.unique_per_step} unique '
+                             f'images (global batch {global_batch} / batch repeat {batch_repeat})')
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: ``⌊|D| · b / G⌋`` (SPEC §1.4)."""
+        return self.num_samples // self.unique_per_step
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> Iterator[torch.Tensor]:
+        """The epoch's global batches, ``(G,)`` indices each, identical on every process."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        for step in range(self.steps_per_epoch):
+            unique = order[step * self.unique_per_step:(step + 1) * self.unique_per_step]
+            repeated = unique.repeat(self.batch_repeat)
+            yield repeated[torch.randperm(repeated.numel(), generator=generator)]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for batch in self.global_batches():
+            for micro_step in range(self.grad_accum_steps):
+                shard = self.rank * self.grad_accum_steps + micro_step
+                yield batch[shard * self.batch_size:(shard + 1) * self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.grad_accum_steps
+
+
+def pair_inputs(images: torch.Tensor, targets: torch.Tensor, num_members: int, input_repeat: float = 0.0,
+                generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pair a batch into M inputs by permutation (SPEC §0, §1.1).
+
+    Member m reads the batch through its own permutation ``π_m``; the first ``⌊B·ρ⌋`` positions of all permutations
+    agree (input repetition ρ: all M inputs are the same image there), the rest are shuffled per member. Every item
+    appears exactly once in every member slot.
+
+    Args:
+        images: ``(B, C, H, W)``.
+        targets: ``(B,)`` class indices or ``(B, K)`` soft targets.
+        num_members: M.
+        input_repeat: ρ in [0, 1].
+        generator: Source of the permutations.
+
+    Returns:
+        ``(B, M, C, H, W)`` inputs and ``(B, M)`` (or ``(B, M, K)``) targets.
+    """
+    if not 0.0 <= input_repeat <= 1.0:
+        raise ValueError(f'input repetition must be in [0, 1], got {input_repeat}')
+    batch_size = images.shape[0]
+    num_repeated = int(batch_size * input_repeat)
+    base = torch.randperm(batch_size, generator=generator)
+    perms = [base]
+    for _ in range(1, num_members):
+        tail = base[num_repeated:]
+        perms.append(torch.cat([base[:num_repeated], tail[torch.randperm(tail.numel(), generator=generator)]]))
+    index = torch.stack(perms, dim=1).to(images.device)  # (B, M)
+    return images[index], targets[index]
+
+
+def soft_targets(targets: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """One-hot ``(..., K)`` targets from class indices, with label smoothing ``(1-s)·onehot + s/K``."""
+    onehot = F.one_hot(targets.long(), num_classes).float()
+    return onehot * (1.0 - smoothing) + smoothing / num_classes
+
+
+def corrected_mix_ratio(keep: torch.Tensor, member_masks: torch.Tensor) -> torch.Tensor:
+    """The visible share of the original image inside the MixMo region (SPEC §1.7).
+
+    ``λ' = Σ(1_m ⊙ 1_M) / Σ 1_M``; where a member's MixMo mask is empty (κ = 0) the plain ``mean(1_m)`` is used.
+
+    Args:
+        keep: ``(B, M, H, W)`` pixel MSDA masks ``1_m`` (1 where the original image stays, values in [0, 1]).
+        member_masks: ``(B, M, H, W)`` MixMo masks ``1_M`` at pixel resolution.
+
+    Returns:
+        ``(B, M)`` ratios λ'.
+    """
+    region = member_masks.sum(dim=(2, 3))
+    visible = (keep * member_masks).sum(dim=(2, 3))
+    plain = keep.mean(dim=(2, 3))
+    return torch.where(region > 0, visible / region.clamp_min(1e-12), plain)
+
+
+class PixelMix:
+    """Pixel-level CutMix / Mixup on every member input, on top of MIMO mixing (SPEC §1.7).
+
+    [AMBIG] §1.7 decisions: BOTH inputs are pixel-mixed (T:1212), each member input independently with probability
+    ``prob`` (default 0.5, the official code's value; the papers give none). Partners come from the loader stream, not
+    from the batch's own pairs: the previous shard of the stream (the first shard of every epoch uses a permutation of
+    itself, so a resumed run sees the same partners). λ ~ Beta(α, α) (α = 1 for the paper's CutMix); the label weight is
+    the corrected ``λ' = Σ(1_m ⊙ 1_M)/Σ 1_M`` measured inside the member's MixMo region, and when λ' < 0.5 the original
+    and the partner swap roles, so the batch-repeated image stays predominant (weight ``1 - λ'``). With both CutMix and
+    Mixup enabled, each mixed input picks one of them with probability 0.5 (timm's switch).
+
+    Args:
+        cutmix_alpha: α of the CutMix box ratio; 0 disables CutMix.
+        mixup_alpha: α of the Mixup ratio; 0 disables Mixup.
+        prob: Probability that one member input is mixed.
+    """
+
+    def __init__(self, cutmix_alpha: float = 0.0, mixup_alpha: float = 0.0, prob: float = 0.5):
+        if cutmix_alpha <= 0 and mixup_alpha <= 0:
+            raise ValueError('PixelMix needs cutmix_alpha > 0 or mixup_alpha > 0')
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f'pixel mix probability must be in [0, 1], got {prob}')
+        self.cutmix_alpha = cutmix_alpha
+        self.mixup_alpha = mixup_alpha
+        self.prob = prob
+        self.partners: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def reset(self) -> None:
+        """Forget the stream (call at every epoch start)."""
+        self.partners = None
+
+    def _sample_keep_masks(self, shape: Tuple[int, int], size: Tuple[int, int],
+                           generator: Optional[torch.Generator]) -> torch.Tensor:
+        """``(B, M, H, W)`` masks ``1_m``: 1 everywhere for unmixed inputs, a box or a constant λ for mixed ones."""
+        count = shape[0] * shape[1]
+        mixed = torch.rand(count, generator=generator) < self.prob
+        use_cutmix = torch.full((count,), self.cutmix_alpha > 0)
+        if self.cutmix_alpha > 0 and self.mixup_alpha > 0:
+            use_cutmix = torch.rand(count, generator=generator) < 0.5
+        lam_cut = sample_mixing_ratios(count, 2, max(self.cutmix_alpha, 1e-3), generator)[:, 0]
+        lam_mix = sample_mixing_ratios(count, 2, max(self.mixup_alpha, 1e-3), generator)[:, 0]
+        box = 1.0 - random_cutmix_masks(1.0 - lam_cut, size, generator)  # the partner's box has area 1 - λ
+        constant = lam_mix[:, None, None].expand(-1, *size)
+        keep = torch.where(use_cutmix[:, None, None], box, constant)
+        keep = torch.where(mixed[:, None, None], keep, torch.ones_like(keep))
+        return keep.view(*shape, *size)
+
+    def __call__(self, xs: torch.Tensor, targets: torch.Tensor, plan: MixPlan,
+                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mix every member input with a partner from the stream.
+
+        Args:
+            xs: ``(B, M, C, H, W)`` paired inputs.
+            targets: ``(B, M, K)`` soft targets.
+            plan: The batch's MixMo plan (its masks are upsampled to pixels for the λ correction).
+            generator: Source of the boxes, ratios and partner draws (CPU).
+
+        Returns:
+            Mixed inputs and ``(B, M, K)`` soft targets.
+        """
+        batch_size, num_members = xs.shape[:2]
+        size = tuple(xs.shape[-2:])
+        pool_x, pool_y = self.partners if self.partners is not None else (xs[:, 0], targets[:, 0])
+        self.partners = (xs[:, 0].detach(), targets[:, 0].detach())
+        pick = torch.randint(0, pool_x.shape[0], (batch_size * num_members,), generator=generator).to(xs.device)
+        partner_x = pool_x[pick].view_as(xs)
+        partner_y = pool_y[pick].view_as(targets)
+        keep = self._sample_keep_masks((batch_size, num_members), size, generator).to(xs.device)
+        return apply_pixel_mix(xs, targets, partner_x, partner_y, keep, plan.upsample(size).to(xs.device))
+
+
+def apply_pixel_mix(xs: torch.Tensor, targets: torch.Tensor, partner_x: torch.Tensor, partner_y: torch.Tensor,
+                    keep: torch.Tensor, member_masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mix member inputs with partners under the λ correction and swap of SPEC §1.7.
+
+    Args:
+        xs, partner_x: ``(B, M, C, H, W)`` member inputs and their partners.
+        targets, partner_y: ``(B, M, K)`` soft targets.
+        keep: ``(B, M, H, W)`` pixel masks ``1_m`` (1 where the member's own image stays).
+        member_masks: ``(B, M, H, W)`` MixMo masks ``1_M`` at pixel resolution (``plan.upsample``).
+
+    Returns:
+        ``(B, M, C, H, W)`` mixed inputs and ``(B, M, K)`` targets ``λ' y + (1 - λ') y_partner`` with λ' >= 0.5.
+    """
+    lam = corrected_mix_ratio(keep, member_masks)  # SPEC §1.7: λ' = Σ(1_m ⊙ 1_M) / Σ 1_M
+    swap = lam < 0.5  # SPEC §1.7: swap so that the batch-repeated image stays predominant
+    keep = torch.where(swap[:, :, None, None], 1.0 - keep, keep)
+    lam = torch.where(swap, 1.0 - lam, lam)
+    keep = keep.unsqueeze(2).to(xs.dtype)
+    mixed_x = keep * xs + (1.0 - keep) * partner_x
+    mixed_y = lam.unsqueeze(-1) * targets + (1.0 - lam.unsqueeze(-1)) * partner_y
+    return mixed_x, mixed_y
+
+
+class ConvertImageMode:
+    """Convert a PIL image to ``mode`` ('L' for 1-channel models, 'RGB' for 3: gray Fashion-MNIST -> 3 channels)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img if img.mode == self.mode else img.convert(self.mode)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(mode={self.mode!r})'
+
+
+class PadToSize:
+    """Zero-pad a PIL image, centred, up to ``size`` (Fashion-MNIST 28 px -> 32 px CIFAR-shaped models)."""
+
+    def __init__(self, size: Tuple[int, int]):
+        self.size = tuple(size)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        width, height = img.size
+        pad_w, pad_h = max(0, self.size[1] - width), max(0, self.size[0] - height)
+        if not pad_w and not pad_h:
+            return img
+        left, top = pad_w // 2, pad_h // 2
+        return transforms.functional.pad(img, [left, top, pad_w - left, pad_h - top])
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(size={self.size})'
+
+
+def _channel_stats(values: Sequence[float], in_chans: int) -> Tuple[float, ...]:
+    """Per-channel mean or std for ``in_chans``: a 3-value RGB statistic becomes its average for 1-channel input."""
+    values = tuple(values)
+    if len(values) == in_chans:
+        return values
+    return (sum(values) / len(values),) * in_chans
+
+
+def _image_mode(in_chans: int) -> str:
+    if in_chans not in (1, 3):
+        raise ValueError(f'image transforms support 1 or 3 input channels, got {in_chans}')
+    return 'L' if in_chans == 1 else 'RGB'
+
+
+def cifar_transform(input_size: Tuple[int, int, int], mean: Sequence[float], std: Sequence[float],
+                    crop_pad: int = 4, hflip: float = 0.5) -> transforms.Compose:
+    """CIFAR-style training transform (SPEC §1.7 "vanilla pixel augmentation"): pad, random crop, h-flip.
+
+    Images smaller than ``input_size`` are first zero-padded (centred) to it; the mode follows the channel count.
+    """
+    in_chans, height, width = input_size
+    steps = [ConvertImageMode(_image_mode(in_chans)), PadToSize((height, width)),
+             transforms.RandomCrop((height, width), padding=crop_pad)]
+    if hflip > 0:
+        steps.append(transforms.RandomHorizontalFlip(hflip))
+    steps += [transforms.ToTensor(),
+              transforms.Normalize(_channel_stats(mean, in_chans), _channel_stats(std, in_chans))]
+    return transforms.Compose(steps)
+
+
+def eval_transform(input_size: Tuple[int, int, int], mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
+    """Evaluation transform for CIFAR-shaped data: mode, centred pad (or centre crop) to ``input_size``, normalise."""
+    in_chans, height, width = input_size
+    return transforms.Compose([
+        ConvertImageMode(_image_mode(in_chans)), PadToSize((height, width)), transforms.CenterCrop((height, width)),
+        transforms.ToTensor(), transforms.Normalize(_channel_stats(mean, in_chans), _channel_stats(std, in_chans))])
+
