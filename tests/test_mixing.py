@@ -279,6 +279,14 @@ def test_pair_only_leaves_m_minus_2_members_empty(num_members, prob):
             assert (empty_members == num_members - 2).all()  # linear batch: the pair's Beta ratios are > 0
 
 
+def test_pair_only_with_extreme_ratios_never_leaks_to_unpicked_members():
+    # α = 0.05 puts κ at 0 or 1 in float32: the partner still takes the whole complement of the box
+    plan = _mixer(4, 'cutmix', alpha=0.05, prob=1.0, pair_only=True)(256, (6, 6))
+    _assert_valid_plan(plan, 256, 4, (6, 6))
+    assert ((plan.masks.amax(dim=(2, 3)) > 0).sum(dim=1) <= 2).all()
+    assert plan.binary
+
+
 def test_cut_in_mix_box_member_is_uniform_for_m_above_2():
     plan = _mixer(3, 'cutmix', prob=1.0, outside_swap=False)(3000, (8, 8))
     # the box member is the one whose mask has a value 1 somewhere (others are < 1 outside a full box)

@@ -460,11 +460,14 @@ class Mixer:
         prob_decay: Linear descent of p to 0 over the last twelfth of training (SPEC §1.3).
         outside_swap: Batch-level random role permutation of the members (for M = 2 the "outside" flip
             ``1_M <- 1 - 1_M``, SPEC §1.3).
-        pair_only: M > 2 MixViT scheme: cut-mix two of the M inputs, the others get κ = 0 (SPEC §1.10).
+        pair_only: M > 2 MixViT scheme: cut-mix two of the M inputs, the others get κ = 0 (SPEC §1.10); the pair's κ
+            is Beta(α, α). No effect for M = 2.
         single_source_end: MixViT end-of-training schedule: with a probability growing 0 -> 1 over the last twelfth,
-            a batch takes all tokens from one random input (SPEC §1.10).
+            a batch takes all tokens from one random input (SPEC §1.10). Independent of ``prob_decay``: MixViT sets
+            ``prob_decay=False`` so that its batches stay binary.
         patch_size: Pixels per grid cell for ``'cutmix_majority'`` (majority vote inside each patch).
-        generator: Optional ``torch.Generator`` for reproducible plans.
+        generator: Optional CPU ``torch.Generator`` that drives ALL randomness (same seed ⇒ same plans); plans are
+            sampled on the CPU and moved to ``device``.
     """
 
     def __init__(
@@ -522,21 +525,23 @@ class Mixer:
         # one uniform drawn every time, so the random stream does not depend on the probability's value
         return bool(torch.rand((), generator=self.generator) < probability)
 
-    def sample_kappas(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample κ ``(B, M)`` and the member k that takes the binary mask ``(B,)`` (SPEC §1.2, §1.5, §1.10)."""
+    def sample_kappas(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample κ ``(B, M)``, the member k that takes the binary mask ``(B,)``, and the ``(B, M)`` weights by
+        which the other members share the mask's complement (SPEC §1.2, §1.5, §1.10)."""
         num_members, gen = self.num_members, self.generator
         if self.pair_only and num_members > 2:
-            # SPEC §1.10 M > 2: two random members per sample share Beta(α, α) ratios, the others κ = 0
+            # SPEC §1.10 M > 2: two random members per sample share Beta(α, α) ratios, the others κ = 0; the partner
+            # takes the whole complement of the box
             pair = torch.rand(batch_size, num_members, generator=gen).argsort(dim=1)[:, :2]
             pair_kappas = sample_mixing_ratios(batch_size, 2, self.alpha, gen)
             kappas = torch.zeros(batch_size, num_members).scatter_(1, pair, pair_kappas)
-            return kappas, pair[:, 0]
+            return kappas, pair[:, 0], F.one_hot(pair[:, 1], num_members).float()
         kappas = sample_mixing_ratios(batch_size, num_members, self.alpha, gen)
         if num_members == 2:
             # SPEC §1.3: the box is input 0's (κ = share of input 0); the outside swap randomises roles per batch
-            return kappas, torch.zeros(batch_size, dtype=torch.long)
-        # SPEC §1.5 eq. A.4: k ~ U{0..M−1} per sample
-        return kappas, torch.randint(num_members, (batch_size,), generator=gen)
+            return kappas, torch.zeros(batch_size, dtype=torch.long), kappas
+        # SPEC §1.5 eq. A.4: k ~ U{0..M−1} per sample, the others share the rest as κ_i / (1 − κ_k)
+        return kappas, torch.randint(num_members, (batch_size,), generator=gen), kappas
 
     def binary_masks(self, kappas: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """``(B, H, W)`` 0/1 masks of area ≈ ``kappas`` ``(B,)`` for this mixer's kind (SPEC §1.3, §1.6, §1.10)."""
@@ -583,12 +588,10 @@ class Mixer:
             # the source is drawn among all M inputs.
             source = torch.randint(num_members, (batch_size,), generator=gen)
             return MixPlan.linear(F.one_hot(source, num_members).float(), grid)
-        kappas, box_member = self.sample_kappas(batch_size)
+        kappas, box_member, rest_weights = self.sample_kappas(batch_size)
         binary = self._coin(self.binary_probability(progress))  # SPEC §1.3: 1_binary ~ Ber(p_e) per batch
         if binary:
             box_kappas = kappas.gather(1, box_member[:, None])[:, 0]
-            # pair_only: the box member's partner takes the whole complement, the unpicked members nothing
-            rest_weights = kappas if not (self.pair_only and num_members > 2) else (kappas > 0).float()
             masks = cut_in_mix_masks(self.binary_masks(box_kappas, grid), rest_weights, box_member)
         else:
             masks = None  # linear batch: same κ, constant masks (SPEC §1.3)
