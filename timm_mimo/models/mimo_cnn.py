@@ -1,1 +1,783 @@
-"""(work in progress)"""
+"""MIMO / Linear-MixMo / Cut-MixMo on any timm CNN (SPEC §1.1–1.5, DESIGN.md "Where each method plugs in").
+
+:class:`MimoCNN` creates a timm backbone, finds its stem conv through ``pretrained_cfg['first_conv']`` and its
+classifier through ``pretrained_cfg['classifier']``, and replaces them in place:
+
+* the stem conv by :class:`MemberEncoders`, M convs ``c_m`` of the stem's shape stored as one grouped-conv weight;
+* the classifier by :class:`~timm_mimo.models._heads.MemberHeads`, M dense heads ``d_m``.
+
+The backbone's own ``forward`` then does the rest, so any timm CNN (or a ViT whose first conv is its patch embedding,
+see ``mimo_vit.py``) works. How the encoders compute depends on the call:
+
+* plain ``(B, C, H, W)`` input: ``Σ_m c_m(x)`` as ONE conv with the summed weights (SPEC §1.1 inference);
+* ``model(xs, plan)``: ``xs (B, M, C, H, W)`` is viewed as ``(B, M·C, H, W)``, the M convs run as one grouped conv and
+  the encoders return ``M · Σ_m mask_m ⊙ c_m(x_m)`` (SPEC §1.2 / §1.3, factor M);
+* ``inference='separate'``: member m runs the whole network on its own encoding ``M · c_m(x)`` (SPEC §1.9).
+
+The plan reaches the encoders through a per-thread stack of call records pushed by :class:`MimoCNN` around the
+backbone call and always popped (``try/finally``); nested calls (a hook calling the model again) push their own
+record, and a mixed call whose backbone never ran the encoders raises instead of silently training unmixed.
+"""
+import math
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import Conv2dSame, pad_same
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from timm_mimo.mixing import MixPlan
+from timm_mimo.models._contract import MimoContract, check_image_batch
+from timm_mimo.models._heads import MemberHeads
+from timm_mimo.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD, PREACT_WIDTHS, preact_name
+
+__all__ = ['MimoCNN', 'MemberEncoders', 'METHOD_MIX_CFGS', 'OFFLINE_HINT']
+
+# Mixer kwargs (timm_mimo.mixing.Mixer) of each method; train.py builds Mixer(num_members=M, **model.mix_cfg).
+METHOD_MIX_CFGS: Dict[str, Dict[str, Any]] = {
+    'mimo': dict(kind='linear', alpha=None),  # SPEC §1.1: κ = 1/M, i.e. summing
+    'linear_mixmo': dict(kind='linear', alpha=2.0),  # SPEC §1.2
+    'cut_mixmo': dict(kind='cutmix', alpha=2.0, prob=0.5, prob_decay=True),  # SPEC §1.3 defaults
+    'cutmix_only_mixmo': dict(kind='cutmix', alpha=2.0, prob=1.0, prob_decay=False),  # SPEC §1.9 "CutMix-only"
+}
+MIXMO_LOSS_CFG: Dict[str, Any] = dict(root=3.0)  # SPEC §1.4: r = 3 (MIMO has κ = 1/M, so every w_r = 1 anyway)
+ENCODER_INITS = ('independent', 'same')
+INFERENCE_MODES = ('sum', 'separate')
+OFFLINE_HINT = ("to load weights from a local file instead, pass "
+                "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors')")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Handing the call mode (and the plan's masks) from MimoCNN to the encoders inside the backbone's forward
+# --------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _EncoderCall:
+    """What the encoders must compute during one backbone call."""
+    mode: str  # 'plain' (Σ_m c_m(x)), 'mixed' (M Σ_m mask_m ⊙ c_m(x_m)), 'separate' (M c_m(x) per member)
+    masks: Optional[torch.Tensor] = None  # (B, M, h, w) for 'mixed'
+    consumed: bool = False
+
+
+_CALLS = threading.local()
+
+
+def _call_stack(encoders: nn.Module) -> List[_EncoderCall]:
+    stacks: Dict[int, List[_EncoderCall]] = _CALLS.__dict__.setdefault('stacks', {})
+    return stacks.setdefault(id(encoders), [])
+
+
+def _current_call(encoders: nn.Module) -> Optional[_EncoderCall]:
+    """The innermost active call of ``encoders`` in this thread, if any."""
+    stack = getattr(_CALLS, 'stacks', {}).get(id(encoders))
+    return stack[-1] if stack else None
+
+
+@contextmanager
+def _encoder_call(encoders: nn.Module, call: _EncoderCall) -> Iterator[_EncoderCall]:
+    """Make ``call`` the current call of ``encoders`` (this thread) for the duration of the block."""
+    stack = _call_stack(encoders)
+    stack.append(call)
+    try:
+        yield call
+    finally:
+        stack.pop()
+        if not stack:
+            del _CALLS.stacks[id(encoders)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------------------------------
+
+def _permuted_like(tensor: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The entries of ``tensor`` in a random order: a fresh draw from the empirical distribution of its init."""
+    flat = tensor.detach().reshape(-1)
+    return flat[torch.randperm(flat.numel(), generator=generator, device='cpu').to(flat.device)].view_as(tensor)
+
+
+class MemberEncoders(nn.Module):
+    """M encoders ``c_m``: copies of a stem conv's geometry held as one grouped-conv weight ``(M·O, C/g, kh, kw)``.
+
+    The weight layout is the grouped conv's, rows ``[m·O, (m+1)·O)`` being encoder m, so that
+    ``pretrained_cfg['first_conv'] + '.weight'`` stays a 4-D conv weight (timm's ``in_chans`` adaptation works on it).
+
+    Args:
+        conv: The backbone's stem conv (``nn.Conv2d``, incl. timm's ``Conv2dSame``).
+        num_members: M.
+        encoder_init: ``'independent'``: encoder 0 keeps ``conv``'s initial weights and every other encoder gets a
+            random permutation of them (an independent draw from the same init distribution, whatever the backbone's
+            init scheme is); ``'same'``: M identical copies (MixShare's kernel alignment, "same init").
+        pretrained: Every encoder is ``conv / M`` so that ``Σ_m c_m = conv`` (a pretrained stem is reproduced).
+    """
+
+    def __init__(self, conv: nn.Conv2d, num_members: int, encoder_init: str = 'independent', pretrained: bool = False):
+        super().__init__()
+        if encoder_init not in ENCODER_INITS:
+            raise ValueError(f'encoder_init must be one of {ENCODER_INITS}, got {encoder_init!r}')
+        self.num_members = num_members
+        self.in_channels = conv.in_channels
+        self.out_channels = conv.out_channels
+        self.kernel_size = conv.kernel_size
+        self.stride = conv.stride
+        self.dilation = conv.dilation
+        self.groups = conv.groups
+        self.same_pad = isinstance(conv, Conv2dSame)  # timm's dynamic TF-"SAME" padding
+        self.padding = 0 if self.same_pad else conv.padding
+        self.padding_mode = conv.padding_mode
+        self._reversed_padding = getattr(conv, '_reversed_padding_repeated_twice', None)
+
+        weights = self._member_copies(conv.weight, encoder_init, pretrained)
+        self.weight = nn.Parameter(torch.cat(weights, dim=0))
+        self.bias: Optional[nn.Parameter] = None
+        if conv.bias is not None:
+            self.bias = nn.Parameter(torch.cat(self._member_copies(conv.bias, encoder_init, pretrained), dim=0))
+
+    def _member_copies(self, tensor: torch.Tensor, encoder_init: str, pretrained: bool) -> List[torch.Tensor]:
+        tensor = tensor.detach()
+        if pretrained:
+            return [tensor / self.num_members] * self.num_members
+        if encoder_init == 'same':
+            return [tensor.clone() for _ in range(self.num_members)]
+        return [tensor.clone()] + [_permuted_like(tensor) for _ in range(self.num_members - 1)]
+
+    @property
+    def member_weight(self) -> torch.Tensor:
+        """``(M, O, C/g, kh, kw)`` view of the encoders' weights."""
+        return self.weight.view(self.num_members, self.out_channels, *self.weight.shape[1:])
+
+    @property
+    def member_bias(self) -> Optional[torch.Tensor]:
+        """``(M, O)`` view of the encoders' biases (``None`` without bias)."""
+        return None if self.bias is None else self.bias.view(self.num_members, self.out_channels)
+
+    def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
+        """Spatial output size of the stem conv for an input of spatial ``size`` (the mixing grid)."""
+        out = []
+        for i, length in enumerate(size):
+            if self.same_pad or self.padding == 'same':
+                out.append(math.ceil(length / self.stride[i]))
+                continue
+            padding = 0 if self.padding == 'valid' else self.padding[i]
+            span = self.dilation[i] * (self.kernel_size[i] - 1) + 1
+            out.append((length + 2 * padding - span) // self.stride[i] + 1)
+        return tuple(out)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
+        padding = self.padding
+        if self.same_pad:
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+        elif self.padding_mode != 'zeros':
+            x = F.pad(x, self._reversed_padding, mode=self.padding_mode)
+            padding = 0
+        return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, groups)
+
+    def _check_channels(self, x: torch.Tensor, channels: int, expected: str) -> None:
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise ValueError(f'MIMO encoders expected an input of shape {expected} = (B, {channels}, H, W), '
+                             f'got {tuple(x.shape)}')
+
+    def forward_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """``Σ_m c_m(x)`` as one conv with the summed weights (SPEC §1.1 inference)."""
+        self._check_channels(x, self.in_channels, '(B, C, H, W)')
+        bias = None if self.bias is None else self.member_bias.sum(0)
+        return self._conv(x, self.member_weight.sum(0), bias, self.groups)
+
+    def forward_members(self, x: torch.Tensor) -> torch.Tensor:
+        """All M encodings in one grouped conv: ``(B, M·C, H, W)`` -> ``(B, M, O, h, w)``, member m on channels m."""
+        self._check_channels(x, self.num_members * self.in_channels, '(B, M·C, H, W)')
+        out = self._conv(x, self.weight, self.bias, self.groups * self.num_members)
+        return out.view(x.shape[0], self.num_members, self.out_channels, *out.shape[-2:])
+
+    def forward_mixed(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """``M · Σ_m mask_m ⊙ c_m(x_m)`` (SPEC §1.2, §1.3, §1.5) on a packed ``(B, M·C, H, W)`` input."""
+        encoded = self.forward_members(x)
+        if tuple(masks.shape) != (encoded.shape[0], self.num_members, *encoded.shape[-2:]):
+            raise ValueError(f'MixPlan masks have shape {tuple(masks.shape)}, expected (B, M, H, W) = '
+                             f'{(encoded.shape[0], self.num_members, *encoded.shape[-2:])} (the encoder output grid)')
+        # SPEC §1.2/§1.3: the factor M keeps the train-time scale equal to the inference-time sum Σ_m c_m(x)
+        scaled_masks = (masks.to(encoded.dtype) * self.num_members).unsqueeze(2)
+        return (encoded * scaled_masks).sum(dim=1)
+
+    def forward_separate(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B·M, C, H, W)`` rows ordered (sample, member), the image repeated per member -> ``M · c_m(x)`` each.
+
+        [AMBIG] SPEC §1.9 "separate" inference: member m sees only its own encoding. Decision: scale it by M, which is
+        exactly what a binary (cut) training batch feeds the network where member m owns a position
+        (``M · 1 · c_m(x_m)``), so separate inference matches the scale the core network was trained on.
+        """
+        self._check_channels(x, self.in_channels, '(B·M, C, H, W)')
+        if x.shape[0] % self.num_members:
+            raise ValueError(f'separate inference expects a batch of B·M rows (M={self.num_members}), '
+                             f'got {x.shape[0]}')
+        packed = x.reshape(x.shape[0] // self.num_members, self.num_members * self.in_channels, *x.shape[-2:])
+        encoded = self.forward_members(packed)
+        return encoded.reshape(x.shape[0], self.out_channels, *encoded.shape[-2:]) * self.num_members
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        call = _current_call(self)
+        if call is None or call.mode == 'plain':
+            return self.forward_sum(x)
+        if call.consumed:
+            raise RuntimeError('the MIMO encoders ran twice within one backbone call; a backbone must apply its '
+                               "pretrained_cfg['first_conv'] once per forward")
+        call.consumed = True
+        if call.mode == 'mixed':
+            return self.forward_mixed(x, call.masks)
+        return self.forward_separate(x)
+
+    def extra_repr(self) -> str:
+        return (f'num_members={self.num_members}, in_channels={self.in_channels}, out_channels={self.out_channels}, '
+                f'kernel_size={self.kernel_size}, stride={self.stride}, groups={self.groups}, '
+                f'bias={self.bias is not None}')
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------------
+
+def _module_path(backbone: nn.Module, key: str) -> str:
+    path = backbone.pretrained_cfg.get(key) if getattr(backbone, 'pretrained_cfg', None) else None
+    if isinstance(path, (list, tuple)) and len(path) == 1:
+        path = path[0]
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"backbone {type(backbone).__name__} has pretrained_cfg[{key!r}] = {path!r}; MimoCNN needs "
+                         f'the dotted path of exactly one module there')
+    return path
+
+
+def _get_module(backbone: nn.Module, path: str, key: str, expected: type) -> nn.Module:
+    try:
+        module = backbone.get_submodule(path)
+    except AttributeError as e:
+        raise ValueError(f"pretrained_cfg[{key!r}] = {path!r} is not a submodule of {type(backbone).__name__}") from e
+    if not isinstance(module, expected):
+        raise ValueError(f"pretrained_cfg[{key!r}] = {path!r} is a {type(module).__name__}, MimoCNN needs an "
+                         f'{expected.__name__} there')
+    return module
+
+
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition('.')
+    setattr(root.get_submodule(parent_path) if parent_path else root, name, module)
+
+
+_WEIGHT_SOURCES = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
+
+
+class MimoCNN(MimoContract, nn.Module):
+    """A timm backbone turned into an M-member MIMO ensemble (M encoders, shared core, M heads).
+
+    Args:
+        backbone: timm model name (created with ``timm.create_model(backbone, **backbone_kwargs)``) or a timm model.
+        num_members: M.
+        method: Sets ``mix_cfg``: ``'mimo'``, ``'linear_mixmo'``, ``'cut_mixmo'`` or ``'cutmix_only_mixmo'``.
+        mix_cfg: Overrides merged into the method's Mixer kwargs.
+        loss_cfg: ``MimoLoss`` kwargs (default ``dict(root=3.0)``, SPEC §1.4).
+        encoder_init: ``'independent'`` or ``'same'`` (see :class:`MemberEncoders`).
+        inference: ``'sum'``: one pass on ``Σ_m c_m(x)`` (SPEC §1.1); ``'separate'``: M passes, member m on
+            ``M · c_m(x)`` (SPEC §1.9).
+        pretrained_backbone: Load the backbone's timm checkpoint, then copy its stem into every encoder scaled by 1/M
+            and its classifier into every head, so that at init the model computes exactly the backbone's logits.
+        pretrained_cfg_overlay: Passed to the backbone's ``timm.create_model`` (e.g. ``dict(file=...)`` offline).
+        cache_dir: Passed to the backbone's ``timm.create_model``.
+        **backbone_kwargs: For ``timm.create_model`` of the backbone (``num_classes``, ``in_chans``, ``drop_rate``...).
+    """
+
+    def __init__(
+            self,
+            backbone: Union[str, nn.Module] = 'resnet18',
+            num_members: int = 2,
+            method: str = 'cut_mixmo',
+            mix_cfg: Optional[Dict[str, Any]] = None,
+            loss_cfg: Optional[Dict[str, Any]] = None,
+            encoder_init: str = 'independent',
+            inference: str = 'sum',
+            pretrained_backbone: bool = False,
+            pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+            cache_dir: Optional[str] = None,
+            **backbone_kwargs: Any,
+    ):
+        super().__init__()
+        if not isinstance(num_members, int) or num_members < 1:
+            raise ValueError(f'num_members (M) must be a positive integer, got {num_members!r}')
+        if method not in METHOD_MIX_CFGS:
+            raise ValueError(f'method must be one of {tuple(METHOD_MIX_CFGS)}, got {method!r}')
+        if inference not in INFERENCE_MODES:
+            raise ValueError(f'inference must be one of {INFERENCE_MODES}, got {inference!r}')
+        if isinstance(backbone, str):
+            backbone = create_backbone(backbone, pretrained_backbone, pretrained_cfg_overlay, cache_dir,
+                                       **backbone_kwargs)
+        elif backbone_kwargs or pretrained_backbone:
+            raise ValueError('backbone kwargs and pretrained_backbone need a backbone name, not a module')
+        self.num_members = num_members
+        self.method = method
+        self.inference = inference
+        self.mix_cfg = dict(METHOD_MIX_CFGS[method], **(mix_cfg or {}))
+        self.loss_cfg = dict(MIXMO_LOSS_CFG if loss_cfg is None else loss_cfg)
+
+        self.encoder_path = _module_path(backbone, 'first_conv')
+        self.classifier_path = _module_path(backbone, 'classifier')
+        conv = _get_module(backbone, self.encoder_path, 'first_conv', nn.Conv2d)
+        classifier = _get_module(backbone, self.classifier_path, 'classifier', nn.Linear)
+        _set_module(backbone, self.encoder_path, MemberEncoders(conv, num_members, encoder_init, pretrained_backbone))
+        if pretrained_backbone:
+            heads = MemberHeads.from_linear(classifier, num_members)
+        else:
+            heads = _independent_heads(classifier, num_members, encoder_init)
+        _set_module(backbone, self.classifier_path, heads)
+        self.backbone = backbone
+        self.in_chans = conv.in_channels
+        self.num_features = backbone.num_features
+        self.head_hidden_size = getattr(backbone, 'head_hidden_size', self.num_features)
+        self.pretrained_cfg = self.default_cfg = self._cfg_from_backbone(backbone)
+
+    def _cfg_from_backbone(self, backbone: nn.Module) -> Dict[str, Any]:
+        """The backbone's cfg (input size, mean/std...) with our module paths and without its weight sources."""
+        cfg = {k: v for k, v in dict(backbone.pretrained_cfg).items() if k not in _WEIGHT_SOURCES}
+        cfg.update(architecture=self.method, backbone=backbone.pretrained_cfg.get('architecture'),
+                   first_conv=f'backbone.{self.encoder_path}', classifier=f'backbone.{self.classifier_path}',
+                   num_classes=self.num_classes)
+        return cfg
+
+    # --- timm model API ---------------------------------------------------------------------------------------------
+
+    @property
+    def encoders(self) -> MemberEncoders:
+        """The M encoders ``c_m`` (in place of the backbone's stem conv)."""
+        return self.backbone.get_submodule(self.encoder_path)
+
+    @property
+    def heads(self) -> MemberHeads:
+        """The M heads ``d_m`` (in place of the backbone's classifier)."""
+        return self.backbone.get_submodule(self.classifier_path)
+
+    @property
+    def num_classes(self) -> int:
+        return self.heads.num_classes
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        matcher = getattr(self.backbone, 'group_matcher', None)
+        if matcher is None:
+            return dict(stem=r'^backbone\.' + self.encoder_path.replace('.', r'\.'), blocks=r'^backbone\.(\w+)')
+        groups = matcher(coarse=coarse)
+        return {k: _prefix_matcher(v) for k, v in groups.items()}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> MemberHeads:
+        return self.heads
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New M heads with ``num_classes`` outputs (0: heads pass features through); pooling as the backbone does."""
+        in_features = self.heads.in_features
+        if global_pool is None:
+            self.backbone.reset_classifier(num_classes)
+        else:
+            self.backbone.reset_classifier(num_classes, global_pool)
+        new = self.backbone.get_submodule(self.classifier_path)
+        if isinstance(new, nn.Linear):
+            in_features = new.in_features
+        _set_module(self.backbone, self.classifier_path, MemberHeads(in_features, num_classes, self.num_members))
+
+    def mix_grid(self, img_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+        """The encoder output grid for inputs of ``img_size`` (the stem conv's geometry)."""
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)[-2:]
+        return self.encoders.output_size(size)
+
+    def _run(self, x: torch.Tensor, call: _EncoderCall, fn: Any) -> torch.Tensor:
+        with _encoder_call(self.encoders, call):
+            out = fn(x)
+        if call.mode != 'plain' and not call.consumed:
+            raise RuntimeError(f"the backbone never ran its pretrained_cfg['first_conv'] ({self.encoder_path}); "
+                               'the MIMO encoders were bypassed')
+        return out
+
+    def _separate_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B·M, C, H, W)``, every image repeated once per member (rows: sample, member)."""
+        return x.unsqueeze(1).expand(-1, self.num_members, -1, -1, -1).reshape(-1, *x.shape[1:])
+
+    def _member_diagonal(self, out: torch.Tensor) -> torch.Tensor:
+        """``(B·M, M, ...)`` outputs of the separate passes -> ``(B, M, ...)``: pass m read through head m."""
+        out = out.reshape(-1, self.num_members, *out.shape[1:])
+        return torch.diagonal(out, dim1=1, dim2=2).movedim(-1, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features; with ``inference='separate'`` the M passes stacked as ``(B·M, ...)``."""
+        check_image_batch(x)
+        if self.inference == 'separate':
+            return self._run(self._separate_input(x), _EncoderCall('separate'), self.backbone.forward_features)
+        return self._run(x, _EncoderCall('plain'), self.backbone.forward_features)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features (``(B, F)``; ``(B, M, F)`` for separate inference) or the ``(B, K)`` ensemble logits."""
+        out = self.backbone.forward_head(x, pre_logits=pre_logits)
+        if self.inference == 'separate':
+            if pre_logits:
+                return out.view(-1, self.num_members, *out.shape[1:])
+            return self._member_diagonal(out).mean(dim=1)
+        return out if pre_logits else out.mean(dim=1)
+
+    def forward_members(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x)
+        if self.inference == 'separate':
+            out = self._run(self._separate_input(x), _EncoderCall('separate'), self.backbone)
+            return self._member_diagonal(self._check_member_logits(out, x.shape[0] * self.num_members))
+        return self._check_member_logits(self._run(x, _EncoderCall('plain'), self.backbone), x.shape[0])
+
+    def forward_mixed(self, xs: torch.Tensor, plan: MixPlan) -> torch.Tensor:
+        batch_size = xs.shape[0]
+        packed = xs.reshape(batch_size, -1, *xs.shape[-2:])  # (B, M·C, H, W): a view of a contiguous batch
+        masks = plan.masks.to(device=xs.device)
+        out = self._run(packed, _EncoderCall('mixed', masks=masks), self.backbone)
+        return self._check_member_logits(out, batch_size)
+
+    def _check_member_logits(self, out: torch.Tensor, batch_size: int) -> torch.Tensor:
+        if out.ndim != 3 or out.shape[:2] != (batch_size, self.num_members):
+            raise RuntimeError(f'the backbone returned {tuple(out.shape)}, expected member logits (B, M, K) = '
+                               f'({batch_size}, {self.num_members}, K): its classifier must be its last op')
+        return out
+
+
+def _prefix_matcher(matcher: Any) -> Any:
+    """A backbone's group_matcher entry re-rooted under ``backbone.``."""
+    if isinstance(matcher, str):
+        return r'^backbone\.' + matcher.removeprefix('^')
+    return [(r'^backbone\.' + pattern.removeprefix('^'), *rest) for pattern, *rest in matcher]
+
+
+def _independent_heads(classifier: nn.Linear, num_members: int, encoder_init: str) -> MemberHeads:
+    """Heads for training from scratch: head 0 is the backbone's initial classifier, the others random permutations
+    of it (the same init distribution as the backbone's own), or identical copies for ``encoder_init='same'``."""
+    heads = MemberHeads.from_linear(classifier, num_members)
+    if encoder_init == 'independent':
+        with torch.no_grad():
+            for m in range(1, num_members):
+                heads.weight[m].copy_(_permuted_like(classifier.weight))
+                if heads.bias is not None:
+                    heads.bias[m].copy_(_permuted_like(classifier.bias))
+    return heads
+
+
+def create_backbone(name: str, pretrained: bool = False, pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+                    cache_dir: Optional[str] = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with timm's own pretrained loading; an unreachable Hub says how to load from a file."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=pretrained_cfg_overlay,
+                                 cache_dir=cache_dir, **kwargs)
+    except OSError as e:  # huggingface_hub / urllib errors offline are OSErrors (incl. FileNotFoundError)
+        if not pretrained:
+            raise
+        raise RuntimeError(f'could not fetch the pretrained weights of {name!r} ({type(e).__name__}: {e}); '
+                           f'{OFFLINE_HINT}') from e
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MimoCNN) -> Dict[str, torch.Tensor]:
+    """Accept a saved MimoCNN state dict, or convert a checkpoint of its single-input backbone.
+
+    A backbone checkpoint (keys without the ``backbone.`` prefix) becomes the MIMO model that computes the same logits:
+    the stem copied into every encoder scaled by 1/M, the classifier into every head. Anything else raises a
+    ``ValueError`` listing the keys or shapes that do not fit.
+    """
+    for key in ('state_dict', 'model'):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+    state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+    if not any(k.startswith('backbone.') for k in state_dict):
+        state_dict = _backbone_to_mimo(state_dict, model)
+    _check_matches(state_dict, model)
+    return state_dict
+
+
+def _backbone_to_mimo(state_dict: Dict[str, torch.Tensor], model: MimoCNN) -> Dict[str, torch.Tensor]:
+    num_members = model.num_members
+    out = {f'backbone.{k}': v for k, v in state_dict.items()}
+    for suffix in ('weight', 'bias'):
+        key = f'backbone.{model.encoder_path}.{suffix}'
+        if key in out:  # SPEC §1.1: Σ_m c_m = c when every c_m = c / M
+            out[key] = out[key].repeat(num_members, *([1] * (out[key].ndim - 1))) / num_members
+        key = f'backbone.{model.classifier_path}.{suffix}'
+        if key in out:
+            out[key] = out[key].unsqueeze(0).repeat(num_members, *([1] * out[key].ndim))
+    return out
+
+
+def _check_matches(state_dict: Dict[str, torch.Tensor], model: MimoCNN) -> None:
+    expected = model.state_dict()
+    adapted = {f'backbone.{model.encoder_path}.weight', f'backbone.{model.classifier_path}.weight',
+               f'backbone.{model.classifier_path}.bias'}  # in_chans / num_classes adapted later by timm
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = sorted(f'{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}' for k, v in state_dict.items()
+                   if k in expected and k not in adapted and v.shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        arch = model.pretrained_cfg.get('architecture', type(model).__name__)
+        raise ValueError(
+            f'checkpoint does not fit {arch} (M={model.num_members}, backbone '
+            f"{model.pretrained_cfg.get('backbone')}): {len(missing)} missing keys {missing[:3]}, "
+            f'{len(unexpected)} unexpected keys {unexpected[:3]}, {len(wrong)} shape mismatches {wrong[:3]}')
+
+
+def _create_mimo_cnn(variant: str, pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """A registered paper model: ``pretrained=True`` loads a MIMO (or single-input backbone) checkpoint."""
+    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    try:
+        model = build_model_with_cfg(MimoCNN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    except OSError as e:
+        if not pretrained or overlay.get('file') or overlay.get('state_dict') is not None:
+            raise
+        raise RuntimeError(f'could not fetch the pretrained weights of {variant!r} ({type(e).__name__}: {e}); '
+                           f'{OFFLINE_HINT}') from e
+    # build_model_with_cfg set the registered cfg; keep the backbone name for reference
+    model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, backbone=kwargs.get('backbone'))
+    return model
+
+
+def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any]) -> MimoCNN:
+    """A generic MIMO model around any timm backbone: ``pretrained=True`` loads the backbone's timm checkpoint."""
+    kwargs.pop('pretrained_cfg', None)  # the cfg of the generic name is not the backbone's
+    if 'backbone' not in kwargs:
+        raise ValueError(f"timm.create_model({method!r}) needs backbone=<timm CNN name>, e.g. backbone='resnet18'")
+    return MimoCNN(method=method, pretrained_backbone=pretrained, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pretrained cfgs and entrypoints
+# --------------------------------------------------------------------------------------------------------------------
+
+def _generic_cfg(**kwargs: Any) -> Dict[str, Any]:
+    """Placeholder cfg of a generic name; the instance takes its backbone's cfg."""
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'crop_pct': 0.875, 'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD, 'first_conv': 'backbone.conv1',
+        'classifier': 'backbone.fc', 'license': 'apache-2.0', **_paper_ids(), **kwargs,
+    }
+
+
+def _paper_ids() -> Dict[str, str]:
+    return dict(paper_ids='arXiv:2103.06132',
+                paper_name='MixMo: Mixing Multiple Inputs for Multiple Outputs via Deep Subnetworks')
+
+
+def _wrn_cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        'hf_hub_id': 'timm_mimo/', 'num_classes': 100, 'input_size': (3, 32, 32), 'pool_size': (8, 8),
+        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR100_MEAN, 'std': CIFAR100_STD,
+        'first_conv': 'backbone.conv_stem', 'classifier': 'backbone.fc', 'license': 'apache-2.0', **_paper_ids(),
+        **kwargs,
+    }
+
+
+def _preact_cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        'hf_hub_id': 'timm_mimo/', 'num_classes': 200, 'input_size': (3, 64, 64), 'pool_size': (4, 4),
+        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'backbone.conv_stem', 'classifier': 'backbone.fc', 'license': 'apache-2.0', **_paper_ids(),
+        **kwargs,
+    }
+
+
+PAPER_METHODS = ('mimo', 'linear_mixmo', 'cut_mixmo')
+PAPER_WRN_WIDTHS = (2, 4, 5, 7, 10, 14)
+
+default_cfgs = generate_default_cfgs({
+    **{method: _generic_cfg() for method in PAPER_METHODS},
+    **{f'{method}_wrn28_{w}.cifar100': _wrn_cfg() for method in PAPER_METHODS for w in PAPER_WRN_WIDTHS},
+    **{f'{method}_{preact_name(w)}.tiny_imagenet': _preact_cfg()
+       for method in PAPER_METHODS for w in PREACT_WIDTHS},
+})
+
+
+@register_model
+def mimo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO (Havasi et al., SPEC §1.1) on any timm CNN: ``timm.create_model('mimo', backbone='resnet18')``."""
+    return _create_generic('mimo', pretrained, kwargs)
+
+
+@register_model
+def linear_mixmo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo (SPEC §1.2) on any timm CNN: ``timm.create_model('linear_mixmo', backbone='resnet18')``."""
+    return _create_generic('linear_mixmo', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo (SPEC §1.3) on any timm CNN: ``timm.create_model('cut_mixmo', backbone='resnet50', num_members=3)``."""
+    return _create_generic('cut_mixmo', pretrained, kwargs)
+
+
+def _paper_model(method: str, backbone: str, pretrained: bool, kwargs: Dict[str, Any]) -> MimoCNN:
+    return _create_mimo_cnn(f'{method}_{backbone}', pretrained, **dict(dict(backbone=backbone, method=method),
+                                                                       **kwargs))
+
+
+@register_model
+def mimo_wrn28_2(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO on WRN-28-2 (CIFAR)."""
+    return _paper_model('mimo', 'wrn28_2', pretrained, kwargs)
+
+
+@register_model
+def mimo_wrn28_4(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO on WRN-28-4 (CIFAR)."""
+    return _paper_model('mimo', 'wrn28_4', pretrained, kwargs)
+
+
+@register_model
+def mimo_wrn28_5(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO on WRN-28-5 (CIFAR)."""
+    return _paper_model('mimo', 'wrn28_5', pretrained, kwargs)
+
+
+@register_model
+def mimo_wrn28_7(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO on WRN-28-7 (CIFAR)."""
+    return _paper_model('mimo', 'wrn28_7', pretrained, kwargs)
+
+
+@register_model
+def mimo_wrn28_10(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO on WRN-28-10 (CIFAR)."""
+    return _paper_model('mimo', 'wrn28_10', pretrained, kwargs)
+
+
+@register_model
+def mimo_wrn28_14(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO on WRN-28-14 (CIFAR)."""
+    return _paper_model('mimo', 'wrn28_14', pretrained, kwargs)
+
+
+@register_model
+def linear_mixmo_wrn28_2(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo on WRN-28-2 (CIFAR)."""
+    return _paper_model('linear_mixmo', 'wrn28_2', pretrained, kwargs)
+
+
+@register_model
+def linear_mixmo_wrn28_4(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo on WRN-28-4 (CIFAR)."""
+    return _paper_model('linear_mixmo', 'wrn28_4', pretrained, kwargs)
+
+
+@register_model
+def linear_mixmo_wrn28_5(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo on WRN-28-5 (CIFAR)."""
+    return _paper_model('linear_mixmo', 'wrn28_5', pretrained, kwargs)
+
+
+@register_model
+def linear_mixmo_wrn28_7(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo on WRN-28-7 (CIFAR)."""
+    return _paper_model('linear_mixmo', 'wrn28_7', pretrained, kwargs)
+
+
+@register_model
+def linear_mixmo_wrn28_10(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo on WRN-28-10 (CIFAR)."""
+    return _paper_model('linear_mixmo', 'wrn28_10', pretrained, kwargs)
+
+
+@register_model
+def linear_mixmo_wrn28_14(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo on WRN-28-14 (CIFAR)."""
+    return _paper_model('linear_mixmo', 'wrn28_14', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo_wrn28_2(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo on WRN-28-2 (CIFAR)."""
+    return _paper_model('cut_mixmo', 'wrn28_2', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo_wrn28_4(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo on WRN-28-4 (CIFAR)."""
+    return _paper_model('cut_mixmo', 'wrn28_4', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo_wrn28_5(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo on WRN-28-5 (CIFAR)."""
+    return _paper_model('cut_mixmo', 'wrn28_5', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo_wrn28_7(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo on WRN-28-7 (CIFAR)."""
+    return _paper_model('cut_mixmo', 'wrn28_7', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo_wrn28_10(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo on WRN-28-10 (CIFAR)."""
+    return _paper_model('cut_mixmo', 'wrn28_10', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo_wrn28_14(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo on WRN-28-14 (CIFAR)."""
+    return _paper_model('cut_mixmo', 'wrn28_14', pretrained, kwargs)
+
+
+@register_model
+def mimo_preact_resnet18(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO on PreActResNet-18 (Tiny ImageNet)."""
+    return _paper_model('mimo', 'preact_resnet18', pretrained, kwargs)
+
+
+@register_model
+def mimo_preact_resnet18_2(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO on PreActResNet-18-2 (Tiny ImageNet)."""
+    return _paper_model('mimo', 'preact_resnet18_2', pretrained, kwargs)
+
+
+@register_model
+def mimo_preact_resnet18_3(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO on PreActResNet-18-3 (Tiny ImageNet)."""
+    return _paper_model('mimo', 'preact_resnet18_3', pretrained, kwargs)
+
+
+@register_model
+def linear_mixmo_preact_resnet18(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo on PreActResNet-18 (Tiny ImageNet)."""
+    return _paper_model('linear_mixmo', 'preact_resnet18', pretrained, kwargs)
+
+
+@register_model
+def linear_mixmo_preact_resnet18_2(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo on PreActResNet-18-2 (Tiny ImageNet)."""
+    return _paper_model('linear_mixmo', 'preact_resnet18_2', pretrained, kwargs)
+
+
+@register_model
+def linear_mixmo_preact_resnet18_3(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo on PreActResNet-18-3 (Tiny ImageNet)."""
+    return _paper_model('linear_mixmo', 'preact_resnet18_3', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo_preact_resnet18(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo on PreActResNet-18 (Tiny ImageNet)."""
+    return _paper_model('cut_mixmo', 'preact_resnet18', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo_preact_resnet18_2(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo on PreActResNet-18-2 (Tiny ImageNet)."""
+    return _paper_model('cut_mixmo', 'preact_resnet18_2', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo_preact_resnet18_3(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo on PreActResNet-18-3 (Tiny ImageNet)."""
+    return _paper_model('cut_mixmo', 'preact_resnet18_3', pretrained, kwargs)
