@@ -158,3 +158,11 @@ def test_shape_errors():
         mixing_loss_weights(torch.tensor([[1.5, -0.5]]))
     with pytest.raises(ValueError, match='root'):
         MimoLoss(root=0.0)
+
+
+def test_float_hard_targets_and_all_zero_kappas_are_refused():
+    logits = torch.zeros(2, 2, 3)
+    with pytest.raises(ValueError, match='integer dtype'):
+        MimoLoss()(logits, torch.zeros(2, 2), torch.full((2, 2), 0.5))
+    with pytest.raises(ValueError, match='positive mixing ratio'):
+        mixing_loss_weights(torch.tensor([[0.5, 0.5], [0.0, 0.0]]), root=3.0)

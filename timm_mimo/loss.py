@@ -35,7 +35,10 @@ def mixing_loss_weights(kappas: torch.Tensor, root: float = 3.0, weight_sum: Opt
         powered = (kappas > 0).to(kappas.dtype)
     else:
         powered = kappas.clamp_min(0).pow(1.0 / root)
-    return total * powered / powered.sum(dim=1, keepdim=True)
+    powered_sum = powered.sum(dim=1, keepdim=True)
+    if (powered_sum == 0).any():
+        raise ValueError('every sample needs a member with a positive mixing ratio; got a row of zeros')
+    return total * powered / powered_sum
 
 
 class MimoLoss(nn.Module):
@@ -73,6 +76,9 @@ class MimoLoss(nn.Module):
                 targets.ndim == 3 and targets.shape[2] != num_classes):
             raise ValueError(f'expected targets of shape (B, M) = {(batch_size, num_members)} or (B, M, K) = '
                              f'{tuple(logits.shape)}, got {tuple(targets.shape)}')
+        if targets.ndim == 2 and targets.is_floating_point():
+            raise ValueError('hard targets of shape (B, M) must hold class indices (an integer dtype); soft targets '
+                             f'need shape (B, M, K) = {tuple(logits.shape)}')
         flat_logits = logits.reshape(batch_size * num_members, num_classes).float()
         if targets.ndim == 2:
             member_ce = F.cross_entropy(

@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks: a MIMO model against its plain backbone, the multi-input loader against timm's.
+
+Usage::
+
+    python benchmark.py cnn      # MIMO / MixMo CNN vs backbone: params, FLOPs, eval and train-step throughput
+    python benchmark.py mixvit   # MixViT vs backbone: inference FLOPs and latency, train step
+    python benchmark.py loader   # multi-input loader with batch repetition vs timm's plain loader
+
+Each family prints a Markdown table of figures measured in one process, and their ratios. ``--help`` after a family
+lists its options.
+"""
+import argparse
+import importlib
+
+FAMILIES = {
+    'cnn': 'benchmarks.cnn',
+    'mixvit': 'benchmarks.mixvit',
+    'loader': 'benchmarks.loader',
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest='family', required=True)
+    modules = {}
+    for family, module_name in FAMILIES.items():
+        modules[family] = importlib.import_module(module_name)
+        sub = subparsers.add_parser(family, help=(modules[family].__doc__ or '').strip().splitlines()[0])
+        modules[family].add_arguments(sub)
+    args = parser.parse_args()
+    modules[args.family].run(args)
+
+
+if __name__ == '__main__':
+    main()

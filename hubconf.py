@@ -1,0 +1,34 @@
+"""``torch.hub`` entrypoints: every timm_mimo model, e.g.
+
+    torch.hub.load('<owner>/timm_mimo', 'cut_mixmo_wrn28_10', num_classes=100)
+    torch.hub.load('/path/to/timm_mimo', 'mixvit_convit_tiny', source='local', pretrained=True,
+                   pretrained_cfg_overlay=dict(file='/path/to/convit_tiny.safetensors'))
+
+Each entrypoint is ``timm.create_model(name, **kwargs)``; ``pretrained=True`` loads through timm's usual routes.
+"""
+import functools
+
+import timm
+
+import timm_mimo
+
+dependencies = ['torch', 'timm', 'safetensors', 'huggingface_hub']
+
+
+def _entrypoint(model_name: str, **kwargs):
+    return timm.create_model(model_name, **kwargs)
+
+
+def _export_entrypoints() -> list:
+    names = []
+    for module in (timm_mimo.models.cifar_resnet, timm_mimo.models.convit_ca, timm_mimo.models.mimo_cnn,
+                   timm_mimo.models.mimo_vit, timm_mimo.models.mixvit):
+        for name in timm.list_models(module=module.__name__.rsplit('.', 1)[-1]):
+            fn = functools.partial(_entrypoint, name)
+            fn.__doc__ = f'timm.create_model({name!r}, **kwargs)'
+            globals()[name] = fn
+            names.append(name)
+    return names
+
+
+__all__ = _export_entrypoints()
