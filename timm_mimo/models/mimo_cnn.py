@@ -258,7 +258,7 @@ def _get_module(backbone: nn.Module, path: str, key: str, expected: type) -> nn.
     except AttributeError as e:
         raise ValueError(f"pretrained_cfg[{key!r}] = {path!r} is not a submodule of {type(backbone).__name__}") from e
     if not isinstance(module, expected):
-        raise ValueError(f"pretrained_cfg[{key!r}] = {path!r} is a {type(module).__name__}, MimoCNN needs an "
+        raise ValueError(f"pretrained_cfg[{key!r}] = {path!r} is a {type(module).__name__}, MimoCNN needs a "
                          f'{expected.__name__} there')
     return module
 
@@ -569,18 +569,18 @@ def _paper_ids() -> Dict[str, str]:
                 paper_name='MixMo: Mixing Multiple Inputs for Multiple Outputs via Deep Subnetworks')
 
 
-def _wrn_cfg(**kwargs: Any) -> Dict[str, Any]:
+def _wrn_cfg(name: str, **kwargs: Any) -> Dict[str, Any]:
     return {
-        'hf_hub_id': 'timm_mimo/', 'num_classes': 100, 'input_size': (3, 32, 32), 'pool_size': (8, 8),
+        'hf_hub_id': f'timm_mimo/{name}', 'num_classes': 100, 'input_size': (3, 32, 32), 'pool_size': (8, 8),
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR100_MEAN, 'std': CIFAR100_STD,
         'first_conv': 'backbone.conv_stem', 'classifier': 'backbone.fc', 'license': 'apache-2.0', **_paper_ids(),
         **kwargs,
     }
 
 
-def _preact_cfg(**kwargs: Any) -> Dict[str, Any]:
+def _preact_cfg(name: str, **kwargs: Any) -> Dict[str, Any]:
     return {
-        'hf_hub_id': 'timm_mimo/', 'num_classes': 200, 'input_size': (3, 64, 64), 'pool_size': (4, 4),
+        'hf_hub_id': f'timm_mimo/{name}', 'num_classes': 200, 'input_size': (3, 64, 64), 'pool_size': (4, 4),
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'backbone.conv_stem', 'classifier': 'backbone.fc', 'license': 'apache-2.0', **_paper_ids(),
         **kwargs,
@@ -592,8 +592,9 @@ PAPER_WRN_WIDTHS = (2, 4, 5, 7, 10, 14)
 
 default_cfgs = generate_default_cfgs({
     **{method: _generic_cfg() for method in PAPER_METHODS},
-    **{f'{method}_wrn28_{w}.cifar100': _wrn_cfg() for method in PAPER_METHODS for w in PAPER_WRN_WIDTHS},
-    **{f'{method}_{preact_name(w)}.tiny_imagenet': _preact_cfg()
+    **{f'{method}_wrn28_{w}.cifar100': _wrn_cfg(f'{method}_wrn28_{w}.cifar100')
+       for method in PAPER_METHODS for w in PAPER_WRN_WIDTHS},
+    **{f'{method}_{preact_name(w)}.tiny_imagenet': _preact_cfg(f'{method}_{preact_name(w)}.tiny_imagenet')
        for method in PAPER_METHODS for w in PREACT_WIDTHS},
 })
 
