@@ -528,11 +528,13 @@ def _check_matches(state_dict: Dict[str, torch.Tensor], model: MimoCNN) -> None:
             f'{len(unexpected)} unexpected keys {unexpected[:3]}, {len(wrong)} shape mismatches {wrong[:3]}')
 
 
-def _create_mimo_cnn(variant: str, pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+def _create_mimo_cnn(variant: str, pretrained: bool = False, model_cls: Optional[type] = None,
+                     **kwargs: Any) -> MimoCNN:
     """A registered paper model: ``pretrained=True`` loads a MIMO (or single-input backbone) checkpoint."""
     overlay = kwargs.get('pretrained_cfg_overlay') or {}
     try:
-        model = build_model_with_cfg(MimoCNN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+        model = build_model_with_cfg(model_cls or MimoCNN, variant, pretrained,
+                                     pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
     except OSError as e:
         if not pretrained or overlay.get('file') or overlay.get('state_dict') is not None:
             raise
