@@ -14,12 +14,14 @@ Global-batch semantics (README "Distributed"):
 - The learning rate is NOT divided by b automatically: SPEC §1.3 "lr / b" is written into the configs (SPEC §8), so
   ``--lr`` always means the rate the optimizer uses.
 """
-from typing import Iterator, List, Optional, Sequence, Tuple
+import os
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Sampler
+from timm.data import create_dataset, create_transform
+from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 
 from timm_mimo.mixing import MixPlan, random_cutmix_masks, sample_mixing_ratios
@@ -27,7 +29,8 @@ from timm_mimo.mixing import MixPlan, random_cutmix_masks, sample_mixing_ratios
 __all__ = [
     'BatchRepeatSampler', 'shard_seed', 'pair_inputs', 'PixelMix', 'apply_pixel_mix', 'corrected_mix_ratio',
     'soft_targets',
-    'ConvertImageMode', 'PadToSize', 'cifar_transform', 'eval_transform',
+    'ConvertImageMode', 'PadToSize', 'cifar_transform', 'eval_transform', 'create_image_transform', 'open_dataset',
+    'DataError',
 ]
 
 
@@ -318,3 +321,52 @@ def eval_transform(input_size: Tuple[int, int, int], mean: Sequence[float], std:
         ConvertImageMode(_image_mode(in_chans)), PadToSize((height, width)), transforms.CenterCrop((height, width)),
         transforms.ToTensor(), transforms.Normalize(_channel_stats(mean, in_chans), _channel_stats(std, in_chans))])
 
+
+
+class DataError(ValueError):
+    """A data set that cannot be used (missing or empty folder, unknown split); the message is one line."""
+
+
+def create_image_transform(data_config: Dict[str, Any], is_training: bool, crop_pad: Optional[int] = None,
+                           hflip: float = 0.5, no_aug: bool = False, **timm_kwargs: Any) -> Callable:
+    """The dataset transform: CIFAR-style when ``crop_pad`` is set, else timm's ``create_transform``.
+
+    Args:
+        data_config: timm's ``resolve_data_config`` output (``input_size``, ``mean``, ``std``, ...).
+        is_training: Training (augmented) or evaluation transform.
+        crop_pad: Padding of the CIFAR-style random crop (SPEC §1.7: 4); ``None`` uses timm's transforms.
+        hflip: Horizontal-flip probability.
+        no_aug: Training transform without augmentation.
+        **timm_kwargs: Passed to ``timm.data.create_transform`` (``auto_augment``, ``re_prob``, ...).
+    """
+    input_size, mean, std = data_config['input_size'], data_config['mean'], data_config['std']
+    if crop_pad is not None:
+        if is_training and not no_aug:
+            return cifar_transform(input_size, mean, std, crop_pad=crop_pad, hflip=hflip)
+        return eval_transform(input_size, mean, std)
+    in_chans = input_size[0]
+    transform = create_transform(
+        input_size, is_training=is_training, no_aug=no_aug, hflip=hflip, mean=_channel_stats(mean, in_chans),
+        std=_channel_stats(std, in_chans), interpolation=data_config.get('interpolation', 'bilinear'),
+        crop_pct=data_config.get('crop_pct'), **(timm_kwargs if is_training else {}))
+    return transforms.Compose([ConvertImageMode(_image_mode(in_chans)), transform])
+
+
+def open_dataset(name: str, root: Optional[str], split: str, is_training: bool = False, download: bool = False,
+                 transform: Optional[Callable] = None) -> Dataset:
+    """timm's ``create_dataset`` with a readable one-line :class:`DataError` for a missing or empty data set."""
+    if not download:
+        if not root or not os.path.isdir(root):
+            raise DataError(f'data dir {root!r} does not exist (--data-dir)')
+        if not any(files for _, _, files in os.walk(root)):
+            raise DataError(f'data dir {root!r} is empty (--data-dir)')
+    try:
+        dataset = create_dataset(name, root=root, split=split, is_training=is_training, download=download)
+    except (RuntimeError, OSError, ValueError, AssertionError, KeyError) as exc:
+        message = ' '.join(str(exc).split()) or type(exc).__name__
+        raise DataError(f'cannot open dataset {name or "(image folder)"!r} split {split!r} in {root!r}: '
+                        f'{message}') from None
+    if len(dataset) == 0:
+        raise DataError(f'dataset {name or "(image folder)"!r} split {split!r} in {root!r} has no images')
+    dataset.transform = transform
+    return dataset

@@ -1,0 +1,26 @@
+"""Shared fixtures: sklearn digits (real 8x8 images) written as a timm image folder."""
+import numpy as np
+import pytest
+from PIL import Image
+
+DIGITS_VAL_EVERY = 6  # every 6th image goes to the validation split (300 of 1,797)
+
+
+def write_digits_folder(root) -> None:
+    """``root/{train,validation}/<class>/<i>.png``: sklearn's 1,797 digits as 8x8 gray PNGs (0..16 -> 0..255)."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)
+    for i, (image, label) in enumerate(zip(images, digits.target)):
+        split = 'validation' if i % DIGITS_VAL_EVERY == 0 else 'train'
+        folder = root / split / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, mode='L').save(folder / f'{i}.png')
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+    """A session-wide digits image folder (1,497 train / 300 validation images)."""
+    root = tmp_path_factory.mktemp('digits')
+    write_digits_folder(root)
+    return root
