@@ -3,15 +3,15 @@
 :class:`MimoCNN` creates a timm backbone, finds its stem conv through ``pretrained_cfg['first_conv']`` and its
 classifier through ``pretrained_cfg['classifier']``, and replaces them in place:
 
-* the stem conv by :class:`MemberEncoders`, M convs ``c_m`` of the stem's shape stored as one grouped-conv weight;
+* the stem conv by :class:`MemberEncoders`, M convs ``c_m`` of the stem's shape stored as one weight tensor;
 * the classifier by :class:`~timm_mimo.models._heads.MemberHeads`, M dense heads ``d_m``.
 
 The backbone's own ``forward`` then does the rest, so any timm CNN (or a ViT whose first conv is its patch embedding,
 see ``mimo_vit.py``) works. How the encoders compute depends on the call:
 
 * plain ``(B, C, H, W)`` input: ``Σ_m c_m(x)`` as ONE conv with the summed weights (SPEC §1.1 inference);
-* ``model(xs, plan)``: ``xs (B, M, C, H, W)`` is viewed as ``(B, M·C, H, W)``, the M convs run as one grouped conv and
-  the encoders return ``M · Σ_m mask_m ⊙ c_m(x_m)`` (SPEC §1.2 / §1.3, factor M);
+* ``model(xs, plan)``: ``xs (B, M, C, H, W)`` is viewed as ``(B, M·C, H, W)`` and the encoders return
+  ``M · Σ_m mask_m ⊙ c_m(x_m)`` (SPEC §1.2 / §1.3, factor M), accumulated member by member;
 * ``inference='separate'``: member m runs the whole network on its own encoding ``M · c_m(x)`` (SPEC §1.9).
 
 The plan reaches the encoders through a per-thread stack of call records pushed by :class:`MimoCNN` around the
@@ -103,9 +103,9 @@ def _permuted_like(tensor: torch.Tensor, generator: Optional[torch.Generator] = 
 
 
 class MemberEncoders(nn.Module):
-    """M encoders ``c_m``: copies of a stem conv's geometry held as one grouped-conv weight ``(M·O, C/g, kh, kw)``.
+    """M encoders ``c_m``: copies of a stem conv's geometry held as one weight ``(M·O, C/g, kh, kw)``.
 
-    The weight layout is the grouped conv's, rows ``[m·O, (m+1)·O)`` being encoder m, so that
+    Rows ``[m·O, (m+1)·O)`` are encoder m (the layout of the equivalent grouped conv), so that
     ``pretrained_cfg['first_conv'] + '.weight'`` stays a 4-D conv weight (timm's ``in_chans`` adaptation works on it).
 
     Args:
@@ -189,21 +189,39 @@ class MemberEncoders(nn.Module):
         bias = None if self.bias is None else self.member_bias.sum(0)
         return self._conv(x, self.member_weight.sum(0), bias, self.groups)
 
+    def _member_conv(self, x: torch.Tensor, member: int) -> torch.Tensor:
+        """``c_m(x_m)`` for member m of a packed ``(B, M·C, H, W)`` input."""
+        channels = self.in_channels
+        bias = None if self.bias is None else self.member_bias[member]
+        return self._conv(x[:, member * channels:(member + 1) * channels], self.member_weight[member], bias,
+                          self.groups)
+
     def forward_members(self, x: torch.Tensor) -> torch.Tensor:
-        """All M encodings in one grouped conv: ``(B, M·C, H, W)`` -> ``(B, M, O, h, w)``, member m on channels m."""
+        """All M encodings: ``(B, M·C, H, W)`` -> ``(B, M, O, h, w)``, member m reading input channels m.
+
+        M plain convs rather than one grouped conv: on CPU (oneDNN) a grouped conv with few input channels per group
+        runs ~2.5x slower forward + backward than the M convs it stands for (benchmarks/cnn.py).
+        """
         self._check_channels(x, self.num_members * self.in_channels, '(B, M·C, H, W)')
-        out = self._conv(x, self.weight, self.bias, self.groups * self.num_members)
-        return out.view(x.shape[0], self.num_members, self.out_channels, *out.shape[-2:])
+        return torch.stack([self._member_conv(x, m) for m in range(self.num_members)], dim=1)
 
     def forward_mixed(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """``M · Σ_m mask_m ⊙ c_m(x_m)`` (SPEC §1.2, §1.3, §1.5) on a packed ``(B, M·C, H, W)`` input."""
-        encoded = self.forward_members(x)
-        if tuple(masks.shape) != (encoded.shape[0], self.num_members, *encoded.shape[-2:]):
-            raise ValueError(f'MixPlan masks have shape {tuple(masks.shape)}, expected (B, M, H, W) = '
-                             f'{(encoded.shape[0], self.num_members, *encoded.shape[-2:])} (the encoder output grid)')
+        self._check_channels(x, self.num_members * self.in_channels, '(B, M·C, H, W)')
         # SPEC §1.2/§1.3: the factor M keeps the train-time scale equal to the inference-time sum Σ_m c_m(x)
-        scaled_masks = (masks.to(encoded.dtype) * self.num_members).unsqueeze(2)
-        return (encoded * scaled_masks).sum(dim=1)
+        scaled_masks = masks.unsqueeze(2) * self.num_members
+        mixed = None
+        for m in range(self.num_members):
+            encoded = self._member_conv(x, m)
+            if m == 0:
+                expected = (x.shape[0], self.num_members, *encoded.shape[-2:])
+                if tuple(masks.shape) != expected:
+                    raise ValueError(f'MixPlan masks have shape {tuple(masks.shape)}, expected (B, M, H, W) = '
+                                     f'{expected} (the encoder output grid)')
+                scaled_masks = scaled_masks.to(encoded.dtype)
+            term = encoded * scaled_masks[:, m]
+            mixed = term if mixed is None else mixed + term
+        return mixed
 
     def forward_separate(self, x: torch.Tensor) -> torch.Tensor:
         """``(B·M, C, H, W)`` rows ordered (sample, member), the image repeated per member -> ``M · c_m(x)`` each.
