@@ -1,4 +1,6 @@
 """MimoCNN: MIMO / Linear-MixMo / Cut-MixMo on timm CNNs (SPEC §1.1–1.5, DESIGN.md contract)."""
+import copy
+
 import huggingface_hub.constants
 import pytest
 import timm
@@ -361,3 +363,26 @@ def test_paper_model_checkpoint_round_trip(tmp_path, offline):
     with pytest.raises(ValueError, match='shape mismatches'):
         timm.create_model('cut_mixmo_wrn28_2', pretrained=True, depth=10, widen_factor=2,
                           pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_issue_example_resnet50_three_members():
+    with torch.device('meta'):
+        model = timm.create_model('cut_mixmo', backbone='resnet50', num_members=3)
+        backbone = timm.create_model('resnet50')
+    assert model.encoders.weight.shape == (3 * 64, 3, 7, 7) and model.heads.weight.shape == (3, 1000, 2048)
+    extra = backbone.conv1.weight.numel() + backbone.fc.weight.numel() + backbone.fc.bias.numel()
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in backbone.parameters()) + 2 * extra
+    assert model.mix_grid(224) == (112, 112) and model.pretrained_cfg['first_conv'] == 'backbone.conv1'
+
+
+def test_deepcopy_keeps_mixing():
+    """EMA copies (timm's ModelEmaV3 deep-copies the model) mix exactly like the original."""
+    model = tiny().eval()
+    clone = copy.deepcopy(model)
+    xs = torch.randn(2, 2, 3, 16, 16)
+    masks = torch.zeros(2, 2, 16, 16)
+    masks[:, 0, :, :7] = 1
+    masks[:, 1] = 1 - masks[:, 0]
+    plan = MixPlan.from_masks(masks)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(xs, plan), model(xs, plan), rtol=0, atol=0)
