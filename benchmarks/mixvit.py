@@ -7,7 +7,7 @@ the papers' ConViT, ≤ 1.04 for the CaiT-24 models); eval latency ratio; train-
 timing may run at a smaller size (the table says which) to keep the run to a few minutes on a CPU.
 """
 import argparse
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import timm
 import torch
@@ -19,7 +19,7 @@ import timm_mimo  # noqa: F401  (registration)
 from benchmarks.common import count_params, interleaved_throughput, print_table
 from timm_mimo.loss import MimoLoss
 from timm_mimo.mixing import Mixer
-from timm_mimo.models.mixvit import MixViT
+from timm_mimo.models.mixvit import MixViT, create_backbone
 
 # name -> (backbone factory kwargs for the timing size, timing batch, FLOPs target)
 PAIRS: Dict[str, Dict] = {
@@ -44,14 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
 
 
-def _pair(name: str, args: argparse.Namespace, **size) -> (MixViT, nn.Module):
+def _pair(name: str, args: argparse.Namespace, **size: int) -> Tuple[MixViT, nn.Module]:
     mixvit = timm.create_model(name, num_members=args.num_members, source=args.source, **size)
-    backbone = mixvit.backbone_name
-    if backbone == 'cait_m24':
-        backbone = timm.models.cait.Cait(**{**timm_mimo.models.mixvit._EXTRA_BACKBONES['cait_m24'], **size})
-    else:
-        backbone = timm.create_model(backbone, **size)
-    return mixvit, backbone
+    return mixvit, create_backbone(mixvit.backbone_name, num_classes=mixvit.num_classes, **size)
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -53,7 +53,7 @@ from timm_mimo.models._contract import MimoContract, check_image_batch
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.convit_ca import CIFAR100_MEAN, CIFAR100_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD
 
-__all__ = ['MixViT', 'SourceAttribution', 'SOURCE_KINDS', 'INFERENCE_MODES', 'MIXING_MODES']
+__all__ = ['MixViT', 'SourceAttribution', 'create_backbone', 'SOURCE_KINDS', 'INFERENCE_MODES', 'MIXING_MODES']
 
 SOURCE_KINDS = ('embedding', 'encoding', 'none', 'early_embedding', 'early_encoding')
 INFERENCE_MODES = ('parallel', 'sum', 'alternating', 'single')
@@ -119,7 +119,8 @@ class SourceAttribution(nn.Module):
         return f'dim={self.dim}, num_members={self.num_members}, encoding={self.weight is not None}'
 
 
-def _build_backbone(name: str, **kwargs: Any) -> nn.Module:
+def create_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """A randomly initialised backbone by timm name, ``'cait_m24'`` included (the single-input baseline of a MixViT)."""
     if name in _EXTRA_BACKBONES:
         return Cait(**{**_EXTRA_BACKBONES[name], **kwargs})
     return create_model(name, pretrained=False, **kwargs)
@@ -168,7 +169,7 @@ class MixViT(MimoContract, nn.Module):
             raise ValueError(f'single_member must be in [0, {num_members}), got {single_member}')
         if global_pool not in ('token', ''):
             raise ValueError(f"MixViT heads read the class token: global_pool must be 'token', got {global_pool!r}")
-        net = _build_backbone(backbone, num_classes=0, **backbone_kwargs)
+        net = create_backbone(backbone, num_classes=0, **backbone_kwargs)
         if hasattr(net, 'blocks_token_only'):  # CaiT, convit_gpsa5_ca2: class-attention blocks after `blocks`
             self.blocks_token_only = net.blocks_token_only
             self.num_shared_blocks = len(net.blocks)
