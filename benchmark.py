@@ -12,6 +12,7 @@ lists its options.
 """
 import argparse
 import importlib
+import sys
 
 FAMILIES = {
     'cnn': 'benchmarks.cnn',
@@ -23,13 +24,16 @@ FAMILIES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest='family', required=True)
-    modules = {}
+    chosen = next((arg for arg in sys.argv[1:] if arg in FAMILIES), None)
+    module = None
     for family, module_name in FAMILIES.items():
-        modules[family] = importlib.import_module(module_name)
-        sub = subparsers.add_parser(family, help=(modules[family].__doc__ or '').strip().splitlines()[0])
-        modules[family].add_arguments(sub)
+        sub = subparsers.add_parser(family)
+        if family == chosen:  # import only the family that runs: each one pulls in its own models
+            module = importlib.import_module(module_name)
+            sub.description = module.__doc__
+            module.add_arguments(sub)
     args = parser.parse_args()
-    modules[args.family].run(args)
+    module.run(args)
 
 
 if __name__ == '__main__':

@@ -13,10 +13,9 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import timm_mimo  # noqa: F401  (registration)
-from benchmarks.common import count_params, interleaved_throughput, print_table
+from benchmarks.common import count_flops, count_params, interleaved_throughput, print_table
 from timm_mimo.loss import MimoLoss
 from timm_mimo.mixing import Mixer
 from timm_mimo.models.mixvit import MixViT, create_backbone
@@ -47,18 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _pair(name: str, args: argparse.Namespace, **size: int) -> Tuple[MixViT, nn.Module]:
     mixvit = timm.create_model(name, num_members=args.num_members, source=args.source, **size)
     return mixvit, create_backbone(mixvit.backbone_name, num_classes=mixvit.num_classes, **size)
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """Forward FLOPs of one call of ``fn``, with autograd on.
-
-    ``benchmarks.common.count_flops`` runs under ``no_grad``, where timm's ``cls_token.expand(...)`` is a view of a
-    Parameter that requires grad without a grad_fn, and torch's module tracker inside ``FlopCounterMode`` fails on it
-    (every CaiT-like model, timm's own included). With autograd on, the count is the same and nothing fails.
-    """
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def _train_step(model: nn.Module, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:

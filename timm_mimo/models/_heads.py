@@ -27,6 +27,8 @@ class MemberHeads(nn.Module):
 
     def reset_parameters(self) -> None:
         """Each head initialised like a fresh ``nn.Linear``."""
+        if self.num_classes == 0:
+            return
         for m in range(self.num_members):
             linear = nn.Linear(self.in_features, self.num_classes, bias=self.bias is not None)
             with torch.no_grad():
