@@ -539,7 +539,11 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     if is_mimo(model):
         args.mixer_kwargs = mixer_kwargs(args, model)
         args.loss_kwargs = loss_kwargs(args, model)
-        Mixer(**args.mixer_kwargs)  # refuse bad mixing flags before anything is written
+        try:  # refuse bad mixing / loss flags before anything is written
+            Mixer(**args.mixer_kwargs)
+            MimoLoss(**args.loss_kwargs)
+        except (ValueError, TypeError) as exc:
+            raise CliError(f'bad MIMO flags: {exc}') from None
     if args.sync_bn and args.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
