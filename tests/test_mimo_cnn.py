@@ -81,7 +81,7 @@ def test_full_size_structure(name):
     """The registered size: M-1 extra stem convs and heads on top of the backbone's parameters."""
     with torch.device('meta'):
         model = timm.create_model(name)
-        backbone = timm.create_model(model.pretrained_cfg['backbone'])
+        backbone = timm.create_model(model.backbone_name)
     cfg = model.pretrained_cfg
     assert cfg['architecture'] == name and cfg['hf_hub_id'] == f'timm_mimo/{name}.{cfg["tag"]}'
     assert cfg['input_size'] == backbone.pretrained_cfg['input_size']
@@ -397,3 +397,16 @@ def test_deepcopy_keeps_mixing():
     plan = MixPlan.from_masks(masks)
     with torch.no_grad():
         torch.testing.assert_close(clone(xs, plan), model(xs, plan), rtol=0, atol=0)
+
+
+def test_generic_model_reloads_its_own_checkpoint_through_a_pretrained_cfg(tmp_path):
+    """What timm does for ``hf-hub:`` / ``local-dir:`` sources: a pretrained_cfg pointing at the MIMO weights."""
+    source = tiny(num_members=3).eval()
+    path = tmp_path / 'mimo.safetensors'
+    save_file(source.state_dict(), str(path))
+    loaded = timm.create_model('cut_mixmo', num_members=3, backbone='wrn28_2', depth=10, widen_factor=1,
+                               num_classes=5, pretrained=True,
+                               pretrained_cfg=dict(source.pretrained_cfg, file=str(path))).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_members(x), source.forward_members(x))

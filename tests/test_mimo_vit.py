@@ -187,3 +187,15 @@ def test_paper_model_checkpoint_round_trip(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded.forward_members(x), source.forward_members(x))
+
+
+def test_generic_model_reloads_its_own_checkpoint_through_a_pretrained_cfg(tmp_path):
+    source = small('cutmix_only_mixmo_vit').eval()
+    path = tmp_path / 'mimo_vit.safetensors'
+    save_file(source.state_dict(), str(path))
+    loaded = timm.create_model('cutmix_only_mixmo_vit', pretrained=True, **SMALL_CONVIT,
+                               pretrained_cfg=dict(source.pretrained_cfg, file=str(path))).eval()
+    assert loaded.inference == 'separate'
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_members(x), source.forward_members(x))

@@ -30,7 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Conv2dSame, pad_same
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    load_pretrained,
+    register_model,
+    resolve_pretrained_cfg,
+)
 
 from timm_mimo.mixing import MixPlan
 from timm_mimo.models._contract import MimoContract, check_image_batch
@@ -351,6 +357,7 @@ class MimoCNN(MimoContract, nn.Module):
             heads = _independent_heads(classifier, num_members, encoder_init)
         _set_module(backbone, self.classifier_path, heads)
         self.backbone = backbone
+        self.backbone_name = backbone.pretrained_cfg.get('architecture')
         self.in_chans = conv.in_channels
         self.num_features = backbone.num_features
         self.head_hidden_size = getattr(backbone, 'head_hidden_size', self.num_features)
@@ -359,9 +366,8 @@ class MimoCNN(MimoContract, nn.Module):
     def _cfg_from_backbone(self, backbone: nn.Module) -> Dict[str, Any]:
         """The backbone's cfg (input size, mean/std...) with our module paths and without its weight sources."""
         cfg = {k: v for k, v in dict(backbone.pretrained_cfg).items() if k not in _WEIGHT_SOURCES}
-        cfg.update(architecture=self.method, backbone=backbone.pretrained_cfg.get('architecture'),
-                   first_conv=f'backbone.{self.encoder_path}', classifier=f'backbone.{self.classifier_path}',
-                   num_classes=self.num_classes)
+        cfg.update(architecture=self.method, first_conv=f'backbone.{self.encoder_path}',
+                   classifier=f'backbone.{self.classifier_path}', num_classes=self.num_classes)
         return cfg
 
     # --- timm model API ---------------------------------------------------------------------------------------------
@@ -542,7 +548,7 @@ def _check_matches(state_dict: Dict[str, torch.Tensor], model: MimoCNN) -> None:
         arch = model.pretrained_cfg.get('architecture', type(model).__name__)
         raise ValueError(
             f'checkpoint does not fit {arch} (M={model.num_members}, backbone '
-            f"{model.pretrained_cfg.get('backbone')}): {len(missing)} missing keys {missing[:3]}, "
+            f"{model.backbone_name}): {len(missing)} missing keys {missing[:3]}, "
             f'{len(unexpected)} unexpected keys {unexpected[:3]}, {len(wrong)} shape mismatches {wrong[:3]}')
 
 
@@ -558,17 +564,35 @@ def _create_mimo_cnn(variant: str, pretrained: bool = False, model_cls: Optional
             raise
         raise RuntimeError(f'could not fetch the pretrained weights of {variant!r} ({type(e).__name__}: {e}); '
                            f'{OFFLINE_HINT}') from e
-    # build_model_with_cfg set the registered cfg; keep the backbone name for reference
-    model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, backbone=kwargs.get('backbone'))
     return model
 
 
-def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any]) -> MimoCNN:
-    """A generic MIMO model around any timm backbone: ``pretrained=True`` loads the backbone's timm checkpoint."""
-    kwargs.pop('pretrained_cfg', None)  # the cfg of the generic name is not the backbone's
+def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any], model_cls: Optional[type] = None) -> MimoCNN:
+    """A generic MIMO model around any timm backbone.
+
+    ``pretrained=True`` alone loads the backbone's timm checkpoint (``pretrained_cfg_overlay`` goes to the backbone).
+    With a ``pretrained_cfg`` (what timm passes for ``hf-hub:`` / ``local-dir:`` sources, i.e. a saved MIMO model),
+    the weights are this MIMO model's own, loaded through timm's ``load_pretrained`` and :func:`checkpoint_filter_fn`.
+    """
+    model_cls = model_cls or MimoCNN
     if 'backbone' not in kwargs:
-        raise ValueError(f"timm.create_model({method!r}) needs backbone=<timm CNN name>, e.g. backbone='resnet18'")
-    return MimoCNN(method=method, pretrained_backbone=pretrained, **kwargs)
+        raise ValueError(f"timm.create_model({method!r}) needs backbone=<timm model name>, e.g. backbone='resnet18'")
+    pretrained_cfg = kwargs.pop('pretrained_cfg', None)
+    if pretrained_cfg is None:
+        return model_cls(method=method, pretrained_backbone=pretrained, **kwargs)
+    overlay, cache_dir = kwargs.pop('pretrained_cfg_overlay', None), kwargs.pop('cache_dir', None)
+    model = model_cls(method=method, **kwargs)
+    cfg = resolve_pretrained_cfg(method, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay).to_dict()
+    model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, **{k: v for k, v in cfg.items()
+                                                                            if v is not None})
+    if pretrained:
+        try:
+            load_pretrained(model, cfg, num_classes=model.num_classes, in_chans=model.in_chans,
+                            filter_fn=checkpoint_filter_fn, cache_dir=cache_dir)
+        except OSError as e:
+            raise RuntimeError(f'could not fetch the pretrained weights of {method!r} ({type(e).__name__}: {e}); '
+                               f'{OFFLINE_HINT}') from e
+    return model
 
 
 # --------------------------------------------------------------------------------------------------------------------

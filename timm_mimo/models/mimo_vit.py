@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional, Union
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
+from timm_mimo.models import mimo_cnn
 from timm_mimo.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD
 from timm_mimo.models.mimo_cnn import MimoCNN, _create_mimo_cnn
 
@@ -65,10 +66,8 @@ class MimoViT(MimoCNN):
 
 
 def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any]) -> MimoViT:
-    kwargs.pop('pretrained_cfg', None)  # the cfg of the generic name is not the backbone's
-    if 'backbone' not in kwargs:
-        raise ValueError(f"timm.create_model({method!r}) needs backbone=<timm ViT name>, e.g. backbone='convit_tiny'")
-    return MimoViT(method=method, pretrained_backbone=pretrained, **kwargs)
+    """Any timm ViT; ``pretrained`` as for the generic CNN names (backbone checkpoint, or a saved MIMO model)."""
+    return mimo_cnn._create_generic(method, pretrained, kwargs, model_cls=MimoViT)
 
 
 def _paper_model(method: str, backbone: str, pretrained: bool, kwargs: Dict[str, Any]) -> MimoViT:
