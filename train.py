@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--crop-pad', type=int, default=None,
                        help='CIFAR-style pad + random crop + h-flip (SPEC §1.7: 4); unset = timm transforms')
     group.add_argument('--hflip', type=float, default=0.5)
-    group.add_argument('--aa', default=None, help='timm auto-augment policy (timm transforms only)')
-    group.add_argument('--reprob', type=float, default=0.0, help='random erasing prob (timm transforms only)')
+    group.add_argument('--aa', default=None, help="timm auto-augment policy, e.g. 'original', 'rand-m9-mstd0.5'")
+    group.add_argument('--reprob', type=float, default=0.0, help='random erasing probability')
     group.add_argument('--smoothing', type=float, default=None,
                        help='label smoothing; unset = 0.1 (timm) for plain models, model.loss_cfg for MIMO')
     group.add_argument('--mixup', type=float, default=0.0, help='timm Mixup alpha (non-MIMO models)')

@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.data import create_dataset, create_transform
+from timm.data import auto_augment_transform, create_dataset, create_transform, rand_augment_transform
+from timm.data.random_erasing import RandomErasing
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 
@@ -299,18 +300,28 @@ def _image_mode(in_chans: int) -> str:
 
 
 def cifar_transform(input_size: Tuple[int, int, int], mean: Sequence[float], std: Sequence[float],
-                    crop_pad: int = 4, hflip: float = 0.5) -> transforms.Compose:
+                    crop_pad: int = 4, hflip: float = 0.5, auto_augment: Optional[str] = None,
+                    re_prob: float = 0.0) -> transforms.Compose:
     """CIFAR-style training transform (SPEC §1.7 "vanilla pixel augmentation"): pad, random crop, h-flip.
 
     Images smaller than ``input_size`` are first zero-padded (centred) to it; the mode follows the channel count.
+    Optional timm AutoAugment / RandAugment policy (``auto_augment``, e.g. ``'original'``, ``'rand-m9-mstd0.5'``)
+    after the flip and timm's random erasing (``re_prob``) after normalisation (MixViT recipes, SPEC §3.4).
     """
     in_chans, height, width = input_size
     steps = [ConvertImageMode(_image_mode(in_chans)), PadToSize((height, width)),
              transforms.RandomCrop((height, width), padding=crop_pad)]
     if hflip > 0:
         steps.append(transforms.RandomHorizontalFlip(hflip))
+    if auto_augment:
+        fill = tuple(round(255 * m) for m in _channel_stats(mean, in_chans))
+        hparams = dict(translate_const=int(min(height, width) * 0.45), img_mean=fill if in_chans == 3 else fill[0])
+        policy = rand_augment_transform if auto_augment.startswith('rand') else auto_augment_transform
+        steps.append(policy(auto_augment, hparams))
     steps += [transforms.ToTensor(),
               transforms.Normalize(_channel_stats(mean, in_chans), _channel_stats(std, in_chans))]
+    if re_prob > 0:
+        steps.append(RandomErasing(re_prob, mode='pixel', device='cpu'))
     return transforms.Compose(steps)
 
 
@@ -342,7 +353,9 @@ def create_image_transform(data_config: Dict[str, Any], is_training: bool, crop_
     input_size, mean, std = data_config['input_size'], data_config['mean'], data_config['std']
     if crop_pad is not None:
         if is_training and not no_aug:
-            return cifar_transform(input_size, mean, std, crop_pad=crop_pad, hflip=hflip)
+            return cifar_transform(input_size, mean, std, crop_pad=crop_pad, hflip=hflip,
+                                   auto_augment=timm_kwargs.get('auto_augment'),
+                                   re_prob=timm_kwargs.get('re_prob', 0.0))
         return eval_transform(input_size, mean, std)
     in_chans = input_size[0]
     transform = create_transform(
