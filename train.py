@@ -63,6 +63,7 @@ MIMO_FLAGS = OrderedDict(
     single_source_end='--single-source-end', mimo_cutmix='--mimo-cutmix', mimo_mixup='--mimo-mixup')
 MIXER_FLAGS = dict(mix='kind', mix_prob='prob', mix_prob_decay='prob_decay', mix_alpha='alpha',
                    single_source_end='single_source_end')
+DECREASING_METRICS = ('loss', 'nll_c', 'ece', 'nll_prob')  # --eval-metric values where lower is better
 CHECKPOINT_LAST = 'last.pth.tar'
 CHECKPOINT_BEST = 'model_best.pth.tar'
 
@@ -366,16 +367,15 @@ class Trainer:
             if args.model_ema else None
         self.generator = torch.Generator()  # re-seeded per shard: pairing, plans and pixel mixing
         self.pixel_mix = None
+        self.timm_mixup = None
         if self.mimo:
             self.mixer = Mixer(**args.mixer_kwargs, generator=self.generator)
             self.loss_fn = MimoLoss(**args.loss_kwargs)
             self.grid = model.mix_grid(self.img_size)
             if args.mimo_cutmix or args.mimo_mixup:
                 self.pixel_mix = PixelMix(args.mimo_cutmix or 0.0, args.mimo_mixup or 0.0, args.mimo_mix_prob)
-            self.timm_mixup = None
         else:
             smoothing = 0.1 if args.smoothing is None else args.smoothing
-            self.timm_mixup = None
             if args.mixup > 0 or args.cutmix > 0:
                 self.timm_mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
                                         switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
@@ -590,7 +590,8 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
         trainer.scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric))
         if args.rank == 0:
             metric = eval_metrics.get(args.eval_metric)
-            is_best = metric is not None and (best_metric is None or metric > best_metric)
+            is_best = metric is not None and (best_metric is None or (
+                metric < best_metric if args.eval_metric in DECREASING_METRICS else metric > best_metric))
             best_metric = metric if is_best else best_metric
             if eval_metrics:
                 print(f'Eval: {epoch}  {format_metrics(eval_metrics)}', flush=True)
