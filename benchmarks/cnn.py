@@ -6,9 +6,11 @@ backbone created with the same architecture and classes. Eval: ``model(x)`` on a
 multi-input batch ``(B, M, C, H, W)`` with a plan from ``Mixer(**model.mix_cfg)`` + ``MimoLoss(**model.loss_cfg)``
 + SGD step; backbone on a plain ``(B, C, H, W)`` batch + cross-entropy + SGD step; same B. Targets (issue 2, batch 64
 on CPU): eval >= 0.97x and train step >= 0.95x the backbone's throughput. The machine may be shared: ratios are the
-meaningful figures, absolute numbers are noisy.
+meaningful figures, absolute numbers are noisy: a second, identical copy of the backbone is measured as a noise
+control (its ratio to the backbone should be 1; its spread is the measurement noise).
 """
 import argparse
+import copy
 from typing import Callable, Dict, List, Tuple
 
 import timm
@@ -42,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--min-seconds', type=float, default=1.0, help='minimum duration of one timed round')
     parser.add_argument('--no-train', action='store_true', help='skip the train-step measurement')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    parser.add_argument('--no-control', action='store_true', help='skip the backbone-copy noise control')
 
 
 def _sgd(model: nn.Module) -> torch.optim.Optimizer:
@@ -93,33 +96,41 @@ def measure(pair: str, args: argparse.Namespace) -> List[Dict[str, object]]:
     mimo = timm.create_model(entrypoint, num_members=args.num_members, **kwargs)
     backbone_kwargs = {k: v for k, v in kwargs.items() if k != 'backbone'}
     backbone = timm.create_model(kwargs['backbone'], **backbone_kwargs)
+    control = None if args.no_control else copy.deepcopy(backbone)
     batch = args.batch_size
     x = torch.randn(batch, mimo.in_chans, img_size, img_size)
-    mimo.eval()
-    backbone.eval()
-    flops = {'mimo': count_flops(lambda: mimo(x[:1])), 'backbone': count_flops(lambda: backbone(x[:1]))}
-    evals = interleaved_throughput({'mimo': eval_call(mimo, x), 'backbone': eval_call(backbone, x)}, batch,
+    models = {'mimo': mimo, 'backbone': backbone, **({'control': control} if control is not None else {})}
+    for model in models.values():
+        model.eval()
+    flops = {key: count_flops(lambda m=model: m(x[:1])) for key, model in models.items()}
+    evals = interleaved_throughput({key: eval_call(model, x) for key, model in models.items()}, batch,
                                    rounds=args.rounds, min_seconds=args.min_seconds)
     trains = {}
     if not args.no_train:
-        trains = interleaved_throughput(
-            {'mimo': mimo_train_step(mimo, batch, img_size),
-             'backbone': backbone_train_step(backbone, batch, img_size, mimo.in_chans)},
-            batch, rounds=args.rounds, min_seconds=args.min_seconds)
-    name = f'{entrypoint}(M={mimo.num_members}) / {pair} @{img_size}px'
-    rows = []
-    for key, label in (('mimo', f'{entrypoint} M={mimo.num_members}'), ('backbone', pair)):
-        model = mimo if key == 'mimo' else backbone
-        rows.append({'model': label, 'params': count_params(model), 'GFLOPs/img': flops[key] / 1e9,
-                     'eval img/s': evals[key], 'train img/s': trains.get(key, float('nan'))})
-    ratio = {'model': f'ratio {name}', 'params': count_params(mimo) / count_params(backbone),
-             'GFLOPs/img': flops['mimo'] / flops['backbone'], 'eval img/s': evals['mimo'] / evals['backbone'],
-             'train img/s': trains['mimo'] / trains['backbone'] if trains else float('nan')}
-    verdicts = [f"eval {'OK' if ratio['eval img/s'] >= EVAL_TARGET else 'MISS'} (>= {EVAL_TARGET})"]
-    if trains:
-        verdicts.append(f"train {'OK' if ratio['train img/s'] >= TRAIN_TARGET else 'MISS'} (>= {TRAIN_TARGET})")
-    ratio['targets'] = ', '.join(verdicts)
-    return rows + [ratio]
+        steps = {key: backbone_train_step(model, batch, img_size, mimo.in_chans) for key, model in models.items()
+                 if key != 'mimo'}
+        trains = interleaved_throughput({'mimo': mimo_train_step(mimo, batch, img_size), **steps}, batch,
+                                        rounds=args.rounds, min_seconds=args.min_seconds)
+    labels = {'mimo': f'{entrypoint} M={mimo.num_members}', 'backbone': pair, 'control': f'{pair} (copy)'}
+    rows = [{'model': labels[key], 'params': count_params(model), 'GFLOPs/img': flops[key] / 1e9,
+             'eval img/s': evals[key], 'train img/s': trains.get(key, float('nan'))} for key, model in models.items()]
+    for key in models:
+        if key == 'backbone':
+            continue
+        ratio = {'model': f'ratio {labels[key]} / {pair} @{img_size}px',
+                 'params': count_params(models[key]) / count_params(backbone),
+                 'GFLOPs/img': flops[key] / flops['backbone'], 'eval img/s': evals[key] / evals['backbone'],
+                 'train img/s': trains[key] / trains['backbone'] if trains else float('nan')}
+        if key == 'mimo':
+            verdicts = [f"eval {'OK' if ratio['eval img/s'] >= EVAL_TARGET else 'MISS'} (>= {EVAL_TARGET})"]
+            if trains:
+                verdicts.append(
+                    f"train {'OK' if ratio['train img/s'] >= TRAIN_TARGET else 'MISS'} (>= {TRAIN_TARGET})")
+            ratio['targets'] = ', '.join(verdicts)
+        else:
+            ratio['targets'] = 'noise control (ideal 1.000)'
+        rows.append(ratio)
+    return rows
 
 
 def run(args: argparse.Namespace) -> None:
