@@ -410,3 +410,21 @@ def test_generic_model_reloads_its_own_checkpoint_through_a_pretrained_cfg(tmp_p
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded.forward_members(x), source.forward_members(x))
+
+
+def test_grad_checkpointing_and_param_groups():
+    """timm's training helpers: grad checkpointing gives the same gradients; group_matcher covers every parameter."""
+    model = tiny().train()
+    xs = torch.randn(2, 2, 3, 16, 16)
+    plan = MixPlan.linear(torch.tensor([[0.25, 0.75], [0.5, 0.5]]), (16, 16))
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        model(xs, plan).square().sum().backward()
+        grads.append(model.encoders.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])
+    groups = timm.models.group_parameters(model, model.group_matcher(coarse=False))
+    grouped = sorted(name for names in groups.values() for name in names)
+    assert grouped == sorted(name for name, _ in model.named_parameters())
+    assert any('backbone.conv_stem.weight' in names for names in groups.values())
