@@ -428,3 +428,15 @@ def test_grad_checkpointing_and_param_groups():
     grouped = sorted(name for names in groups.values() for name in names)
     assert grouped == sorted(name for name, _ in model.named_parameters())
     assert any('backbone.conv_stem.weight' in names for names in groups.values())
+
+
+def test_reset_classifier_with_global_pool():
+    model = tiny(num_members=3).eval()
+    model.reset_classifier(4, global_pool='avgmax')
+    assert model.backbone.global_pool.pool_type == 'avgmax'
+    assert isinstance(model.get_classifier(), mimo_cnn.MemberHeads) and model.heads.weight.shape == (3, 4, 64)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+        expected = torch.einsum('bf,mkf->bmk', features, model.heads.weight) + model.heads.bias
+        torch.testing.assert_close(model.forward_members(x), expected)
