@@ -133,7 +133,9 @@ def pair_inputs(images: torch.Tensor, targets: torch.Tensor, num_members: int, i
         tail = base[num_repeated:]
         perms.append(torch.cat([base[:num_repeated], tail[torch.randperm(tail.numel(), generator=generator)]]))
     index = torch.stack(perms, dim=1).to(images.device)  # (B, M)
-    return images[index], targets[index]
+    flat = index.flatten()
+    return (images.index_select(0, flat).view(batch_size, num_members, *images.shape[1:]),
+            targets.index_select(0, flat).view(batch_size, num_members, *targets.shape[1:]))
 
 
 def soft_targets(targets: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
