@@ -37,7 +37,7 @@ for f in "$SRC"/*-ubyte.gz; do
 done
 
 # 3. Train a Cut-MixMo WRN-10-1 (2 members, 78k parameters, gray 28 px) and validate its checkpoint
-EPOCHS=${EPOCHS:-1}
+EPOCHS=${EPOCHS:-3}
 RUN=${RUN:-quickstart-$(date +%Y%m%d-%H%M%S)}
 echo "== training cut_mixmo (WRN-10-1, M=2) on Fashion-MNIST for $EPOCHS epoch(s): output/train/$RUN"
 $PY train.py --model cut_mixmo --model-kwargs backbone=wrn28_2 depth=10 widen_factor=1 \
