@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main command: set up, fetch Fashion-MNIST, train a small Cut-MixMo for a few minutes on CPU, validate.
-#   bash scripts/quickstart.sh            (from the repository root; EPOCHS=2 or MODEL_KWARGS=... to change the run)
+#   bash scripts/quickstart.sh            (from the repository root; EPOCHS=5 or RUN=name change the run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
