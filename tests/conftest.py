@@ -1,7 +1,19 @@
-"""Shared fixtures: sklearn digits (real 8x8 images) written as a timm image folder."""
+"""Shared fixtures: one torch thread for in-process tests; sklearn digits (real 8x8 images) as a timm image folder."""
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+
+@pytest.fixture(autouse=True, scope='session')
+def one_torch_thread():
+    """The in-process tests run batch-2 tensors at 8-32 px: on a 2-core machine a second OpenMP thread only adds
+    contention (measured 5x slower with other work on the machine). Subprocess runs (train.py) are unaffected."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 DIGITS_VAL_EVERY = 6  # every 6th image goes to the validation split (300 of 1,797)
 

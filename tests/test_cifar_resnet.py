@@ -11,17 +11,6 @@ from timm_mimo.models.cifar_resnet import PreActBasicBlock
 CIFAR_NAMES = timm.list_models(module='cifar_resnet')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Batch-2 tensors at 16-32 px: a second OpenMP thread only adds contention on the shared 2-core machine (tests
-    ran 5x slower with 2 threads), so these tests run single-threaded and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def wrn_param_count(depth: int, width: int, num_classes: int) -> int:
     """Parameters of WRN-d-w counted by hand: stem, pre-act blocks (+1x1 shortcut where the shape changes), BN, fc."""
     n = (depth - 4) // 6

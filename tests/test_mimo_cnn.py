@@ -17,17 +17,6 @@ MIMO_CNN_NAMES = timm.list_models(module='mimo_cnn')
 GENERIC_NAMES = ('mimo', 'linear_mixmo', 'cut_mixmo')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Batch-2 tensors at 16-32 px: a second OpenMP thread only adds contention on the shared 2-core machine (tests
-    ran 5x slower with 2 threads), so these tests run single-threaded and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def tiny(method: str = 'cut_mixmo', num_members: int = 2, **kwargs) -> MimoCNN:
     """A WRN-10-1 MIMO model, 5 classes."""
     torch.manual_seed(0)

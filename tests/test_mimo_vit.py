@@ -17,17 +17,6 @@ SMALL_CONVIT = dict(backbone='convit_tiny', img_size=16, patch_size=4, embed_dim
 SMALL_PAPER = dict(img_size=16, embed_dim=48, num_heads=3, depth=2, depth_token_only=1)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Batch-2 tensors at 16-32 px: a second OpenMP thread only adds contention on the shared 2-core machine (tests
-    ran 5x slower with 2 threads), so these tests run single-threaded and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def small(method: str = 'mixmo_vit', **kwargs) -> MimoViT:
     torch.manual_seed(0)
     return timm.create_model(method, **dict(SMALL_CONVIT, **kwargs))

@@ -420,11 +420,13 @@ class MixViT(MimoContract, nn.Module):
             tokens = self._embed(xs.flatten(0, 1)).unflatten(0, (batch_size, num_members))
             return torch.einsum('bmn,bmnd->bnd', masks.flatten(2), tokens)
         (ph, pw) = self.patch_size
-        pixel_masks = masks.repeat_interleave(ph, dim=2).repeat_interleave(pw, dim=3)  # (B, M, H, W)
         if plan.binary:
-            owner = pixel_masks.argmax(dim=1, keepdim=True)[:, :, None].expand(-1, -1, xs.shape[2], -1, -1)
+            # the member owning each token, spread over its patch's pixels: (B, 1, C, H, W) indices into the M inputs
+            owner = masks.argmax(dim=1).repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)
+            owner = owner[:, None, None].expand(-1, -1, xs.shape[2], -1, -1)
             mixed = xs.gather(1, owner).squeeze(1)
         else:
+            pixel_masks = masks.repeat_interleave(ph, dim=2).repeat_interleave(pw, dim=3)  # (B, M, H, W)
             mixed = torch.einsum('bmhw,bmchw->bchw', pixel_masks, xs)
         return self._embed(mixed)
 
