@@ -10,6 +10,7 @@ label smoothing, timm's Mixup/CutMix). Global-batch semantics and the lr / b rul
     torchrun --nproc_per_node 2 train.py --model cut_mixmo --model-kwargs backbone=wrn28_2 ...
 """
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -433,13 +434,14 @@ class Trainer:
                     loss, binary = self.mimo_loss(images, targets, epoch, step, shard)
                 else:
                     loss, binary = self.plain_loss(images, targets)
-                if not math.isfinite(loss.item()):
-                    raise CliError(f'loss is {loss.item()} at epoch {epoch} step {step}: lower --lr or check data')
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise CliError(f'loss is {loss_value} at epoch {epoch} step {step}: lower --lr or check data')
                 sync = micro_step == accum - 1 or not args.distributed
-                context = self.train_model.no_sync() if not sync else _null_context()
+                context = self.train_model.no_sync() if not sync else contextlib.nullcontext()
                 with context:
                     self.backward(loss / accum, update=micro_step == accum - 1)
-                loss_meter.update(loss.item(), images.shape[0])
+                loss_meter.update(loss_value, images.shape[0])
                 binary_meter.update(binary)
             num_updates = epoch * self.steps_per_epoch + step + 1
             if self.model_ema is not None:
@@ -493,14 +495,6 @@ class Trainer:
         if self.loss_scaler is not None:
             state['scaler'] = self.loss_scaler.state_dict()
         return state
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def keep_epoch_checkpoint(output_dir: str, epoch: int, hist: int) -> None:
