@@ -90,7 +90,9 @@ def test_killed_run_resumes_to_the_same_weights(digits_dir, tmp_path):
     assert train.main(run_args(digits_dir, tmp_path, 'whole', *args)) == 0
     killed = subprocess.run([PYTHON, 'train.py', *run_args(digits_dir, tmp_path, 'cut', *args,
                                                             '--kill-after-steps', '60')],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            # same thread count as this process: bitwise equality needs the same reduction order
+                            env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))
     assert killed.returncode == -9  # SIGKILL in epoch 1 (46 steps per epoch)
     run_dir = tmp_path / 'cut'
     assert len(read_summary(run_dir)) == 1
