@@ -3,6 +3,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from model_checks import parameters_without_gradient
 from safetensors.torch import save_file
 
 import timm_mimo  # noqa: F401  (registers the models)
@@ -93,7 +94,7 @@ def test_model_api(name):
     out = model(x)
     assert out.shape == (2, cfg['num_classes'])
     out.square().mean().backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    no_grad = parameters_without_gradient(model)
     assert not no_grad
 
     model.eval()

@@ -2,6 +2,7 @@
 import pytest
 import timm
 import torch
+from model_checks import parameters_without_gradient
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from timm.models.cait import LayerScaleBlockClassAttn
@@ -48,7 +49,7 @@ def test_forward_backward_every_parameter(models, name):
     out = model(torch.randn(1, *size))
     assert out.shape == (1, model.pretrained_cfg['num_classes'])
     out.square().sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    missing = parameters_without_gradient(model)
     assert missing == []
 
 

@@ -5,6 +5,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from model_checks import parameters_without_gradient
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
@@ -90,7 +91,7 @@ def test_backward_every_parameter(models, name):
     model = models[name].train()
     model.zero_grad()
     model(torch.randn(2, 3, IMG, IMG)).square().sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    missing = parameters_without_gradient(model)
     assert missing == []
     model.eval()
 
