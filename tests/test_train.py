@@ -2,6 +2,7 @@
 import csv
 import glob
 import os
+import socket
 import subprocess
 import sys
 
@@ -59,13 +60,20 @@ def test_mimo_training_learns_and_validate_reproduces_it(digits_dir, tmp_path):
     assert results['num_members'] == 2 and 'top1_m1' in results and 'disagreement' in results
 
 
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on right now (for torchrun's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
 def test_ddp_two_processes_match_one_process_on_the_same_global_batch(digits_dir, tmp_path):
     # one global batch of 128 = 2 ranks x 64 = 1 process x 2 micro-batches of 64 (same shards, pairs, plans);
     # no random augmentation: the two set-ups draw their augmentations from per-process streams
     args = ['-b', '64', '--batch-repeat', '2', '--crop-pad', '1', '--no-aug', '--lr', '0.05', '--epochs', '1',
             '--decay-milestones', '5', '--val-split', '']
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', '29533', 'train.py',
+    proc = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(free_port()), 'train.py',
                            *run_args(digits_dir, tmp_path, 'ddp', *args)],
                           cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
