@@ -39,3 +39,16 @@ def check_mimo_contract(model: torch.nn.Module, x: torch.Tensor) -> None:
         assert model.num_classes == 7
         model.reset_classifier(0)
         assert model(x).shape == (batch_size, model.num_features)
+
+
+def encoder_output(model: torch.nn.Module, *args: object) -> torch.Tensor:
+    """What ``model.encoders`` (a MimoCNN / MimoViT M-encoder module) hands to the core during ``model(*args)``."""
+    captured = []
+    handle = model.encoders.register_forward_hook(lambda mod, inp, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        handle.remove()
+    assert len(captured) == 1
+    return captured[0]

@@ -7,7 +7,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from model_checks import check_mimo_contract
+from model_checks import check_mimo_contract, encoder_output
 from safetensors.torch import save_file
 
 from timm_mimo import MimoLoss, Mixer, MixPlan
@@ -23,19 +23,6 @@ def tiny(method: str = 'cut_mixmo', num_members: int = 2, **kwargs) -> MimoCNN:
     torch.manual_seed(0)
     kwargs = dict(dict(backbone='wrn28_2', depth=10, widen_factor=1, num_classes=5), **kwargs)
     return timm.create_model(method, num_members=num_members, **kwargs)
-
-
-def encoder_output(model: MimoCNN, *args) -> torch.Tensor:
-    """What the encoders hand to the core network during ``model(*args)``."""
-    captured = []
-    handle = model.encoders.register_forward_hook(lambda mod, inp, out: captured.append(out))
-    try:
-        with torch.no_grad():
-            model(*args)
-    finally:
-        handle.remove()
-    assert len(captured) == 1
-    return captured[0]
 
 
 def member_convs(model: MimoCNN, xs) -> list:

@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from model_checks import check_mimo_contract
+from model_checks import check_mimo_contract, encoder_output
 from safetensors.torch import save_file
 
 from timm_mimo import MixPlan
@@ -21,18 +21,6 @@ SMALL_PAPER = dict(img_size=16, embed_dim=48, num_heads=3, depth=2, depth_token_
 def small(method: str = 'mixmo_vit', **kwargs) -> MimoViT:
     torch.manual_seed(0)
     return timm.create_model(method, **dict(SMALL_CONVIT, **kwargs))
-
-
-def encoder_output(model: MimoViT, *args) -> torch.Tensor:
-    captured = []
-    handle = model.encoders.register_forward_hook(lambda mod, inp, out: captured.append(out))
-    try:
-        with torch.no_grad():
-            model(*args)
-    finally:
-        handle.remove()
-    assert len(captured) == 1
-    return captured[0]
 
 
 def embed(model: MimoViT, x: torch.Tensor, member: int) -> torch.Tensor:
