@@ -114,14 +114,42 @@ def test_pixel_mix_outputs_are_consistent_mixtures():
     xs = torch.rand(6, 2, 1, 8, 8)
     targets = soft_targets(torch.randint(0, 4, (6, 2)), 4)
     plan = MixPlan.from_masks(torch.stack([torch.ones(6, 4, 4), torch.zeros(6, 4, 4)], dim=1))
-    mixer = PixelMix(cutmix_alpha=1.0, prob=1.0)
-    mixer(xs, targets, plan, generator)  # first shard: partners from itself; the next from the stream
-    new_xs = torch.rand(6, 2, 1, 8, 8) + 10.0
-    mixed_x, mixed_y = mixer(new_xs, targets, plan, generator)
-    own = (mixed_x == new_xs).float().mean(dim=(2, 3, 4))
-    assert ((mixed_x == new_xs) | (mixed_x < 10)).all()  # every pixel is its own or a partner's from the stream
+    partners = torch.rand(6, 1, 8, 8) + 10.0  # the dataset partners: every pixel > 10
+    partner_y = soft_targets(torch.randint(0, 4, (6,)), 4)
+    mixed_x, mixed_y = PixelMix(cutmix_alpha=1.0, prob=1.0)(xs, targets, plan, partners, partner_y, generator)
+    own = (mixed_x == xs).float().mean(dim=(2, 3, 4))
+    assert ((mixed_x == xs) | (mixed_x > 10)).all()  # every pixel is its own or a dataset partner's
     assert (own[:, 0] >= 0.5).all()  # member 0's region is the whole image: its own image predominates
+    assert (own < 1).any()  # and partners did come in
     assert torch.allclose(mixed_y.sum(-1), torch.ones(6, 2))
+
+
+def test_pixel_mix_with_cutmix_and_mixup_applies_both_at_once():
+    # MixViT: a CutMix box inside which the partner enters with a continuous Mixup weight; outside the box keep = 1
+    mixer = PixelMix(cutmix_alpha=1.0, mixup_alpha=0.8, prob=1.0)
+    keep = mixer.sample_keep_masks((200, 1), (8, 8), torch.Generator().manual_seed(3)).view(200, 64)
+    for row in keep:
+        values = set(row.tolist())
+        assert 1.0 in values or len(values) == 1  # outside the box: the own image
+        inside = values - {1.0}
+        assert len(inside) <= 1  # one continuous Mixup weight inside the box
+    fractional = (keep > 0) & (keep < 1)
+    assert fractional.any()  # neither a binary CutMix mask ...
+    assert (keep == 1).any(dim=1).float().mean() > 0.5  # ... nor a whole-image Mixup
+    assert not ((keep == 0) | (keep == 1)).all()
+
+
+def test_sampler_appends_dataset_partners_seeded_per_shard():
+    def shards(**kwargs):
+        return list(BatchRepeatSampler(num_samples=40, batch_repeat=2, seed=5, num_partners=4, **kwargs))
+    single = shards(batch_size=4, grad_accum_steps=2)
+    ranks = [shards(batch_size=4, world_size=2, rank=r) for r in range(2)]
+    assert [len(s) for s in single] == [8] * len(single)  # 4 shard indices + 4 partners
+    for step in range(len(ranks[0])):
+        assert single[2 * step] == ranks[0][step] and single[2 * step + 1] == ranks[1][step]
+    partners = [index for shard in single for index in shard[4:]]
+    assert len(set(partners)) > 20  # drawn from the whole dataset, not from the shard
+    assert any(set(shard[4:]) - set(shard[:4]) for shard in single)
 
 
 def test_transforms_pad_gray_fashion_mnist_to_32_and_3_channels():

@@ -1,18 +1,21 @@
-"""The multi-input batch of MIMO training (SPEC §1.1, §1.4, §1.7): sampling, pairing, pixel-level MSDA, transforms.
+"""The multi-input batch of MIMO training: sampling, pairing, pixel-level MSDA, transforms.
+
+MixMo arXiv:2103.06132 Sec. 3-4 / thesis (HAL tel-03952815) Sec. 3.2-3.3 and App. A.1.3; MIMO arXiv:2010.06610.
 
 Global-batch semantics (README "Distributed"):
 
 - ``-b/--batch-size`` is the batch of ONE forward pass on one process (timm's meaning). The global batch of one
   optimizer step is ``G = batch_size × world_size × grad_accum_steps``.
-- Batch repetition b (SPEC §1.4) acts on the global batch: every step draws ``G / b`` unique indices, repeats each b
-  times (every copy augmented on its own by the dataset transform), shuffles the G positions and cuts them into
-  ``world_size × grad_accum_steps`` shards; shard ``rank · grad_accum_steps + micro_step`` is what a process sees.
-  Steps per epoch = ``⌊|D| · b / G⌋``. A 2-process run with ``-b 32`` therefore sees the same shards as a 1-process
-  run with ``-b 32 --grad-accum-steps 2``, and every shard is paired and mixed on its own (as BatchNorm normalises
-  it on its own), from a generator seeded by (seed, epoch, step, shard): the same shard gets the same pairs and plan
-  whichever process computes it.
-- The learning rate is NOT divided by b automatically: SPEC §1.3 "lr / b" is written into the configs (SPEC §8), so
-  ``--lr`` always means the rate the optimizer uses.
+- Batch repetition b (MIMO arXiv:2010.06610 Sec. 3.1, thesis Sec. 3.2.3) acts on the global batch: every step draws
+  ``G / b`` unique indices, repeats each b times (every copy augmented on its own by the dataset transform), shuffles
+  the G positions and cuts them into ``world_size × grad_accum_steps`` shards; shard
+  ``rank · grad_accum_steps + micro_step`` is what a process sees. Steps per epoch = ``⌊|D| · b / G⌋``. A 2-process
+  run with ``-b 32`` therefore sees the same shards as a 1-process run with ``-b 32 --grad-accum-steps 2``, and every
+  shard is paired and mixed on its own (as BatchNorm normalises it on its own), from a generator seeded by
+  (seed, epoch, step, shard): the same shard gets the same pairs, plan and pixel-MSDA partners whichever process
+  computes it.
+- The learning rate is NOT divided by b automatically: the papers' ``(0.1 / b) · (bs / 128)`` (thesis App. A.1.3.1)
+  is written into the configs, so ``--lr`` always means the rate the optimizer uses.
 """
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -30,9 +33,13 @@ from timm_mimo.mixing import MixPlan, random_cutmix_masks, sample_mixing_ratios
 __all__ = [
     'BatchRepeatSampler', 'shard_seed', 'pair_inputs', 'PixelMix', 'apply_pixel_mix', 'corrected_mix_ratio',
     'soft_targets',
-    'ConvertImageMode', 'PadToSize', 'cifar_transform', 'eval_transform', 'create_image_transform', 'open_dataset',
+    'ConvertImageMode', 'PadToSize', 'CifarAugMix', 'pixel_policy', 'cifar_transform', 'eval_transform',
+    'create_image_transform', 'open_dataset', 'check_split', 'dataset_num_classes',
     'DataError',
 ]
+
+
+PARTNER_SEED_OFFSET = 7919  # partner draws use their own seed stream, apart from pairing and plans
 
 
 def shard_seed(seed: int, epoch: int, step: int, shard: int) -> int:
@@ -42,10 +49,13 @@ def shard_seed(seed: int, epoch: int, step: int, shard: int) -> int:
 
 
 class BatchRepeatSampler(Sampler[List[int]]):
-    """Batch sampler with batch repetition b, DDP and gradient-accumulation aware (SPEC §1.4).
+    """Batch sampler with batch repetition b, DDP and gradient-accumulation aware (thesis Sec. 3.2.3).
 
     Yields the index lists of this process's shards in order (``grad_accum_steps`` shards per optimizer step).
     Every process builds the same global batches from ``seed + epoch``; call :meth:`set_epoch` each epoch.
+    With ``num_partners > 0`` every shard's list is followed by ``num_partners`` indices drawn uniformly (with
+    replacement) from the whole dataset, from a generator seeded by (seed, epoch, step, shard): the pixel-MSDA
+    partners of :class:`PixelMix`, the same for a shard whichever process loads it.
 
     Args:
         num_samples: |D|.
@@ -55,10 +65,17 @@ class BatchRepeatSampler(Sampler[List[int]]):
         rank: This process's global rank.
         grad_accum_steps: Forward passes per optimizer step on every process.
         seed: Seed shared by all processes.
+        num_partners: Partner indices appended to every shard (0: none).
     """
 
     def __init__(self, num_samples: int, batch_size: int, batch_repeat: int = 1, world_size: int = 1, rank: int = 0,
-                 grad_accum_steps: int = 1, seed: int = 0):
+                 grad_accum_steps: int = 1, seed: int = 0, num_partners: int = 0):
+        for name, value in (('batch size', batch_size), ('world size', world_size),
+                            ('grad accum steps', grad_accum_steps)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be a positive integer, got {value!r}')
+        if num_partners < 0:
+            raise ValueError(f'num_partners must be >= 0, got {num_partners}')
         global_batch = batch_size * world_size * grad_accum_steps
         if batch_repeat < 1 or global_batch % batch_repeat:
             raise ValueError(f'global batch {global_batch} (batch size {batch_size} x world size {world_size} x '
@@ -72,6 +89,7 @@ class BatchRepeatSampler(Sampler[List[int]]):
         self.rank = rank
         self.grad_accum_steps = grad_accum_steps
         self.seed = seed
+        self.num_partners = num_partners
         self.epoch = 0
         self.unique_per_step = global_batch // batch_repeat
         if num_samples < self.unique_per_step:
@@ -80,7 +98,7 @@ class BatchRepeatSampler(Sampler[List[int]]):
 
     @property
     def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch: ``⌊|D| · b / G⌋`` (SPEC §1.4)."""
+        """Optimizer steps per epoch: ``⌊|D| · b / G⌋``."""
         return self.num_samples // self.unique_per_step
 
     def set_epoch(self, epoch: int) -> None:
@@ -95,11 +113,19 @@ class BatchRepeatSampler(Sampler[List[int]]):
             repeated = unique.repeat(self.batch_repeat)
             yield repeated[torch.randperm(repeated.numel(), generator=generator)]
 
+    def partner_indices(self, step: int, shard: int) -> List[int]:
+        """``num_partners`` indices drawn uniformly from the whole dataset for one shard of one step."""
+        generator = torch.Generator().manual_seed(shard_seed(self.seed + PARTNER_SEED_OFFSET, self.epoch, step, shard))
+        return torch.randint(self.num_samples, (self.num_partners,), generator=generator).tolist()
+
     def __iter__(self) -> Iterator[List[int]]:
-        for batch in self.global_batches():
+        for step, batch in enumerate(self.global_batches()):
             for micro_step in range(self.grad_accum_steps):
                 shard = self.rank * self.grad_accum_steps + micro_step
-                yield batch[shard * self.batch_size:(shard + 1) * self.batch_size].tolist()
+                indices = batch[shard * self.batch_size:(shard + 1) * self.batch_size].tolist()
+                if self.num_partners:
+                    indices += self.partner_indices(step, shard)
+                yield indices
 
     def __len__(self) -> int:
         return self.steps_per_epoch * self.grad_accum_steps
@@ -107,7 +133,7 @@ class BatchRepeatSampler(Sampler[List[int]]):
 
 def pair_inputs(images: torch.Tensor, targets: torch.Tensor, num_members: int, input_repeat: float = 0.0,
                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pair a batch into M inputs by permutation (SPEC §0, §1.1).
+    """Pair a batch into M inputs by permutation (MIMO arXiv:2010.06610 Sec. 3.1; MixMo arXiv:2103.06132 Sec. 3).
 
     Member m reads the batch through its own permutation ``π_m``; the first ``⌊B·ρ⌋`` positions of all permutations
     agree (input repetition ρ: all M inputs are the same image there), the rest are shuffled per member. Every item
@@ -145,7 +171,7 @@ def soft_targets(targets: torch.Tensor, num_classes: int, smoothing: float = 0.0
 
 
 def corrected_mix_ratio(keep: torch.Tensor, member_masks: torch.Tensor) -> torch.Tensor:
-    """The visible share of the original image inside the MixMo region (SPEC §1.7).
+    """The visible share of the original image inside the MixMo region (thesis App. A.1.3.1).
 
     ``λ' = Σ(1_m ⊙ 1_M) / Σ 1_M``; where a member's MixMo mask is empty (κ = 0) the plain ``mean(1_m)`` is used.
 
@@ -163,15 +189,21 @@ def corrected_mix_ratio(keep: torch.Tensor, member_masks: torch.Tensor) -> torch
 
 
 class PixelMix:
-    """Pixel-level CutMix / Mixup on every member input, on top of MIMO mixing (SPEC §1.7).
+    """Pixel-level CutMix / Mixup on every member input, on top of MIMO mixing.
 
-    [AMBIG] §1.7 decisions: BOTH inputs are pixel-mixed (T:1212), each member input independently with probability
-    ``prob`` (default 0.5, the official code's value; the papers give none). Partners come from the loader stream, not
-    from the batch's own pairs: the previous shard of the stream (the first shard of every epoch uses a permutation of
-    itself, so a resumed run sees the same partners). λ ~ Beta(α, α) (α = 1 for the paper's CutMix); the label weight is
-    the corrected ``λ' = Σ(1_m ⊙ 1_M)/Σ 1_M`` measured inside the member's MixMo region, and when λ' < 0.5 the original
-    and the partner swap roles, so the batch-repeated image stays predominant (weight ``1 - λ'``). With both CutMix and
-    Mixup enabled, each mixed input picks one of them with probability 0.5 (timm's switch).
+    MixMo arXiv:2103.06132 Sec. 4.1 / thesis (HAL tel-03952815) Sec. 3.3 and App. A.1.3.1: each member input is mixed
+    with a partner drawn from the whole dataset, λ ~ Beta(α, α) (α = 1 for CutMix); the label weight is the corrected
+    ``λ' = Σ(1_m ⊙ 1_M)/Σ 1_M`` measured inside the member's MixMo region, and when λ' < 0.5 the original and the
+    partner swap roles so that the batch-repeated image stays predominant.
+
+    Decision: every member input is mixed independently with probability ``prob`` (default 0.5, the official MixMo
+    code's value; papers silent; thesis App. A.1.3.1 mixes only the first input, Sec. 3.3 both).
+    Decision: the partners are a batch-sized independent draw from the whole dataset (uniform, with replacement; the
+    training loader loads them, seeded per shard, see :class:`BatchRepeatSampler`), and each member input picks one of
+    them uniformly (papers silent on how partners are drawn beyond "from the whole dataset").
+    Decision: with both CutMix and Mixup enabled they are applied SIMULTANEOUSLY as MixViT does (thesis App. A.1.5 /
+    MixViT openreview.net/forum?id=pOq1HuMI8Dz App. H): a CutMix box of area ``1 - λ_cut`` (λ_cut ~ Beta(α_cut, α_cut))
+    inside which the original keeps the continuous Mixup weight λ_mix ~ Beta(α_mix, α_mix); outside the box it keeps 1.
 
     Args:
         cutmix_alpha: α of the CutMix box ratio; 0 disables CutMix.
@@ -180,62 +212,70 @@ class PixelMix:
     """
 
     def __init__(self, cutmix_alpha: float = 0.0, mixup_alpha: float = 0.0, prob: float = 0.5):
-        if cutmix_alpha <= 0 and mixup_alpha <= 0:
-            raise ValueError('PixelMix needs cutmix_alpha > 0 or mixup_alpha > 0')
+        if cutmix_alpha < 0 or mixup_alpha < 0 or (cutmix_alpha <= 0 and mixup_alpha <= 0):
+            raise ValueError(f'PixelMix needs cutmix_alpha > 0 or mixup_alpha > 0 (none negative), got '
+                             f'{cutmix_alpha} and {mixup_alpha}')
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f'pixel mix probability must be in [0, 1], got {prob}')
         self.cutmix_alpha = cutmix_alpha
         self.mixup_alpha = mixup_alpha
         self.prob = prob
-        self.partners: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
-    def reset(self) -> None:
-        """Forget the stream (call at every epoch start)."""
-        self.partners = None
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(cutmix_alpha={self.cutmix_alpha}, mixup_alpha={self.mixup_alpha}, '
+                f'prob={self.prob})')
 
-    def _sample_keep_masks(self, shape: Tuple[int, int], size: Tuple[int, int],
-                           generator: Optional[torch.Generator]) -> torch.Tensor:
-        """``(B, M, H, W)`` masks ``1_m``: 1 everywhere for unmixed inputs, a box or a constant λ for mixed ones."""
+    def sample_keep_masks(self, shape: Tuple[int, int], size: Tuple[int, int],
+                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``(B, M, H, W)`` masks ``1_m``: 1 everywhere for unmixed inputs, else the CutMix / Mixup keep mask."""
         count = shape[0] * shape[1]
         mixed = torch.rand(count, generator=generator) < self.prob
-        use_cutmix = torch.full((count,), self.cutmix_alpha > 0)
-        if self.cutmix_alpha > 0 and self.mixup_alpha > 0:
-            use_cutmix = torch.rand(count, generator=generator) < 0.5
-        lam_cut = sample_mixing_ratios(count, 2, max(self.cutmix_alpha, 1e-3), generator)[:, 0]
-        lam_mix = sample_mixing_ratios(count, 2, max(self.mixup_alpha, 1e-3), generator)[:, 0]
-        box = 1.0 - random_cutmix_masks(1.0 - lam_cut, size, generator)  # the partner's box has area 1 - λ
-        constant = lam_mix[:, None, None].expand(-1, *size)
-        keep = torch.where(use_cutmix[:, None, None], box, constant)
+        keep = torch.ones(count, *size)
+        if self.cutmix_alpha > 0:
+            lam_cut = sample_mixing_ratios(count, 2, self.cutmix_alpha, generator)[:, 0]
+            box = random_cutmix_masks(1.0 - lam_cut, size, generator)  # the partner's box has area 1 - λ
+        else:
+            box = torch.ones(count, *size)  # Mixup alone: the "box" is the whole image
+        if self.mixup_alpha > 0:
+            lam_mix = sample_mixing_ratios(count, 2, self.mixup_alpha, generator)[:, 0]
+            inside = lam_mix[:, None, None].expand(-1, *size)
+        else:
+            inside = torch.zeros(count, *size)
+        keep = torch.where(box > 0, inside, keep)
         keep = torch.where(mixed[:, None, None], keep, torch.ones_like(keep))
         return keep.view(*shape, *size)
 
-    def __call__(self, xs: torch.Tensor, targets: torch.Tensor, plan: MixPlan,
-                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mix every member input with a partner from the stream.
+    def __call__(self, xs: torch.Tensor, targets: torch.Tensor, plan: MixPlan, partner_x: torch.Tensor,
+                 partner_y: torch.Tensor, generator: Optional[torch.Generator] = None
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mix every member input with a partner picked among ``partner_x``.
 
         Args:
             xs: ``(B, M, C, H, W)`` paired inputs.
             targets: ``(B, M, K)`` soft targets.
             plan: The batch's MixMo plan (its masks are upsampled to pixels for the λ correction).
-            generator: Source of the boxes, ratios and partner draws (CPU).
+            partner_x: ``(P, C, H, W)`` partner images (drawn from the whole dataset).
+            partner_y: ``(P, K)`` their soft targets.
+            generator: Source of the boxes, ratios and partner picks (CPU).
 
         Returns:
             Mixed inputs and ``(B, M, K)`` soft targets.
         """
         batch_size, num_members = xs.shape[:2]
+        if partner_x.ndim != xs.ndim - 1 or partner_x.shape[0] < 1 or partner_y.shape[0] != partner_x.shape[0]:
+            raise ValueError(f'expected (P, C, H, W) partners with (P, K) targets, got {tuple(partner_x.shape)} and '
+                             f'{tuple(partner_y.shape)}')
         size = tuple(xs.shape[-2:])
-        pool_x, pool_y = self.partners if self.partners is not None else (xs[:, 0], targets[:, 0])
-        self.partners = (xs[:, 0].detach(), targets[:, 0].detach())
-        pick = torch.randint(0, pool_x.shape[0], (batch_size * num_members,), generator=generator).to(xs.device)
-        partner_x = pool_x[pick].view_as(xs)
-        partner_y = pool_y[pick].view_as(targets)
-        keep = self._sample_keep_masks((batch_size, num_members), size, generator).to(xs.device)
-        return apply_pixel_mix(xs, targets, partner_x, partner_y, keep, plan.upsample(size).to(xs.device))
+        pick = torch.randint(0, partner_x.shape[0], (batch_size * num_members,), generator=generator).to(xs.device)
+        picked_x = partner_x[pick].view_as(xs)
+        picked_y = partner_y[pick].view_as(targets)
+        keep = self.sample_keep_masks((batch_size, num_members), size, generator).to(xs.device)
+        return apply_pixel_mix(xs, targets, picked_x, picked_y, keep, plan.upsample(size).to(xs.device))
 
 
 def apply_pixel_mix(xs: torch.Tensor, targets: torch.Tensor, partner_x: torch.Tensor, partner_y: torch.Tensor,
                     keep: torch.Tensor, member_masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mix member inputs with partners under the λ correction and swap of SPEC §1.7.
+    """Mix member inputs with partners under the λ correction and swap of thesis App. A.1.3.1.
 
     Args:
         xs, partner_x: ``(B, M, C, H, W)`` member inputs and their partners.
@@ -246,8 +286,8 @@ def apply_pixel_mix(xs: torch.Tensor, targets: torch.Tensor, partner_x: torch.Te
     Returns:
         ``(B, M, C, H, W)`` mixed inputs and ``(B, M, K)`` targets ``λ' y + (1 - λ') y_partner`` with λ' >= 0.5.
     """
-    lam = corrected_mix_ratio(keep, member_masks)  # SPEC §1.7: λ' = Σ(1_m ⊙ 1_M) / Σ 1_M
-    swap = lam < 0.5  # SPEC §1.7: swap so that the batch-repeated image stays predominant
+    lam = corrected_mix_ratio(keep, member_masks)  # thesis App. A.1.3.1: λ' = Σ(1_m ⊙ 1_M) / Σ 1_M
+    swap = lam < 0.5  # thesis App. A.1.3.1: swap so that the batch-repeated image stays predominant
     keep = torch.where(swap[:, :, None, None], 1.0 - keep, keep)
     lam = torch.where(swap, 1.0 - lam, lam)
     keep = keep.unsqueeze(2).to(xs.dtype)
@@ -301,14 +341,45 @@ def _image_mode(in_chans: int) -> str:
     return 'L' if in_chans == 1 else 'RGB'
 
 
+class CifarAugMix(transforms.AugMix):
+    """torchvision's AugMix with MixMo's CIFAR-100-c settings (thesis App. A.1.3.1 / MixMo arXiv:2103.06132 App.).
+
+    Severity 3, width 3, depth 4; the operations that overlap with CIFAR-100-c corruptions are excluded, so
+    [equalize, posterize, rotate, solarize, shear_x, shear_y, translate_x, translate_y] remain (torchvision's
+    default set minus autocontrast). No Jensen-Shannon consistency loss (the thesis disables it).
+    """
+
+    KEPT_OPS = ('Equalize', 'Posterize', 'Rotate', 'Solarize', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
+
+    def __init__(self, fill: Optional[Any] = None):
+        super().__init__(severity=3, mixture_width=3, chain_depth=4, all_ops=False, fill=fill)
+
+    def _augmentation_space(self, num_bins: int, image_size: Tuple[int, int]) -> Dict[str, Tuple[torch.Tensor, bool]]:
+        space = super()._augmentation_space(num_bins, image_size)
+        return {name: value for name, value in space.items() if name in self.KEPT_OPS}
+
+
+def pixel_policy(name: str, hparams: Dict[str, Any], fill: Any) -> Callable:
+    """The PIL-level augmentation policy ``name``: torchvision's ``'cifar10'`` AutoAugment, ``'augmix'``
+    (:class:`CifarAugMix`), or a timm AutoAugment / RandAugment string."""
+    if name == 'cifar10':
+        return transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10, fill=fill)
+    if name == 'augmix':
+        return CifarAugMix(fill=fill)
+    policy = rand_augment_transform if name.startswith('rand') else auto_augment_transform
+    return policy(name, hparams)
+
+
 def cifar_transform(input_size: Tuple[int, int, int], mean: Sequence[float], std: Sequence[float],
                     crop_pad: int = 4, hflip: float = 0.5, auto_augment: Optional[str] = None,
-                    re_prob: float = 0.0) -> transforms.Compose:
-    """CIFAR-style training transform (SPEC §1.7 "vanilla pixel augmentation"): pad, random crop, h-flip.
+                    re_prob: float = 0.0, re_mode: str = 'pixel', re_count: int = 1) -> transforms.Compose:
+    """CIFAR-style training transform (thesis App. A.1.3.1 "vanilla pixels data augmentation"): pad, crop, h-flip.
 
     Images smaller than ``input_size`` are first zero-padded (centred) to it; the mode follows the channel count.
-    Optional timm AutoAugment / RandAugment policy (``auto_augment``, e.g. ``'original'``, ``'rand-m9-mstd0.5'``)
-    after the flip and timm's random erasing (``re_prob``) after normalisation (MixViT recipes, SPEC §3.4).
+    Optional ``auto_augment`` after the flip: ``'cifar10'`` is torchvision's CIFAR-10 AutoAugment policy (MixViT
+    recipes, thesis App. A.1.5), ``'augmix'`` torchvision's AugMix without the ops that overlap CIFAR-100-c
+    (:class:`CifarAugMix`, thesis App. A.1.3.1), anything else a timm policy (``'original'``, ``'rand-m9-mstd0.5'``);
+    timm's random erasing (``re_prob``) after normalisation (MixViT, thesis App. A.1.5).
     """
     in_chans, height, width = input_size
     steps = [ConvertImageMode(_image_mode(in_chans)), PadToSize((height, width)),
@@ -318,12 +389,11 @@ def cifar_transform(input_size: Tuple[int, int, int], mean: Sequence[float], std
     if auto_augment:
         fill = tuple(round(255 * m) for m in _channel_stats(mean, in_chans))
         hparams = dict(translate_const=int(min(height, width) * 0.45), img_mean=fill if in_chans == 3 else fill[0])
-        policy = rand_augment_transform if auto_augment.startswith('rand') else auto_augment_transform
-        steps.append(policy(auto_augment, hparams))
+        steps.append(pixel_policy(auto_augment, hparams, fill if in_chans == 3 else fill[0]))
     steps += [transforms.ToTensor(),
               transforms.Normalize(_channel_stats(mean, in_chans), _channel_stats(std, in_chans))]
     if re_prob > 0:
-        steps.append(RandomErasing(re_prob, mode='pixel', device='cpu'))
+        steps.append(RandomErasing(re_prob, mode=re_mode, max_count=re_count, device='cpu'))
     return transforms.Compose(steps)
 
 
@@ -347,7 +417,7 @@ def create_image_transform(data_config: Dict[str, Any], is_training: bool, crop_
     Args:
         data_config: timm's ``resolve_data_config`` output (``input_size``, ``mean``, ``std``, ...).
         is_training: Training (augmented) or evaluation transform.
-        crop_pad: Padding of the CIFAR-style random crop (SPEC §1.7: 4); ``None`` uses timm's transforms.
+        crop_pad: Padding of the CIFAR-style random crop (papers: 4); ``None`` uses timm's transforms.
         hflip: Horizontal-flip probability.
         no_aug: Training transform without augmentation.
         **timm_kwargs: Passed to ``timm.data.create_transform`` (``auto_augment``, ``re_prob``, ...).
@@ -357,7 +427,8 @@ def create_image_transform(data_config: Dict[str, Any], is_training: bool, crop_
         if is_training and not no_aug:
             return cifar_transform(input_size, mean, std, crop_pad=crop_pad, hflip=hflip,
                                    auto_augment=timm_kwargs.get('auto_augment'),
-                                   re_prob=timm_kwargs.get('re_prob', 0.0))
+                                   re_prob=timm_kwargs.get('re_prob', 0.0), re_mode=timm_kwargs.get('re_mode', 'pixel'),
+                                   re_count=timm_kwargs.get('re_count', 1))
         return eval_transform(input_size, mean, std)
     in_chans = input_size[0]
     transform = create_transform(
@@ -367,16 +438,63 @@ def create_image_transform(data_config: Dict[str, Any], is_training: bool, crop_
     return transforms.Compose([ConvertImageMode(_image_mode(in_chans)), transform])
 
 
+TRAIN_SPLITS = ('train', 'training')  # timm's split synonyms (timm.data.dataset_factory)
+EVAL_SPLITS = ('val', 'valid', 'validation', 'eval', 'evaluation')
+TORCH_BASIC_DATASETS = ('cifar10', 'cifar100', 'mnist', 'kmnist', 'fashion_mnist', 'qmnist')
+
+
+def check_split(name: str, root: Optional[str], split: str) -> None:
+    """Refuse a split that timm would silently replace.
+
+    timm's ``create_dataset`` falls back to the whole data dir when an image folder has no sub-folder for the split
+    (training on train + validation images, or "evaluating" on training images), and maps any unknown split of a
+    torchvision dataset to its test set. Here that is a :class:`DataError` listing what exists; ``'.'`` names the
+    data dir itself for a folder without split sub-folders.
+    """
+    prefix, sep, rest = name.partition('/')
+    prefix = prefix.lower() if sep else ''
+    base = split.split('[')[0]
+    if prefix == 'torch' and rest.lower() in TORCH_BASIC_DATASETS:
+        known = TRAIN_SPLITS + EVAL_SPLITS + ('test',)
+        if base not in known:
+            raise DataError(f'split {split!r} of {name!r} is not one of {", ".join(known)}')
+        return
+    if prefix not in ('', 'folder') and not (prefix == 'torch' and rest.lower() in ('folder', 'image_folder')):
+        return  # other readers (hfds/, tfds/, wds/, ...) check their own split names
+    if not root or not os.path.isdir(root) or base == '.':
+        return
+    synonyms = TRAIN_SPLITS if base in TRAIN_SPLITS else EVAL_SPLITS if base in EVAL_SPLITS else ()
+    if not any(os.path.exists(os.path.join(root, candidate)) for candidate in (base, *synonyms)):
+        found = sorted(entry for entry in os.listdir(root) if os.path.isdir(os.path.join(root, entry)))
+        raise DataError(f'split {split!r} not found in {root!r} (folders there: {", ".join(found) or "none"}); '
+                        "name one of them, or '.' for the data dir itself")
+
+
+def dataset_num_classes(dataset: Dataset) -> Optional[int]:
+    """The number of classes a dataset declares (folder readers, torchvision datasets), ``None`` when unknown."""
+    reader = getattr(dataset, 'reader', None)
+    for source in (reader, dataset):
+        class_to_idx = getattr(source, 'class_to_idx', None)
+        if class_to_idx:
+            return max(class_to_idx.values()) + 1
+        classes = getattr(source, 'classes', None)
+        if classes:
+            return len(classes)
+    return None
+
+
 def open_dataset(name: str, root: Optional[str], split: str, is_training: bool = False, download: bool = False,
-                 transform: Optional[Callable] = None) -> Dataset:
-    """timm's ``create_dataset`` with a readable one-line :class:`DataError` for a missing or empty data set."""
+                 transform: Optional[Callable] = None, class_map: str = '') -> Dataset:
+    """timm's ``create_dataset`` with a readable one-line :class:`DataError` for a missing, empty or unknown split."""
     if not download:
         if not root or not os.path.isdir(root):
             raise DataError(f'data dir {root!r} does not exist (--data-dir)')
         if not any(files for _, _, files in os.walk(root)):
             raise DataError(f'data dir {root!r} is empty (--data-dir)')
+    check_split(name, root, split)
     try:
-        dataset = create_dataset(name, root=root, split=split, is_training=is_training, download=download)
+        dataset = create_dataset(name, root=root, split='' if split == '.' else split, is_training=is_training,
+                                 download=download, class_map=class_map)
     except (RuntimeError, OSError, ValueError, AssertionError, KeyError) as exc:
         message = ' '.join(str(exc).split()) or type(exc).__name__
         raise DataError(f'cannot open dataset {name or "(image folder)"!r} split {split!r} in {root!r}: '

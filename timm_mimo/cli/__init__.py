@@ -1,0 +1,2 @@
+"""Command-line entry points: ``timm-mimo-train`` (:mod:`timm_mimo.cli.train`) and ``timm-mimo-validate``
+(:mod:`timm_mimo.cli.validate`); the options both parse live in :mod:`timm_mimo.cli.args`."""

@@ -1,0 +1,297 @@
+"""What timm-mimo-train and timm-mimo-validate both parse: timm's flags (names, meanings, defaults), configs, checks.
+
+Every timm ``train.py`` / ``validate.py`` option exists here under timm's name. The ones this package runs as timm
+does are plain options; the ones it cannot honour are *refused*: they parse with timm's default, their help says
+why, and setting them to anything else is a one-line error, never a silently ignored flag.
+"""
+import argparse
+import math
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import yaml
+from timm.utils import ParseKwargs
+
+__all__ = ['CliError', 'Refused', 'add_refused', 'check_refused', 'load_config', 'parse_with_config', 'Check',
+           'check_values', 'positive', 'non_negative', 'unit_interval', 'at_least', 'one_line']
+
+
+class CliError(Exception):
+    """Bad user input: reported as one line on stderr, exit status 2, before anything is written."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (its type name when the message is empty)."""
+    text = ' '.join(str(exc).split())
+    return (text or type(exc).__name__)[:limit]
+
+
+class Refused:
+    """A timm option that is parsed (with timm's default) but refused when set.
+
+    Args:
+        flags: The option strings, e.g. ``('--aug-splits',)``.
+        reason: Why timm_mimo does not honour it and what to use instead (shown in --help and in the error).
+        **kwargs: ``add_argument`` keywords as timm declares them (``type``, ``default``, ``nargs``, ``action``).
+    """
+
+    def __init__(self, flags: Sequence[str], reason: str, **kwargs: Any):
+        self.flags = tuple(flags)
+        self.reason = reason
+        self.kwargs = kwargs
+
+
+def add_refused(group: argparse._ArgumentGroup, refused: Iterable[Refused]) -> None:
+    """Add refused timm options to ``group``; their help text names the reason."""
+    for option in refused:
+        action = group.add_argument(*option.flags, help=f'not supported: {option.reason}', **option.kwargs)
+        action.refused_reason = option.reason
+
+
+def check_refused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line error for the first refused option set to something else than timm's default."""
+    for action in parser._actions:
+        reason = getattr(action, 'refused_reason', None)
+        if reason is not None and getattr(args, action.dest) != action.default:
+            raise CliError(f'{action.option_strings[-1]} {getattr(args, action.dest)!r} is not supported by '
+                           f'timm_mimo: {reason}')
+
+
+def _convert(action: argparse.Action, key: str, value: Any, path: str) -> Any:
+    """A config value checked and converted as the command line would be."""
+    where = f'config {path!r} key {key!r}'
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if value is not None and not isinstance(value, bool):
+            raise CliError(f'{where}: expected true or false, got {value!r}')
+        return value
+    if isinstance(action, ParseKwargs):
+        if not isinstance(value, dict):
+            raise CliError(f'{where}: expected a mapping of keyword arguments, got {value!r}')
+        return value
+    if value is None:
+        return None
+    many = action.nargs in ('+', '*') or isinstance(action.nargs, int)
+    if many != isinstance(value, (list, tuple)):
+        shape = 'a list' if many else 'one value'
+        raise CliError(f'{where}: expected {shape}, got {value!r}')
+    convert = action.type or (lambda v: v)
+    try:
+        if many:
+            converted = [convert(v) if not isinstance(v, (list, dict)) else _bad(v) for v in value]
+            if isinstance(action.nargs, int) and len(converted) != action.nargs:
+                raise ValueError(f'{action.nargs} values needed')
+            return converted
+        if isinstance(value, (list, dict)):
+            _bad(value)
+        if action.type is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError('not an integer')
+        return convert(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+        raise CliError(f'{where}: bad value {value!r} ({one_line(exc)})') from None
+
+
+def _bad(value: Any) -> Any:
+    raise ValueError(f'nested value {value!r}')
+
+
+def load_config(path: str, parser: argparse.ArgumentParser, ignore_unknown: bool = False,
+                aliases: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """Flag defaults from a YAML file; keys are flag dests (``batch_size``) or flags (``batch-size``).
+
+    Values are checked like command-line values (``epochs: [1, 2]`` is an error). Unknown keys are an error unless
+    ``ignore_unknown`` (validate reads a training run's ``args.yaml``, which holds training-only keys). ``aliases``
+    renames keys first (``val_split`` -> ``split``) unless the target key is present.
+    """
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CliError(f'cannot read config {path!r}: {one_line(exc)}') from None
+    if not isinstance(config, dict):
+        raise CliError(f'config {path!r} must be a mapping of flag names to values, got {type(config).__name__}')
+    actions = {action.dest: action for action in parser._actions}
+    config = {str(key).replace('-', '_'): value for key, value in config.items()}
+    for old, new in (aliases or {}).items():
+        if old in config and new not in config:
+            config[new] = config.pop(old)
+    unknown = sorted(set(config) - set(actions) - {'config'})
+    if unknown and not ignore_unknown:
+        raise CliError(f'config {path!r} has unknown keys: {", ".join(unknown)} (see --help for the flag names)')
+    return {key: _convert(actions[key], key, value, path) for key, value in config.items()
+            if key in actions and key not in ('config', 'help')}
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+                      ignore_unknown_config: bool = False,
+                      config_aliases: Optional[Dict[str, str]] = None) -> argparse.Namespace:
+    """Parse ``argv``; a ``--config`` YAML sets defaults that the command line overrides (as timm's scripts do)."""
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**load_config(known.config, parser, ignore_unknown_config, config_aliases))
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Value checks: every numeric flag is checked before anything is written
+# --------------------------------------------------------------------------------------------------------------------
+
+Check = Tuple[str, Callable[[Any], bool], str]  # (dest, predicate on a set value, what it must be)
+
+
+def positive(value: Any) -> bool:
+    return value > 0
+
+
+def non_negative(value: Any) -> bool:
+    return value >= 0
+
+
+def unit_interval(value: Any) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+def at_least(bound: float) -> Callable[[Any], bool]:
+    return lambda value: value >= bound
+
+
+def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace, checks: Sequence[Check]) -> None:
+    """One-line error naming the flag, its bad value and the allowed range; unset (None) values are skipped."""
+    flags = {action.dest: action.option_strings[-1] for action in parser._actions if action.option_strings}
+    for dest, ok, expected in checks:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, float) and math.isnan(item) or not ok(item):
+                raise CliError(f'{flags.get(dest, dest)} {value!r}: must be {expected}')
+
+
+def existing_file(path: str, flag: str) -> str:
+    """``path`` if it is a readable regular file, else a one-line error naming the flag."""
+    if not os.path.exists(path):
+        raise CliError(f'{flag} {path!r} does not exist')
+    if not os.path.isfile(path):
+        raise CliError(f'{flag} {path!r} is not a file')
+    if os.path.getsize(path) == 0:
+        raise CliError(f'{flag} {path!r} is empty (0 bytes): the file was not completely written')
+    return path
+
+
+def list_folders(root: str) -> List[str]:
+    """Sub-folders of ``root`` (sorted), for error messages."""
+    try:
+        return sorted(name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)))
+    except OSError:
+        return []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Option groups both scripts parse (timm's names, meanings and defaults)
+# --------------------------------------------------------------------------------------------------------------------
+
+def _default_device() -> str:
+    import torch
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def add_data_args(parser: argparse.ArgumentParser, group: argparse._ArgumentGroup) -> None:
+    """Dataset options common to training and validation (the split flags differ and are added by each script)."""
+    parser.add_argument('data', nargs='?', metavar='DIR', const=None,
+                        help='path to dataset (positional is *deprecated*, use --data-dir)')
+    group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir)')
+    group.add_argument('--dataset', metavar='NAME', default='',
+                       help='dataset type + name ("<type>/<name>") (default: ImageFolder or ImageTar if empty)')
+    group.add_argument('--dataset-download', action='store_true', default=False,
+                       help='Allow download of dataset for torch/ and tfds/ datasets that support it.')
+    group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
+                       help='path to class to idx mapping file (default: "")')
+    group.add_argument('--input-key', default=None, type=str, help='Dataset key for input images.')
+    group.add_argument('--target-key', default=None, type=str, help='Dataset key for target labels.')
+    group.add_argument('--dataset-trust-remote-code', action='store_true', default=False,
+                       help="Allow huggingface dataset import to execute code downloaded from the dataset's repo.")
+    add_refused(group, [Refused(('--input-img-mode',), 'the image mode follows the model: "L" for --in-chans 1, '
+                                '"RGB" for 3', default=None, type=str)])
+
+
+def add_model_args(group: argparse._ArgumentGroup) -> None:
+    """Model and input options common to training and validation."""
+    group.add_argument('--model', default='resnet50', type=str, metavar='MODEL',
+                       help='Name of model (timm or timm_mimo) (default: "resnet50")')
+    group.add_argument('--pretrained', action='store_true', default=False,
+                       help='Start with pretrained version of specified network (if avail)')
+    group.add_argument('--num-classes', type=int, default=None, metavar='N',
+                       help='number of label classes (Model default if None)')
+    group.add_argument('--gp', default=None, type=str, metavar='POOL',
+                       help='Global pool type, one of (fast, avg, max, avgmax, avgmaxc). Model default if None.')
+    group.add_argument('--img-size', type=int, default=None, metavar='N',
+                       help='Image size (default: None => model default)')
+    group.add_argument('--in-chans', type=int, default=None, metavar='N',
+                       help='Image input channels (default: None => 3)')
+    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N',
+                       help='Input all image dimensions (d h w, e.g. --input-size 3 224 224), uses model default if '
+                            'empty')
+    group.add_argument('--crop-pct', default=None, type=float, metavar='N',
+                       help='Input image center crop percent (for validation only)')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
+                       help='Override mean pixel value of dataset')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
+                       help='Override std deviation of dataset')
+    group.add_argument('--interpolation', default='', type=str, metavar='NAME',
+                       help='Image resize interpolation type (overrides model)')
+    group.add_argument('--channels-last', action='store_true', default=False,
+                       help='Use channels_last memory layout')
+    group.add_argument('--fast-norm', default=False, action='store_true', help='enable experimental fast-norm')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                       help='extra model kwargs as key=value (e.g. backbone=wrn28_2 depth=10 for a MIMO model)')
+    group.add_argument('--torchcompile-mode', type=str, default=None, help='torch.compile mode (default: None).')
+    group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
+                       help='Enable compilation w/ specified backend (default: inductor).')
+    group.add_argument('--crop-pad', type=int, default=None, metavar='N',
+                       help='timm_mimo: CIFAR-style images. Training: zero-pad by N, random crop, h-flip (the papers '
+                            'use 4); evaluation: centred pad to the input size. Unset: timm\'s transforms')
+    add_refused(group, [
+        Refused(('--torchscript',), 'torch.jit.script cannot compile the MIMO models; use --torchcompile, or '
+                'torch.jit.trace / torch.export on the trained model', dest='torchscript', action='store_true',
+                default=False),
+        Refused(('--fuser',), 'a TorchScript fuser; TorchScript is not used (see --torchscript)', default='',
+                type=str),
+    ])
+
+
+def add_device_args(group: argparse._ArgumentGroup) -> None:
+    """Device and precision options common to training and validation."""
+    group.add_argument('--device', default=_default_device(), type=str,
+                       help='Device (accelerator) to use (default: cuda when available, else cpu).')
+    group.add_argument('--amp', action='store_true', default=False,
+                       help='use AMP for mixed precision (float16 on CUDA; bfloat16 autocast on CPU)')
+    group.add_argument('--amp-dtype', default='float16', type=str, choices=('float16', 'bfloat16'),
+                       help='lower precision AMP dtype (default: float16; the CPU always uses bfloat16)')
+    group.add_argument('--device-modules', default=None, type=str, nargs='+',
+                       help='Python imports for device backend modules.')
+    add_refused(group, [Refused(('--model-dtype',), 'MIMO mixing masks and losses run in float32; use --amp for '
+                                'lower precision', default=None, type=str)])
+
+
+def add_loader_args(group: argparse._ArgumentGroup) -> None:
+    """Data loader options common to training and validation."""
+    group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
+                       help='how many data loading processes to use (default: 4)')
+    group.add_argument('--pin-mem', action='store_true', default=False,
+                       help='Pin CPU memory in DataLoader for more efficient (sometimes) transfer to GPU.')
+    group.add_argument('--no-prefetcher', action='store_true', default=False,
+                       help="disable fast prefetcher (accepted for timm compatibility: timm_mimo's loaders never use "
+                            "timm's CUDA prefetcher, so this changes nothing)")
+
+
+MODEL_CHECKS: List[Check] = [
+    ('num_classes', at_least(1), 'an integer >= 1'),
+    ('in_chans', at_least(1), 'an integer >= 1'),
+    ('img_size', at_least(1), 'an integer >= 1'),
+    ('input_size', at_least(1), 'three integers >= 1'),
+    ('crop_pct', lambda v: 0 < v <= 1, 'in (0, 1]'),
+    ('std', positive, '> 0'),
+    ('crop_pad', non_negative, 'an integer >= 0'),
+    ('workers', non_negative, 'an integer >= 0'),
+    ('batch_size', at_least(1), 'an integer >= 1'),
+]

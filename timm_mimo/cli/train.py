@@ -1,0 +1,1059 @@
+"""timm-mimo-train: train timm and timm_mimo models with timm's flags, on one process or many (torchrun).
+
+The training step is :class:`timm_mimo.task.MimoTask` (a ``timm.task.TrainingTask``): for a MIMO model (one with
+``num_members`` and ``forward_members``) it pairs the batch, samples the mixing plan, optionally pixel-mixes every
+member input with partners from the whole dataset and weighs the member losses; any other timm model trains as in
+timm (cross-entropy, label smoothing, timm's Mixup/CutMix). Global-batch semantics and batch repetition:
+:mod:`timm_mimo.data`.
+
+    timm-mimo-train --config configs/cut_mixmo_wrn28_10_cifar100_b4.yaml --data-dir /data/cifar100
+    torchrun --nproc_per_node 2 train.py --model cut_mixmo --model-kwargs backbone=wrn28_2 ...
+
+What is timm's and what is ours: the model, optimizer (``optimizer_kwargs``), scheduler (``scheduler_kwargs``),
+Mixup, EMA, AMP scaler, distributed set-up, datasets and transforms are timm's. The loader is a plain
+``DataLoader`` with :class:`~timm_mimo.data.BatchRepeatSampler` (timm's ``create_loader`` takes no batch sampler, and
+the batch-repetition / DDP / gradient-accumulation shard equality needs one). Checkpoints are written here rather
+than by timm's ``CheckpointSaver``: they also hold the scheduler state (exact resume of every ``--sched``), are written
+atomically and never with non-finite weights, and hold no pickled objects (``torch.load(weights_only=True)``).
+"""
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import logging
+import math
+import os
+import pickle
+import random
+import re
+import signal
+import sys
+import time
+import zipfile
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+from timm.data import Mixup, resolve_data_config
+from timm.layers import set_fast_norm
+from timm.loss import SoftTargetCrossEntropy
+from timm.models import clean_state_dict
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.scheduler.plateau_lr import PlateauLRScheduler
+from timm.utils import AverageMeter, NativeScaler, dispatch_clip_grad, distribute_bn, init_distributed_device
+from torch.utils.data import DataLoader, Subset
+
+import timm_mimo  # noqa: F401  (registers the MIMO models)
+from timm_mimo.cli.args import (
+    MODEL_CHECKS,
+    CliError,
+    Refused,
+    add_data_args,
+    add_device_args,
+    add_loader_args,
+    add_model_args,
+    add_refused,
+    at_least,
+    check_refused,
+    check_values,
+    existing_file,
+    non_negative,
+    one_line,
+    parse_with_config,
+    positive,
+    unit_interval,
+)
+from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
+from timm_mimo.data import BatchRepeatSampler, DataError, create_image_transform, dataset_num_classes, open_dataset
+from timm_mimo.metrics import collect_member_logits, is_mimo
+from timm_mimo.mixing import MASK_KINDS
+from timm_mimo.task import MimoTask
+
+__all__ = ['build_parser', 'parse_args', 'train', 'main', 'save_checkpoint', 'load_resume', 'MIMO_FLAGS']
+
+_logger = logging.getLogger('timm_mimo.train')
+
+# MIMO flags: dest -> flag, refused on a non-MIMO model (set = not None, batch_repeat: not 1)
+MIMO_FLAGS = OrderedDict(
+    num_members='--num-members', input_repeat='--input-repeat', mix='--mix', mix_prob='--mix-prob',
+    mix_prob_decay='--mix-prob-decay', mix_alpha='--mix-alpha', loss_root='--loss-root',
+    single_source_end='--single-source-end', mimo_cutmix='--mimo-cutmix', mimo_mixup='--mimo-mixup')
+CHECKPOINT_LAST = 'last.pth.tar'
+CHECKPOINT_BEST = 'model_best.pth.tar'
+EPOCH_CHECKPOINT = re.compile(r'^checkpoint-(\d+)\.pth\.tar$')
+L2_OPTIMIZERS = ('sgd', 'nesterov', 'momentum')  # optimizers whose weight decay is the gradient of an L2 term
+# timm transform options that only apply to timm's (RandomResizedCrop) training transform, not to --crop-pad's
+TIMM_TRANSFORM_ONLY = ('train_crop_mode', 'scale', 'ratio', 'vflip', 'color_jitter', 'color_jitter_prob',
+                       'grayscale_prob', 'gaussian_blur_prob', 'train_interpolation')
+
+REFUSED = {
+    'Dataset parameters': [
+        Refused(('--train-num-samples',), 'for iterable datasets, which the batch-repetition sampler cannot index',
+                default=None, type=int),
+        Refused(('--val-num-samples',), 'for iterable datasets, which the batch-repetition sampler cannot index',
+                default=None, type=int),
+    ],
+    'Model parameters': [
+        Refused(('--head-init-scale',), 'MIMO models have M classifier heads; scale them in --model-kwargs or code',
+                default=None, type=float),
+        Refused(('--head-init-bias',), 'MIMO models have M classifier heads; set them in --model-kwargs or code',
+                default=None, type=float),
+    ],
+    'Learning rate schedule parameters': [
+        Refused(('--epoch-repeats',), 'an epoch is one pass over |D|·b images (batch repetition b); use '
+                '--batch-repeat or --epochs', type=float, default=0.),
+    ],
+    'Augmentation and regularization parameters': [
+        Refused(('--aug-repeats',), "timm's repeated-augmentation sampler; use --batch-repeat (b), which also works "
+                'on one process and keeps DDP / gradient accumulation equal', type=float, default=0),
+        Refused(('--aug-splits',), 'AugMix splits with a JSD loss; use --aa augmix (the MixMo AugMix, no JSD)',
+                type=int, default=0),
+        Refused(('--jsd-loss',), 'needs --aug-splits (see there)', action='store_true', default=False),
+        Refused(('--bce-loss',), 'timm_mimo trains with (member) cross-entropy', action='store_true', default=False),
+        Refused(('--bce-sum',), 'see --bce-loss', action='store_true', default=False),
+        Refused(('--bce-target-thresh',), 'see --bce-loss', type=float, default=None),
+        Refused(('--bce-pos-weight',), 'see --bce-loss', type=float, default=None),
+        Refused(('--resplit',), 'needs --aug-splits (see there)', action='store_true', default=False),
+        Refused(('--drop-connect',), 'deprecated in timm; use --drop-path', type=float, default=None),
+    ],
+    'Batch norm parameters': [
+        Refused(('--split-bn',), 'needs --aug-splits (see there)', action='store_true', default=False),
+    ],
+    'Model exponential moving average parameters': [
+        Refused(('--model-ema-force-cpu',), 'the EMA model is evaluated every epoch on the training device',
+                action='store_true', default=False),
+    ],
+    'Miscellaneous parameters': [
+        Refused(('--worker-seeding',), "workers are always seeded as timm's 'all' (torch, random and numpy from "
+                'the per-epoch loader generator)', type=str, default='all'),
+        Refused(('--recovery-interval',), 'last.pth.tar is written atomically at every epoch end; mid-epoch '
+                'recovery points are not supported', type=int, default=0),
+        Refused(('--save-images',), 'not implemented for multi-input batches', action='store_true', default=False),
+        Refused(('--tta',), 'test-time augmentation is not implemented', type=int, default=0),
+        Refused(('--use-multi-epochs-loader',), 'the batch-repetition sampler is re-seeded every epoch',
+                action='store_true', default=False),
+    ],
+    'NaFlex loader parameters (timm)': [
+        Refused(('--naflex-loader',), 'variable-resolution NaFlex batches cannot be paired into MIMO inputs',
+                action='store_true', default=False),
+        Refused(('--naflex-train-seq-lens',), 'see --naflex-loader', type=int, nargs='+',
+                default=[128, 256, 576, 784, 1024]),
+        Refused(('--naflex-max-seq-len',), 'see --naflex-loader', type=int, default=576),
+        Refused(('--naflex-patch-sizes',), 'see --naflex-loader', type=int, nargs='+', default=None),
+        Refused(('--naflex-patch-size-probs',), 'see --naflex-loader', type=float, nargs='+', default=None),
+        Refused(('--naflex-loss-scale',), 'see --naflex-loader', type=str, default='linear'),
+    ],
+    'Knowledge distillation parameters (timm)': [
+        Refused(('--kd-model-name',), "timm's distillation tasks are single-output; a MIMO teacher/student is not "
+                'implemented', type=str, default=None),
+        Refused(('--kd-distill-type',), 'see --kd-model-name', type=str, default='logit'),
+        Refused(('--kd-loss-type',), 'see --kd-model-name', type=str, default='kl'),
+        Refused(('--distill-loss-weight',), 'see --kd-model-name', type=float, default=None),
+        Refused(('--task-loss-weight',), 'see --kd-model-name', type=float, default=None),
+        Refused(('--kd-temperature',), 'see --kd-model-name', type=float, default=4.0),
+        Refused(('--kd-student-feature-dim',), 'see --kd-model-name', type=int, default=None),
+        Refused(('--kd-teacher-feature-dim',), 'see --kd-model-name', type=int, default=None),
+        Refused(('--kd-token-distill-type',), 'see --kd-model-name', type=str, default='soft'),
+    ],
+}
+
+
+def _alpha(value: Any) -> Any:
+    """``--mix-alpha``: a float, or ``'none'`` for the fixed κ = 1/M of MIMO."""
+    return 'none' if str(value).lower() == 'none' else float(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """timm's train.py options (names, meanings, defaults; refused ones say why) plus the MIMO group."""
+    parser = argparse.ArgumentParser(prog='timm-mimo-train', description='timm_mimo training (timm flags + MIMO)')
+    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
+                        help='YAML config file specifying default arguments (keys: flag names)')
+    group = parser.add_argument_group('Dataset parameters')
+    add_data_args(parser, group)
+    group.add_argument('--train-split', metavar='NAME', default='train',
+                       help="dataset train split (default: train); '.' = the data dir itself")
+    group.add_argument('--val-split', metavar='NAME', default='validation',
+                       help="dataset validation split (default: validation); '' = no evaluation")
+    group = parser.add_argument_group('Model parameters')
+    add_model_args(group)
+    group.add_argument('--pretrained-path', default=None, type=str,
+                       help='Load this checkpoint as if they were the pretrained weights (with adaptation).')
+    group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
+                       help='Load this checkpoint into model after initialization (default: none)')
+    group.add_argument('--resume', default='', type=str, metavar='PATH',
+                       help='Resume full model, optimizer, scheduler, EMA and scaler state from checkpoint')
+    group.add_argument('--no-resume-opt', action='store_true', default=False,
+                       help='prevent resume of optimizer state when resuming model')
+    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N',
+                       help='Input batch size of one forward pass on one process (default: 128)')
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
+                       help='Validation batch size override (default: None)')
+    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
+                       help='The number of steps to accumulate gradients (default: 1)')
+    group.add_argument('--grad-checkpointing', action='store_true', default=False,
+                       help='Enable gradient checkpointing through model blocks/stages')
+    add_refused(group, REFUSED['Model parameters'])
+    group = parser.add_argument_group('Device parameters')
+    add_device_args(group)
+    group.add_argument('--no-ddp-bb', action='store_true', default=False,
+                       help='Force broadcast buffers for native DDP to off.')
+    group.add_argument('--synchronize-step', action='store_true', default=False,
+                       help='torch.cuda.synchronize() end of each step')
+    group.add_argument('--local_rank', default=0, type=int,
+                       help='set by torch.distributed.launch; the rank is read from the environment as in timm')
+    group = parser.add_argument_group('Optimizer parameters')
+    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER',
+                       help='Optimizer (default: "sgd", timm\'s SGD with Nesterov momentum)')
+    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON',
+                       help='Optimizer Epsilon (default: None, use opt default)')
+    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA',
+                       help='Optimizer Betas (default: None, use opt default)')
+    group.add_argument('--momentum', type=float, default=0.9, metavar='M', help='Optimizer momentum (default: 0.9)')
+    group.add_argument('--weight-decay', type=float, default=2e-5,
+                       help="weight decay (default: 2e-5; timm's: not on biases and norm parameters)")
+    group.add_argument('--l2', type=float, default=None, metavar='LAMBDA',
+                       help='timm_mimo: the MixMo / MIMO papers\' L2 regularisation: LAMBDA·ΣW² over ALL '
+                            'parameters (BatchNorm and biases included) added to the loss, i.e. a gradient of '
+                            '2·LAMBDA·W (applied as coupled SGD weight decay 2·LAMBDA, no parameter filtering). '
+                            'SGD only; set --weight-decay 0 with it')
+    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM',
+                       help='Clip gradient norm (default: None, no clipping)')
+    group.add_argument('--clip-mode', type=str, default='norm', choices=('norm', 'value', 'agc'),
+                       help='Gradient clipping mode. One of ("norm", "value", "agc")')
+    group.add_argument('--layer-decay', type=float, default=None, help='layer-wise learning rate decay (default: None)')
+    group.add_argument('--layer-decay-min-scale', type=float, default=0,
+                       help='layer-wise lr decay minimum scale clamp (default: 0)')
+    group.add_argument('--layer-decay-no-opt-scale', type=float, default=None,
+                       help='layer-wise lr decay no optimization scale (default: None)')
+    group.add_argument('--opt-kwargs', nargs='*', default={}, action=timm.utils.ParseKwargs,
+                       help='extra optimizer kwargs as key=value')
+    group = parser.add_argument_group('Learning rate schedule parameters')
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER',
+                       help='LR scheduler: cosine, tanh, step, multistep, plateau, poly, wsd, rsqrt, constant, '
+                            'none (default: "cosine")')
+    group.add_argument('--sched-on-updates', action='store_true', default=False,
+                       help='Apply LR scheduler step on update instead of epoch end.')
+    group.add_argument('--lr', type=float, default=None, metavar='LR',
+                       help='learning rate, overrides lr-base if set (default: None); the configs give the papers\' '
+                            'rate, (0.1 / b)·(bs / 128) for MixMo')
+    group.add_argument('--lr-base', type=float, default=0.1, metavar='LR',
+                       help='base learning rate: lr = lr_base * global_batch_size / base_size')
+    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV',
+                       help='base learning rate batch size (divisor, default: 256).')
+    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
+                       help='base learning rate vs batch_size scaling ("linear", "sqrt", based on opt if empty)')
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct',
+                       help='learning rate noise on/off epoch percentages')
+    group.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PERCENT',
+                       help='learning rate noise limit percent (default: 0.67)')
+    group.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STDDEV',
+                       help='learning rate noise std-dev (default: 1.0)')
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT',
+                       help='learning rate cycle len multiplier (default: 1.0)')
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT',
+                       help='amount to decay each learning rate cycle (default: 0.5)')
+    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N',
+                       help='learning rate cycle limit, cycles enabled if > 1')
+    group.add_argument('--lr-k-decay', type=float, default=1.0, help='learning rate k-decay for cosine/poly')
+    group.add_argument('--lr-decay-fn', type=str, default=None, help='decay function of the wsd / rsqrt schedules')
+    group.add_argument('--lr-stable-timescale', type=float, default=None,
+                       help='stable-phase timescale of the wsd / rsqrt schedules')
+    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR', help='warmup learning rate')
+    group.add_argument('--min-lr', type=float, default=0, metavar='LR',
+                       help='lower lr bound for cyclic schedulers that hit 0 (default: 0)')
+    group.add_argument('--epochs', type=int, default=300, metavar='N', help='number of epochs to train')
+    group.add_argument('--start-epoch', default=None, type=int, metavar='N',
+                       help='manual epoch number (useful on restarts)')
+    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
+                       help='list of decay epoch indices for multistep lr. must be increasing')
+    group.add_argument('--decay-epochs', type=float, default=90, metavar='N', help='epoch interval to decay LR')
+    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N',
+                       help='epochs to warmup LR, if scheduler supports (default: 5)')
+    group.add_argument('--warmup-prefix', action='store_true', default=False,
+                       help='Exclude warmup period from decay schedule.')
+    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N',
+                       help='epochs to cooldown LR at min_lr, after cyclic schedule ends')
+    group.add_argument('--patience-epochs', type=int, default=10, metavar='N',
+                       help='patience epochs for Plateau LR scheduler (default: 10)')
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE', help='LR decay rate')
+    add_refused(group, REFUSED['Learning rate schedule parameters'])
+    group = parser.add_argument_group('Augmentation and regularization parameters')
+    group.add_argument('--no-aug', action='store_true', default=False,
+                       help='Disable all training augmentation, override other train aug args')
+    group.add_argument('--train-crop-mode', type=str, default=None, help='Crop-mode in train')
+    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
+                       help='Random resize scale (default: 0.08 1.0)')
+    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
+                       help='Random resize aspect ratio (default: 0.75 1.33)')
+    group.add_argument('--hflip', type=float, default=0.5, help='Horizontal flip training aug probability')
+    group.add_argument('--vflip', type=float, default=0., help='Vertical flip training aug probability')
+    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT', help='Color jitter factor')
+    group.add_argument('--color-jitter-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying any color jitter.')
+    group.add_argument('--grayscale-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying random grayscale conversion.')
+    group.add_argument('--gaussian-blur-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying gaussian blur.')
+    group.add_argument('--aa', type=str, default=None, metavar='NAME',
+                       help='AutoAugment policy: timm\'s ("v0", "original", "rand-m9-mstd0.5", ...), or with '
+                            '--crop-pad "cifar10" (torchvision\'s CIFAR-10 policy) and "augmix" (the MixMo AugMix)')
+    group.add_argument('--reprob', type=float, default=0., metavar='PCT', help='Random erase prob (default: 0.)')
+    group.add_argument('--remode', type=str, default='pixel', help='Random erase mode (default: "pixel")')
+    group.add_argument('--recount', type=int, default=1, help='Random erase count (default: 1)')
+    group.add_argument('--mixup', type=float, default=0.0,
+                       help='timm Mixup alpha, plain models (MIMO models: --mimo-mixup) (default: 0.)')
+    group.add_argument('--cutmix', type=float, default=0.0,
+                       help='timm CutMix alpha, plain models (MIMO models: --mimo-cutmix) (default: 0.)')
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None,
+                       help='cutmix min/max ratio, overrides alpha and enables cutmix if set (default: None)')
+    group.add_argument('--mixup-prob', type=float, default=1.0,
+                       help='Probability of performing mixup or cutmix when either/both is enabled')
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5,
+                       help='Probability of switching to cutmix when both mixup and cutmix enabled')
+    group.add_argument('--mixup-mode', type=str, default='batch',
+                       help='How to apply mixup/cutmix params. Per "batch", "pair", or "elem"')
+    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N',
+                       help='Turn off mixup after this epoch, disabled if 0 (default: 0)')
+    group.add_argument('--smoothing', type=float, default=None,
+                       help="Label smoothing. Unset: 0.1 (timm's default) for plain models, the model's loss_cfg "
+                            '(0 for MixMo, 0.1 for MixViT) for MIMO models')
+    group.add_argument('--train-interpolation', type=str, default='random',
+                       help='Training interpolation (random, bilinear, bicubic default: "random")')
+    group.add_argument('--drop', type=float, default=None, metavar='PCT',
+                       help="Dropout rate (default: None => the model's own default)")
+    group.add_argument('--drop-path', type=float, default=None, metavar='PCT', help='Drop path rate (default: None)')
+    group.add_argument('--drop-block', type=float, default=None, metavar='PCT', help='Drop block rate')
+    add_refused(group, REFUSED['Augmentation and regularization parameters'])
+    group = parser.add_argument_group('Batch norm parameters')
+    group.add_argument('--bn-momentum', type=float, default=None, help='BatchNorm momentum override (if not None)')
+    group.add_argument('--bn-eps', type=float, default=None, help='BatchNorm epsilon override (if not None)')
+    group.add_argument('--sync-bn', action='store_true', default=False, help='Enable synchronized BatchNorm.')
+    group.add_argument('--dist-bn', type=str, default='reduce', choices=('reduce', 'broadcast', ''),
+                       help='Distribute BatchNorm stats between nodes after each epoch ("broadcast", "reduce", or "")')
+    add_refused(group, REFUSED['Batch norm parameters'])
+    group = parser.add_argument_group('Model exponential moving average parameters')
+    group.add_argument('--model-ema', action='store_true', default=False,
+                       help='Enable tracking moving average of model weights.')
+    group.add_argument('--model-ema-decay', type=float, default=0.9998,
+                       help='Decay factor for model weights moving average (default: 0.9998)')
+    group.add_argument('--model-ema-warmup', action='store_true', default=False,
+                       help='Enable warmup for model EMA decay.')
+    add_refused(group, REFUSED['Model exponential moving average parameters'])
+    group = parser.add_argument_group('Miscellaneous parameters')
+    group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
+    group.add_argument('--log-interval', type=int, default=50, metavar='N',
+                       help='how many batches to wait before logging training status')
+    group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N',
+                       help='number of epoch checkpoints to keep, newest first (default: 10)')
+    add_loader_args(group)
+    group.add_argument('--output', default='', type=str, metavar='PATH',
+                       help='path to output folder (default: ./output/train)')
+    group.add_argument('--experiment', default='', type=str, metavar='NAME',
+                       help='name of train experiment, name of sub-folder for output')
+    group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
+                       help='Best metric (default: "top1"); any evaluation column, e.g. nll_c')
+    group.add_argument('--log-wandb', action='store_true', default=False,
+                       help='log training and validation metrics to wandb (needs the wandb package)')
+    group.add_argument('--wandb-project', default=None, type=str, help='wandb project name')
+    group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='wandb tags')
+    group.add_argument('--wandb-resume-id', default='', type=str, metavar='ID',
+                       help='If resuming a run, the id of the run in wandb')
+    # test hook: SIGKILL this process after N optimizer steps, to check that a killed run resumes exactly
+    group.add_argument('--kill-after-steps', type=int, default=None, help=argparse.SUPPRESS)
+    add_refused(group, REFUSED['Miscellaneous parameters'])
+    group = parser.add_argument_group('MIMO parameters (timm_mimo; unset = the model\'s mix_cfg / loss_cfg; refused '
+                                      'on plain models)')
+    group.add_argument('--num-members', type=int, default=None, help='M, the number of members (model kwarg)')
+    group.add_argument('--batch-repeat', type=int, default=1,
+                       help='b: every global batch holds G/b unique images, each b times (MIMO arXiv:2010.06610 '
+                            'batch repetition)')
+    group.add_argument('--input-repeat', type=float, default=None,
+                       help='ρ in [0, 1]: share of positions where all M inputs are the same image')
+    group.add_argument('--mix', default=None, help='mask kind of binary batches: ' + ', '.join(MASK_KINDS))
+    group.add_argument('--mix-prob', type=float, default=None, help='p in [0, 1]: probability of a binary batch')
+    group.add_argument('--mix-prob-decay', action=argparse.BooleanOptionalAction, default=None,
+                       help='p descends linearly to 0 over the last twelfth of training (MixMo)')
+    group.add_argument('--mix-alpha', type=_alpha, default=None,
+                       help="κ ~ Beta(α, α) (Dirichlet(α) for M > 2); 'none' = κ fixed at 1/M (MIMO)")
+    group.add_argument('--loss-root', type=float, default=None, help='r of the loss weights w_r(κ); inf = none')
+    group.add_argument('--single-source-end', action=argparse.BooleanOptionalAction, default=None,
+                       help="MixViT's end-of-training schedule: batches take all tokens from one input")
+    group.add_argument('--mimo-cutmix', type=float, default=None,
+                       help='pixel CutMix alpha on every member input, partners from the whole dataset')
+    group.add_argument('--mimo-mixup', type=float, default=None,
+                       help='pixel Mixup alpha on every member input; with --mimo-cutmix both apply at once '
+                            '(MixViT)')
+    group.add_argument('--mimo-mix-prob', type=float, default=0.5,
+                       help='probability that one member input is pixel-mixed (default 0.5, the official MixMo '
+                            'code; the papers give none)')
+    return parser
+
+
+TRAIN_CHECKS = MODEL_CHECKS + [
+    ('validation_batch_size', at_least(1), 'an integer >= 1'),
+    ('grad_accum_steps', at_least(1), 'an integer >= 1'),
+    ('epochs', at_least(1), 'an integer >= 1'),
+    ('start_epoch', non_negative, 'an integer >= 0'),
+    ('lr', positive, '> 0 (or unset to use --lr-base)'),
+    ('lr_base', positive, '> 0'),
+    ('lr_base_size', at_least(1), 'an integer >= 1'),
+    ('warmup_lr', non_negative, '>= 0'),
+    ('min_lr', non_negative, '>= 0'),
+    ('warmup_epochs', non_negative, 'an integer >= 0'),
+    ('cooldown_epochs', non_negative, 'an integer >= 0'),
+    ('patience_epochs', non_negative, 'an integer >= 0'),
+    ('decay_epochs', positive, '> 0'),
+    ('decay_milestones', non_negative, 'epochs >= 0'),
+    ('decay_rate', positive, '> 0'),
+    ('momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('weight_decay', non_negative, '>= 0'),
+    ('l2', non_negative, '>= 0'),
+    ('clip_grad', positive, '> 0'),
+    ('hflip', unit_interval, 'a probability in [0, 1]'),
+    ('vflip', unit_interval, 'a probability in [0, 1]'),
+    ('reprob', unit_interval, 'a probability in [0, 1]'),
+    ('recount', at_least(1), 'an integer >= 1'),
+    ('mixup', non_negative, '>= 0'),
+    ('cutmix', non_negative, '>= 0'),
+    ('mixup_prob', unit_interval, 'a probability in [0, 1]'),
+    ('mixup_switch_prob', unit_interval, 'a probability in [0, 1]'),
+    ('smoothing', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('drop', unit_interval, 'in [0, 1]'),
+    ('drop_path', unit_interval, 'in [0, 1]'),
+    ('drop_block', unit_interval, 'in [0, 1]'),
+    ('model_ema_decay', unit_interval, 'in [0, 1]'),
+    ('log_interval', at_least(1), 'an integer >= 1'),
+    ('checkpoint_hist', non_negative, 'an integer >= 0'),
+    ('num_members', at_least(2), 'an integer >= 2'),
+    ('batch_repeat', at_least(1), 'an integer >= 1'),
+    ('input_repeat', unit_interval, 'in [0, 1]'),
+    ('mix_prob', unit_interval, 'a probability in [0, 1]'),
+    ('mix_alpha', lambda v: v == 'none' or v > 0, "> 0 or 'none'"),
+    ('loss_root', positive, '> 0 (inf for no weighting)'),
+    ('mimo_cutmix', non_negative, '>= 0'),
+    ('mimo_mixup', non_negative, '>= 0'),
+    ('mimo_mix_prob', unit_interval, 'a probability in [0, 1]'),
+]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse and check every flag; a ``--config`` YAML sets defaults that the command line overrides."""
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
+    check_refused(parser, args)
+    check_values(parser, args, TRAIN_CHECKS)
+    if args.data and not args.data_dir:
+        args.data_dir = args.data
+    if args.mix is not None and args.mix not in MASK_KINDS:
+        raise CliError(f'--mix {args.mix!r}: unknown mask kind; expected one of {", ".join(MASK_KINDS)}')
+    if args.crop_pad is not None:
+        changed = [dest for dest in TIMM_TRANSFORM_ONLY if getattr(args, dest) != parser.get_default(dest)]
+        if changed:
+            flag = '--' + changed[0].replace('_', '-')
+            raise CliError(f'{flag} {getattr(args, changed[0])!r} applies to timm\'s training transform, but '
+                           '--crop-pad selects the CIFAR-style one (pad, random crop, flip): drop one of them')
+    elif args.aa in ('cifar10', 'augmix'):
+        raise CliError(f'--aa {args.aa!r} is a CIFAR policy of the --crop-pad transform: add --crop-pad 4')
+    if args.l2 is not None:
+        if args.weight_decay:
+            raise CliError(f'--l2 {args.l2} and --weight-decay {args.weight_decay} both set: the papers\' L2 '
+                           'replaces weight decay, add --weight-decay 0')
+        if args.opt.lower() not in L2_OPTIMIZERS:
+            raise CliError(f'--l2 with --opt {args.opt!r}: only SGD weight decay is the gradient of an L2 term '
+                           f'({", ".join(L2_OPTIMIZERS)}); use --weight-decay for {args.opt}')
+    return args
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model, data, optimizer
+# --------------------------------------------------------------------------------------------------------------------
+
+def create_train_model(args: argparse.Namespace) -> nn.Module:
+    """``timm.create_model`` with the flags; unknown model and MIMO flags on a plain model are one-line errors."""
+    if ':' not in args.model and not timm.is_model(args.model):
+        raise CliError(f'--model {args.model!r} is unknown (see timm.list_models())')
+    kwargs = dict(args.model_kwargs)
+    for dest, key in (('num_classes', 'num_classes'), ('in_chans', 'in_chans'), ('drop', 'drop_rate'),
+                      ('drop_path', 'drop_path_rate'), ('drop_block', 'drop_block_rate'), ('gp', 'global_pool'),
+                      ('bn_momentum', 'bn_momentum'), ('bn_eps', 'bn_eps'), ('num_members', 'num_members')):
+        if getattr(args, dest) is not None:
+            kwargs[key] = getattr(args, dest)
+    if args.input_size is not None:
+        kwargs['in_chans'] = args.input_size[0]
+    if args.pretrained_path:
+        kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path, num_classes=-1)
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    except TypeError as exc:
+        if 'num_members' in str(exc):
+            raise CliError(f'--num-members given but {args.model!r} is not a MIMO model') from None
+        raise CliError(f'cannot create model {args.model!r} with {kwargs}: {one_line(exc)}') from None
+    except (RuntimeError, ValueError, OSError, AssertionError) as exc:
+        raise CliError(f'cannot create model {args.model!r}: {one_line(exc)}') from None
+    if not is_mimo(model):
+        given = [flag for dest, flag in MIMO_FLAGS.items() if getattr(args, dest) is not None]
+        given += ['--batch-repeat'] if args.batch_repeat != 1 else []
+        if given:
+            raise CliError(f'{", ".join(given)} given but {args.model!r} is not a MIMO model (it has no num_members '
+                           '/ forward_members); drop the flag or pick a timm_mimo model')
+    elif args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        raise CliError(f"--mixup/--cutmix are timm's batch mixing for plain models; for the MIMO model {args.model!r} "
+                       'use --mimo-mixup/--mimo-cutmix')
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(enable=True)
+    return model
+
+
+def load_initial_checkpoint(model: nn.Module, path: str) -> None:
+    """``--initial-checkpoint``: model weights only, any of timm's checkpoint layouts; one-line errors."""
+    existing_file(path, '--initial-checkpoint')
+    try:
+        timm.models.load_checkpoint(model, path, use_ema=False, weights_only=True)
+    except (RuntimeError, KeyError, OSError, EOFError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:
+        raise CliError(f'--initial-checkpoint {path!r} cannot be loaded into {type(model).__name__}: '
+                       f'{one_line(exc, 240)}') from None
+
+
+def resolve_lr(args: argparse.Namespace) -> None:
+    """timm's rule when ``--lr`` is unset: ``lr_base`` scaled by global batch / ``lr_base_size`` (linear or sqrt)."""
+    if args.lr is not None:
+        return
+    global_batch = args.batch_size * args.world_size * args.grad_accum_steps
+    ratio = global_batch / args.lr_base_size
+    scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
+    if scale not in ('linear', 'sqrt'):
+        raise CliError(f"--lr-base-scale {args.lr_base_scale!r}: must be 'linear', 'sqrt' or ''")
+    args.lr = args.lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio)
+
+
+def create_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's optimizer from the flags; ``--l2`` is coupled weight decay 2·λ on every parameter (no filtering)."""
+    kwargs = optimizer_kwargs(cfg=args)
+    filter_bias_and_bn = True
+    if args.l2 is not None:
+        # MixMo arXiv:2103.06132 / thesis (HAL tel-03952815) App. A.1.3.1 and A.1.4: "l2 regularization 3e-4", the
+        # official code adds 3e-4·ΣW² over all parameters to the loss; its gradient 6e-4·W is SGD's weight decay.
+        kwargs['weight_decay'] = 2.0 * args.l2
+        filter_bias_and_bn = False
+    try:
+        return create_optimizer_v2(model, **kwargs, filter_bias_and_bn=filter_bias_and_bn, **args.opt_kwargs)
+    except (ValueError, TypeError, AssertionError, KeyError) as exc:
+        raise CliError(f'cannot create optimizer --opt {args.opt!r}: {one_line(exc)}') from None
+
+
+def create_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """timm's scheduler from the flags; returns it and the number of epochs (with cooldown)."""
+    decreasing = args.eval_metric in DECREASING_METRICS
+    try:
+        kwargs = scheduler_kwargs(args, decreasing_metric=decreasing)
+        return create_scheduler_v2(optimizer, **kwargs, updates_per_epoch=steps_per_epoch)
+    except (ValueError, AssertionError, TypeError) as exc:
+        raise CliError(f'cannot create scheduler --sched {args.sched!r}: {one_line(exc)}') from None
+
+
+def build_loaders(args: argparse.Namespace, data_config: Dict[str, Any], num_partners: int
+                  ) -> Tuple[DataLoader, Optional[DataLoader], BatchRepeatSampler, int, Optional[int]]:
+    """Training loader with the batch-repetition sampler, evaluation loader on this rank's share of the val set."""
+    timm_kwargs = dict(auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
+    train_config = dict(data_config)
+    if args.crop_pad is None:
+        timm_kwargs.update(train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio, vflip=args.vflip,
+                           color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
+                           grayscale_prob=args.grayscale_prob or 0., gaussian_blur_prob=args.gaussian_blur_prob or 0.)
+        if args.train_interpolation and not args.no_aug:
+            train_config['interpolation'] = args.train_interpolation
+    try:
+        train_tf = create_image_transform(train_config, True, args.crop_pad, args.hflip, args.no_aug, **timm_kwargs)
+        eval_tf = create_image_transform(data_config, False, args.crop_pad)
+    except (ValueError, TypeError, AssertionError) as exc:
+        raise CliError(f'cannot build the image transforms: {one_line(exc)}') from None
+    train_set = open_dataset(args.dataset, args.data_dir, args.train_split, True, args.dataset_download, train_tf,
+                             args.class_map)
+    try:
+        sampler = BatchRepeatSampler(len(train_set), args.batch_size, args.batch_repeat, args.world_size, args.rank,
+                                     args.grad_accum_steps, args.seed, num_partners)
+    except ValueError as exc:
+        raise CliError(f'-b {args.batch_size} / --batch-repeat {args.batch_repeat} / --grad-accum-steps '
+                       f'{args.grad_accum_steps}: {one_line(exc)}') from None
+    loader_gen = torch.Generator()
+    train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers, pin_memory=args.pin_mem,
+                              generator=loader_gen, persistent_workers=False)
+    eval_loader, num_eval = None, 0
+    if args.val_split:
+        eval_set = open_dataset(args.dataset, args.data_dir, args.val_split, False, args.dataset_download, eval_tf,
+                                args.class_map)
+        num_eval = len(eval_set)
+        shard = Subset(eval_set, list(range(args.rank, num_eval, args.world_size)))
+        eval_loader = DataLoader(shard, batch_size=args.validation_batch_size or args.batch_size, shuffle=False,
+                                 num_workers=args.workers, pin_memory=args.pin_mem)
+    return train_loader, eval_loader, sampler, num_eval, dataset_num_classes(train_set)
+
+
+def gather_eval(member_logits: torch.Tensor, targets: torch.Tensor, args: argparse.Namespace,
+                num_eval: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's evaluation shard (indices ``rank::world``) back in dataset order, on every rank."""
+    if not args.distributed:
+        return member_logits, targets
+    parts: List[Any] = [None] * args.world_size
+    dist.all_gather_object(parts, (member_logits, targets))
+    full_logits = torch.empty(num_eval, *member_logits.shape[1:])
+    full_targets = torch.empty(num_eval, dtype=targets.dtype)
+    for rank, (logits, labels) in enumerate(parts):
+        full_logits[rank::args.world_size] = logits
+        full_targets[rank::args.world_size] = labels
+    return full_logits, full_targets
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checkpoints and the run folder
+# --------------------------------------------------------------------------------------------------------------------
+
+def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+    """Write to a temporary file, then rename: a checkpoint is complete or absent, never half-written; a failed
+    write leaves no ``.tmp`` file behind."""
+    tmp_path = f'{path}.tmp'
+    try:
+        torch.save(state, tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+        raise
+
+
+def keep_epoch_checkpoint(output_dir: str, epoch: int, hist: int) -> None:
+    """Copy ``last`` to ``checkpoint-<epoch>`` (atomically) and keep only the newest ``hist`` of them.
+
+    Only files named ``checkpoint-<integer>.pth.tar`` take part in the rotation (a user's ``checkpoint-final``
+    is left alone)."""
+    if hist <= 0:
+        return
+    target = os.path.join(output_dir, f'checkpoint-{epoch}.pth.tar')
+    with open(os.path.join(output_dir, CHECKPOINT_LAST), 'rb') as src, open(f'{target}.tmp', 'wb') as dst:
+        dst.write(src.read())
+    os.replace(f'{target}.tmp', target)
+    kept = sorted((int(match.group(1)), name) for name in os.listdir(output_dir)
+                  if (match := EPOCH_CHECKPOINT.match(name)))
+    for _, name in kept[:-hist]:
+        os.remove(os.path.join(output_dir, name))
+
+
+def write_summary(path: str, epoch: int, row: Dict[str, Any]) -> None:
+    """Put the row of ``epoch`` into ``summary.csv``, dropping rows of this epoch or later (a resumed run re-writes
+    them, never duplicates them); the file is replaced atomically."""
+    import csv
+    rows: List[Dict[str, Any]] = []
+    if os.path.exists(path):
+        with open(path, newline='') as f:
+            rows = [r for r in csv.DictReader(f) if r.get('epoch', '').isdigit() and int(r['epoch']) < epoch]
+    rows.append(OrderedDict(epoch=epoch, **row))
+    fields: List[str] = []
+    for r in rows:
+        fields += [key for key in r if key not in fields]
+    tmp_path = f'{path}.tmp'
+    try:
+        with open(tmp_path, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+        raise
+
+
+def scheduler_state(scheduler: Any) -> Dict[str, Any]:
+    """Everything a scheduler needs to resume exactly (timm's plateau state lacks torch's patience counters)."""
+    if isinstance(scheduler, PlateauLRScheduler):
+        return dict(timm=scheduler.state_dict(), torch=scheduler.lr_scheduler.state_dict())
+    return scheduler.state_dict()
+
+
+def load_scheduler_state(scheduler: Any, state: Dict[str, Any]) -> None:
+    if isinstance(scheduler, PlateauLRScheduler):
+        scheduler.load_state_dict(state['timm'])
+        scheduler.lr_scheduler.load_state_dict(state['torch'])
+    else:
+        scheduler.load_state_dict(state)
+
+
+def non_finite_tensor(model: nn.Module) -> Optional[str]:
+    """The name of the first parameter or buffer holding NaN or inf, ``None`` if all are finite."""
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
+
+
+def load_resume(path: str, task: MimoTask, optimizer: Optional[torch.optim.Optimizer], scheduler: Any,
+                loss_scaler: Optional[NativeScaler]) -> Tuple[int, Optional[float], Dict[str, Any]]:
+    """Restore a :func:`save_checkpoint` state (``weights_only`` load); returns (next epoch, best metric, state)."""
+    existing_file(path, '--resume')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = one_line(exc).split('. ')[0]
+        raise CliError(f'--resume {path!r} is not a timm_mimo checkpoint of tensors and plain values (refused to '
+                       f'unpickle it: {reason})') from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CliError(f'--resume {path!r} cannot be read as a checkpoint ({one_line(exc, 200)}); point --resume at '
+                       'a last.pth.tar or checkpoint-N.pth.tar of a run') from None
+    if not isinstance(state, dict) or 'state_dict' not in state or 'epoch' not in state:
+        raise CliError(f'--resume {path!r} is not a training checkpoint (no state_dict / epoch); use '
+                       '--initial-checkpoint to start from its weights')
+    try:
+        task.load_checkpoint_state(clean_state_dict(state['state_dict']))
+        if optimizer is not None and 'optimizer' in state:
+            optimizer.load_state_dict(state['optimizer'])
+        if optimizer is not None and 'scheduler' in state:
+            load_scheduler_state(scheduler, state['scheduler'])
+        if task.has_ema() and 'state_dict_ema' in state:
+            task.load_checkpoint_state(clean_state_dict(state['state_dict_ema']), ema=True)
+        if loss_scaler is not None and 'scaler' in state:
+            loss_scaler.load_state_dict(state['scaler'])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise CliError(f'--resume {path!r} does not fit this run (model {state.get("arch")!r}, flags given now): '
+                       f'{one_line(exc, 240)}') from None
+    return int(state['epoch']) + 1, state.get('best_metric'), state
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of the process RNGs (augmentation without workers, dropout) for one epoch: resumable per epoch."""
+    return (seed * 7919 + epoch * 104729 + rank) % (2 ** 31)
+
+
+def seed_epoch(args: argparse.Namespace, epoch: int, loader: DataLoader) -> None:
+    """Seed every random source of one epoch: torch, Python's ``random`` and numpy (timm's AutoAugment / random
+    erasing use them, also with ``--workers 0``), and the loader generator that seeds the workers."""
+    seed = epoch_seed(args.seed, epoch, args.rank)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (the global numpy RNG is the one augmentations draw from)
+    loader.generator.manual_seed(seed)
+
+
+def recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The flag values of the run, by dest: ``args.yaml``, reusable as ``--config`` of both scripts."""
+    dests = {action.dest for action in build_parser()._actions} - {'help', 'config', 'kill_after_steps', 'data'}
+    return {key: value for key, value in sorted(vars(args).items()) if key in dests}
+
+
+def prepare_output(args: argparse.Namespace, data_config: Dict[str, Any]) -> str:
+    """The run folder (created here, after every check passed); a file in the way or no permission is one line."""
+    root = args.output or './output/train'
+    name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), args.model.replace('/', '_'),
+                                        str(data_config['input_size'][-1])])
+    output_dir = os.path.join(root, name)
+    if not args.resume and args.experiment and os.path.exists(output_dir):
+        index = 1
+        while os.path.exists(f'{output_dir}-{index}'):
+            index += 1
+        output_dir = f'{output_dir}-{index}'
+    for path in (root, output_dir):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise CliError(f'--output: {path!r} is a file, not a folder; pick another --output / --experiment')
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, '.write-probe')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as exc:
+        raise CliError(f'--output: cannot write to {output_dir!r} ({one_line(exc)}); pick a writable --output') \
+            from None
+    return output_dir
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The loop (timm's train.py shape: task(input, target) -> loss, backward, step, EMA, scheduler)
+# --------------------------------------------------------------------------------------------------------------------
+
+class Run:
+    """One training run's objects: the task, optimizer, scheduler, AMP and the timm Mixup of plain models."""
+
+    def __init__(self, args: argparse.Namespace, task: MimoTask, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 num_epochs: int, steps_per_epoch: int, device: torch.device, num_partners: int):
+        self.args = args
+        self.task = task
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.num_epochs = num_epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.device = device
+        self.num_partners = num_partners
+        self.autocast_dtype = None
+        if args.amp:
+            self.autocast_dtype = torch.float16 if args.amp_dtype == 'float16' and device.type == 'cuda' \
+                else torch.bfloat16
+        self.loss_scaler = NativeScaler(device=device.type) if self.autocast_dtype == torch.float16 else None
+        self.mixup_fn = None
+        if not task.mimo and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
+            smoothing = 0.1 if args.smoothing is None else args.smoothing
+            self.mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                                  label_smoothing=smoothing, num_classes=args.num_classes_resolved)
+
+    def train_one_epoch(self, epoch: int, loader: DataLoader) -> Dict[str, float]:
+        """One epoch of optimizer steps; logs progress on rank 0."""
+        args, task = self.args, self.task
+        task.train()
+        if self.mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            self.mixup_fn.mixup_enabled = False
+        loss_meter, binary_meter, time_meter = AverageMeter(), AverageMeter(), AverageMeter()
+        accum = args.grad_accum_steps
+        step_start = time.perf_counter()
+        data_iter = iter(loader)
+        for step in range(self.steps_per_epoch):
+            step_images = 0
+            for micro_step in range(accum):
+                images, targets = next(data_iter)
+                images, targets = images.to(self.device), targets.to(self.device)
+                partners: Tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None)
+                if self.num_partners:
+                    cut = images.shape[0] - self.num_partners
+                    partners = (images[cut:], targets[cut:])
+                    images, targets = images[:cut], targets[:cut]
+                step_images += images.shape[0]
+                task.set_step(epoch, step, self.steps_per_epoch, self.num_epochs, args.rank * accum + micro_step)
+                if self.mixup_fn is not None:
+                    images, targets = self.mixup_fn(images, targets)
+                if args.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                update = micro_step == accum - 1
+                sync = contextlib.nullcontext() if update or not args.distributed else task.no_sync()
+                with sync:
+                    with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                                        enabled=self.autocast_dtype is not None):
+                        result = task(images, targets, *partners) if task.mimo else task(images, targets)
+                    loss_value = result['loss'].item()
+                    if not math.isfinite(loss_value):
+                        raise CliError(f'loss is {loss_value} at epoch {epoch} step {step}: the run diverged; lower '
+                                       f'--lr (now {args.lr:g}) or add --clip-grad (no checkpoint written for this '
+                                       'epoch)')
+                    self.backward(result['loss'] / accum, update)
+                loss_meter.update(loss_value, images.shape[0])
+                if task.mimo:
+                    binary_meter.update(float(result['binary']))
+            num_updates = epoch * self.steps_per_epoch + step + 1
+            task.update_ema(step=num_updates)
+            self.scheduler.step_update(num_updates=num_updates, metric=loss_meter.avg)
+            if args.synchronize_step and self.device.type == 'cuda':
+                torch.cuda.synchronize()
+            time_meter.update(time.perf_counter() - step_start)
+            step_start = time.perf_counter()
+            if args.kill_after_steps is not None and num_updates >= args.kill_after_steps:
+                os.kill(os.getpid(), signal.SIGKILL)  # test hook: die like a killed job, without any cleanup
+            last = step + 1 == self.steps_per_epoch
+            if args.rank == 0 and (step % args.log_interval == 0 or last):
+                rate = step_images * args.world_size / max(time_meter.val, 1e-9)
+                lr = self.optimizer.param_groups[0]['lr']
+                done = 100 * (step + 1) / self.steps_per_epoch
+                print(f'Train: {epoch} [{step + 1:>5d}/{self.steps_per_epoch} ({done:3.0f}%)]'
+                      f'  loss {loss_meter.val:.4f} ({loss_meter.avg:.4f})  lr {lr:.3e}  {rate:,.0f} img/s', flush=True)
+        metrics = OrderedDict(loss=loss_meter.avg)
+        if task.mimo:
+            metrics['binary_batches'] = binary_meter.avg
+        return metrics
+
+    def backward(self, loss: torch.Tensor, update: bool) -> None:
+        """Backward (scaled for float16 AMP), optional gradient clipping, optimizer step when ``update``."""
+        args = self.args
+        params = self.task.get_clip_parameters()
+        if self.loss_scaler is not None:
+            self.loss_scaler(loss, self.optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                             parameters=params, need_update=update)
+        else:
+            loss.backward()
+            if update:
+                if args.clip_grad is not None:
+                    dispatch_clip_grad(params, value=args.clip_grad, mode=args.clip_mode)
+                self.optimizer.step()
+        if update:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, num_eval: int) -> Dict[str, float]:
+        """The evaluation columns of ``model`` on the whole validation split (shards gathered across ranks)."""
+        member_logits, targets = collect_member_logits(timm.utils.unwrap_model(model), loader, self.device,
+                                                       self.autocast_dtype, self.args.channels_last)
+        member_logits, targets = gather_eval(member_logits, targets, self.args, num_eval)
+        return metric_columns(member_logits, targets)
+
+    def state(self, epoch: int, metrics: Dict[str, float], best_metric: Optional[float]) -> Dict[str, Any]:
+        """Everything a resumed run needs, as tensors and plain values (``torch.load(weights_only=True)``)."""
+        state = dict(epoch=epoch, arch=self.args.model, optimizer=self.optimizer.state_dict(),
+                     scheduler=scheduler_state(self.scheduler), metric=metrics.get(self.args.eval_metric),
+                     best_metric=best_metric, version=2, args=recorded_args(self.args))
+        state.update(self.task.get_checkpoint_state())
+        if self.task.has_ema():
+            state['state_dict_ema'] = timm.utils.get_state_dict(self.task.get_trainable_module(ema=True))
+        if self.loss_scaler is not None:
+            state['scaler'] = self.loss_scaler.state_dict()
+        return state
+
+
+def check_labels(num_data_classes: Optional[int], num_model_classes: int, args: argparse.Namespace) -> None:
+    """The data's classes must fit the model's outputs (else torch fails later with 'Target N is out of bounds')."""
+    if num_data_classes is not None and num_data_classes > num_model_classes:
+        raise CliError(f'the training data has {num_data_classes} classes but the model has {num_model_classes} '
+                       f'outputs: set --num-classes {num_data_classes}')
+
+
+def train(args: argparse.Namespace) -> Dict[str, float]:
+    """The whole run: checks, model, task, data, loop, checkpoints, summary; returns the last evaluation metrics."""
+    for module in args.device_modules or []:
+        importlib.import_module(module)
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        raise CliError(f'--device {args.device} requested but CUDA is not available; use --device cpu')
+    if args.log_wandb and importlib.util.find_spec('wandb') is None:
+        raise CliError('--log-wandb needs the wandb package: pip install wandb')
+    device = init_distributed_device(args)
+    if args.fast_norm:
+        set_fast_norm()
+    resolve_lr(args)
+    torch.manual_seed(args.seed)
+    model = create_train_model(args)
+    args.num_classes_resolved = model.num_classes
+    if args.initial_checkpoint:
+        load_initial_checkpoint(model, args.initial_checkpoint)
+    if args.sync_bn and args.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    try:
+        task = build_task(args, model, device)
+    except ValueError as exc:
+        raise CliError(f'bad MIMO flags: {one_line(exc)}') from None
+    args.data_config = resolve_data_config(vars(args), model=model, verbose=False)
+    num_partners = args.batch_size if task.pixel_mix is not None else 0
+    train_loader, eval_loader, sampler, num_eval, data_classes = build_loaders(args, args.data_config, num_partners)
+    check_labels(data_classes, model.num_classes, args)
+    optimizer = create_optimizer(args, model)
+    scheduler, num_epochs = create_scheduler(args, optimizer, sampler.steps_per_epoch)
+    if args.model_ema:
+        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
+    run = Run(args, task, optimizer, scheduler, num_epochs, sampler.steps_per_epoch, device, num_partners)
+    start_epoch, best_metric = 0, None
+    if args.resume:
+        start_epoch, best_metric, _ = load_resume(args.resume, task, None if args.no_resume_opt else optimizer,
+                                                  scheduler, run.loss_scaler)
+    if args.start_epoch is not None:
+        start_epoch = args.start_epoch
+    if start_epoch >= num_epochs:
+        raise CliError(f'--resume {args.resume!r} ends at epoch {start_epoch - 1}, the last of --epochs {num_epochs}: '
+                       'nothing to train; raise --epochs to continue')
+    if args.torchcompile:
+        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+    if args.distributed:
+        task.prepare_distributed(device_ids=[device] if device.type == 'cuda' else None,
+                                 broadcast_buffers=not args.no_ddp_bb)
+    if start_epoch > 0:
+        scheduler.step(start_epoch)
+
+    output_dir = ''
+    if args.rank == 0:
+        output_dir = prepare_output(args, args.data_config)
+        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
+            yaml.safe_dump(recorded_args(args), f, sort_keys=False)
+        global_batch = args.batch_size * args.world_size * args.grad_accum_steps
+        print(f'Model {args.model}: {sum(p.numel() for p in model.parameters()):,} params, '
+              f'{"MIMO M=" + str(task.num_members) if task.mimo else "plain"}; {args.world_size} process(es), '
+              f'global batch {global_batch} ({global_batch // args.batch_repeat} unique x b={args.batch_repeat}), '
+              f'{sampler.steps_per_epoch} steps/epoch, lr {args.lr:g}; output {output_dir}', flush=True)
+        if task.mimo:
+            print(f'{task.mixer}  {task.criterion}  input_repeat={task.input_repeat}  pixel_mix={task.pixel_mix}',
+                  flush=True)
+        if args.log_wandb:
+            import wandb
+            wandb.init(project=args.wandb_project, config=recorded_args(args), tags=args.wandb_tags,
+                       id=args.wandb_resume_id or None, resume='must' if args.wandb_resume_id else None)
+
+    eval_metrics: Dict[str, float] = {}
+    for epoch in range(start_epoch, num_epochs):
+        sampler.set_epoch(epoch)
+        seed_epoch(args, epoch, train_loader)
+        train_metrics = run.train_one_epoch(epoch, train_loader)
+        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+            distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
+        bad = non_finite_tensor(model)
+        if bad is not None:
+            raise CliError(f'the run diverged at epoch {epoch}: {bad} is not finite (NaN or inf); lower --lr (now '
+                           f'{args.lr:g}) or add --clip-grad. No checkpoint of this epoch was written')
+        if eval_loader is not None:
+            eval_metrics = run.evaluate(model, eval_loader, num_eval)
+            if task.has_ema():
+                ema_metrics = run.evaluate(task.get_trainable_module(ema=True).module, eval_loader, num_eval)
+                eval_metrics.update((f'ema_{k}', v) for k, v in ema_metrics.items())
+            if args.eval_metric not in eval_metrics:
+                raise CliError(f'--eval-metric {args.eval_metric!r} is not an evaluation column; pick one of '
+                               f'{", ".join(eval_metrics)}')
+        scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric))
+        if args.rank == 0:
+            metric = eval_metrics.get(args.eval_metric)
+            is_best = metric is not None and (best_metric is None or (
+                metric < best_metric if args.eval_metric in DECREASING_METRICS else metric > best_metric))
+            best_metric = metric if is_best else best_metric
+            if eval_metrics:
+                print(f'Eval: {epoch}  {format_metrics(eval_metrics)}', flush=True)
+            state = run.state(epoch, eval_metrics, best_metric)
+            save_checkpoint(os.path.join(output_dir, CHECKPOINT_LAST), state)
+            keep_epoch_checkpoint(output_dir, epoch, args.checkpoint_hist)
+            if is_best:
+                save_checkpoint(os.path.join(output_dir, CHECKPOINT_BEST), state)
+            row = OrderedDict((f'train_{k}', v) for k, v in train_metrics.items())
+            row.update((f'eval_{k}', v) for k, v in eval_metrics.items())
+            row['lr'] = optimizer.param_groups[0]['lr']
+            write_summary(os.path.join(output_dir, 'summary.csv'), epoch, row)
+            if args.log_wandb:
+                import wandb
+                wandb.log(dict(epoch=epoch, **row))
+    if args.rank == 0 and eval_metrics:
+        print(f'*** Final ({args.model}, epoch {num_epochs - 1}): {format_metrics(eval_metrics)}', flush=True)
+        if best_metric is not None:
+            print(f'*** Best {args.eval_metric}: {best_metric:.4f}', flush=True)
+    return eval_metrics
+
+
+def build_task(args: argparse.Namespace, model: nn.Module, device: torch.device) -> MimoTask:
+    """The training task from the flags: MIMO flags left unset keep the model's mix_cfg / loss_cfg."""
+    verbose = False  # the run prints its own one-line summary of the task
+    if not is_mimo(model):
+        if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+            return MimoTask(model, criterion=SoftTargetCrossEntropy(), device=device, verbose=verbose)
+        return MimoTask.from_model(model, smoothing=args.smoothing, device=device, verbose=verbose)
+    return MimoTask.from_model(
+        model, mix=args.mix, mix_prob=args.mix_prob, mix_prob_decay=args.mix_prob_decay, mix_alpha=args.mix_alpha,
+        single_source_end=args.single_source_end, loss_root=args.loss_root, smoothing=args.smoothing,
+        input_repeat=args.input_repeat, mimo_cutmix=args.mimo_cutmix, mimo_mixup=args.mimo_mixup,
+        mimo_mix_prob=args.mimo_mix_prob, seed=args.seed, num_classes=model.num_classes, device=device,
+        verbose=verbose)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: bad input ends with one line on stderr and exit status 2."""
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    try:
+        args = parse_args(argv)
+        train(args)
+    except (CliError, DataError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('error: interrupted; resume with --resume <run folder>/last.pth.tar', file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

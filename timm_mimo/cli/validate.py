@@ -1,0 +1,263 @@
+"""timm-mimo-validate: evaluate a timm or timm_mimo model with timm's flags; MIMO models get member columns too.
+
+Ensemble (logit averaging) top-1 / top-5, NLL (``loss``), calibrated NLL (two-half cross temperature scaling) and
+ECE for every model; for MIMO models also probability averaging, per-member top-1 / top-5 / NLL, ratio-error
+diversity and disagreement (MixMo arXiv:2103.06132 Sec. 4, thesis (HAL tel-03952815) App. A.1.3.2). ``--config``
+accepts a training run's ``args.yaml``, so the evaluation uses the run's model, data and transform flags::
+
+    timm-mimo-validate --config output/train/run/args.yaml --checkpoint output/train/run/model_best.pth.tar
+
+With no ``--checkpoint`` the model's pretrained weights are loaded, as timm's validate.py does (``--pretrained`` is
+implied); a model without pretrained weights is then an error rather than an evaluation of random weights.
+"""
+import argparse
+import csv
+import importlib
+import json
+import os
+import pickle
+import sys
+import zipfile
+from collections import OrderedDict
+from typing import Any, Dict, Optional, Sequence
+
+import timm
+import torch
+from timm.data import resolve_data_config
+from timm.layers import set_fast_norm
+from timm.models import clean_state_dict
+from torch.utils.data import DataLoader
+
+import timm_mimo  # noqa: F401  (registers the MIMO models)
+from timm_mimo.cli.args import (
+    MODEL_CHECKS,
+    CliError,
+    Refused,
+    add_data_args,
+    add_device_args,
+    add_loader_args,
+    add_model_args,
+    add_refused,
+    at_least,
+    check_refused,
+    check_values,
+    existing_file,
+    one_line,
+    parse_with_config,
+)
+from timm_mimo.cli.evaluate import metric_columns
+from timm_mimo.data import DataError, create_image_transform, dataset_num_classes, open_dataset
+from timm_mimo.metrics import collect_member_logits, is_mimo
+
+__all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main']
+
+REFUSED = [
+    Refused(('--num-samples',), 'for iterable datasets; this evaluation indexes the whole split', default=None,
+            type=int),
+    Refused(('--use-train-size',), "the input size comes from --img-size / --input-size / the model's config",
+            action='store_true', default=False),
+    Refused(('--crop-mode',), "use --crop-pct, or --crop-pad for CIFAR-shaped data", default=None, type=str),
+    Refused(('--crop-border-pixels',), 'use --crop-pct', type=int, default=None),
+    Refused(('--num-gpu',), 'one device per process', type=int, default=1),
+    Refused(('--test-pool',), 'not implemented for MIMO models', action='store_true', default=False),
+    Refused(('--reparam',), 'not implemented for MIMO models', action='store_true', default=False),
+    Refused(('--results-dir',), 'use --results-file', type=str, default=''),
+    Refused(('--real-labels',), 'ImageNet-only relabelling', type=str, default=''),
+    Refused(('--valid-labels',), 'ImageNet-only label subsets', type=str, default=''),
+    Refused(('--retry',), 'batch-size back-off is not implemented; set -b', action='store_true', default=False),
+    Refused(('--tta',), 'test-time augmentation is not implemented', type=int, default=0),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """timm's validate.py options (names, meanings, defaults; refused ones say why) plus ``--crop-pad``."""
+    parser = argparse.ArgumentParser(prog='timm-mimo-validate', description='timm_mimo validation')
+    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
+                        help="YAML flag defaults, e.g. a training run's args.yaml (training-only keys are skipped)")
+    group = parser.add_argument_group('Dataset parameters')
+    add_data_args(parser, group)
+    group.add_argument('--split', metavar='NAME', default='validation',
+                       help="dataset split (default: validation); '.' = the data dir itself")
+    group = parser.add_argument_group('Model parameters')
+    add_model_args(group)
+    group.add_argument('--checkpoint', default='', type=str, metavar='PATH',
+                       help='path to latest checkpoint (default: none => the pretrained weights)')
+    group.add_argument('--use-ema', dest='use_ema', action='store_true',
+                       help="use the checkpoint's EMA weights (an error if it has none)")
+    group.add_argument('--num-members', type=int, default=None, help='timm_mimo: M of a MIMO model')
+    group.add_argument('-b', '--batch-size', default=256, type=int, metavar='N',
+                       help='mini-batch size (default: 256)')
+    group = parser.add_argument_group('Device parameters')
+    add_device_args(group)
+    group = parser.add_argument_group('Miscellaneous parameters')
+    add_loader_args(group)
+    group.add_argument('--log-freq', default=10, type=int, metavar='N', help='batch logging frequency (default: 10)')
+    group.add_argument('--seed', type=int, default=42, metavar='S',
+                       help='random seed (default: 42); seeds torch (the NLL_c halves use their own fixed seed)')
+    group.add_argument('--results-file', default='', type=str, metavar='FILENAME',
+                       help='Output csv or json file for validation results (the folder is created)')
+    group.add_argument('--results-format', default='csv', type=str, choices=('csv', 'json'),
+                       help='Format for results file one of (csv, json) (default: csv)')
+    add_refused(group, REFUSED)
+    return parser
+
+
+VALIDATE_CHECKS = MODEL_CHECKS + [
+    ('num_members', at_least(2), 'an integer >= 2'),
+    ('log_freq', at_least(1), 'an integer >= 1'),
+]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Flags; ``--config`` sets defaults for the keys this parser knows (a train ``args.yaml`` has more)."""
+    parser = build_parser()
+    args = parse_with_config(parser, argv, ignore_unknown_config=True, config_aliases={'val_split': 'split'})
+    check_refused(parser, args)
+    check_values(parser, args, VALIDATE_CHECKS)
+    if args.data and not args.data_dir:
+        args.data_dir = args.data
+    if args.results_file and os.path.splitext(args.results_file)[1] == '.json':
+        args.results_format = 'json'
+    return args
+
+
+def load_weights(model: torch.nn.Module, path: str, use_ema: bool) -> None:
+    """Checkpoint weights into ``model``; ``use_ema`` needs ``state_dict_ema`` in the file (no silent fallback)."""
+    existing_file(path, '--checkpoint')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CliError(f'--checkpoint {path!r} holds objects other than tensors (refused to unpickle it: '
+                       f'{one_line(exc).split(". ")[0]})') from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CliError(f'--checkpoint {path!r} cannot be read ({one_line(exc, 200)})') from None
+    if isinstance(state, dict) and use_ema:
+        if state.get('state_dict_ema') is None and state.get('model_ema') is None:
+            raise CliError(f'--use-ema: {path!r} has no EMA weights (no state_dict_ema); drop --use-ema to evaluate '
+                           'its plain weights')
+        state = state.get('state_dict_ema', state.get('model_ema'))
+    elif isinstance(state, dict):
+        state = state.get('state_dict', state.get('model', state))
+    elif use_ema:
+        raise CliError(f'--use-ema: {path!r} is a bare state dict without EMA weights; drop --use-ema')
+    if not isinstance(state, dict):
+        raise CliError(f'--checkpoint {path!r} holds no state dict')
+    try:
+        model.load_state_dict(clean_state_dict(state))
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CliError(f'checkpoint {path!r} does not fit model {type(model).__name__}: {one_line(exc, 240)}') \
+            from None
+
+
+def create_eval_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The model with its checkpoint, or its pretrained weights when no checkpoint is given (as timm does)."""
+    if ':' not in args.model and not timm.is_model(args.model):
+        raise CliError(f'--model {args.model!r} is unknown (see timm.list_models())')
+    kwargs = dict(args.model_kwargs)
+    for dest, key in (('num_classes', 'num_classes'), ('in_chans', 'in_chans'), ('num_members', 'num_members'),
+                      ('gp', 'global_pool')):
+        if getattr(args, dest) is not None:
+            kwargs[key] = getattr(args, dest)
+    if args.input_size is not None:
+        kwargs['in_chans'] = args.input_size[0]
+    pretrained = args.pretrained or not args.checkpoint
+    if pretrained and not args.checkpoint:
+        cfg = timm.models.get_pretrained_cfg(args.model.split(':')[-1]) if ':' not in args.model else None
+        if ':' not in args.model and (cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file)):
+            raise CliError(f'no --checkpoint and {args.model!r} has no pretrained weights: give --checkpoint (a '
+                           'run\'s model_best.pth.tar), otherwise random weights would be evaluated')
+    try:
+        model = timm.create_model(args.model, pretrained=pretrained, **kwargs)
+    except (TypeError, RuntimeError, ValueError, OSError, AssertionError) as exc:
+        raise CliError(f'cannot create model {args.model!r}: {one_line(exc)}') from None
+    if args.checkpoint:
+        load_weights(model, args.checkpoint, args.use_ema)
+    return model
+
+
+def prepare_results_file(path: str) -> None:
+    """Create the folder of ``--results-file`` and make sure it is writable, before the evaluation runs."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CliError(f'--results-file {path!r} is a folder; give a file name')
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f'.{os.path.basename(path)}.probe')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as exc:
+        raise CliError(f'--results-file {path!r} cannot be written ({one_line(exc)}); pick another path') from None
+
+
+def validate(args: argparse.Namespace) -> Dict[str, Any]:
+    """Evaluate and return the metrics (timm's ``top1``, ``top5``, ``loss`` + the MIMO columns)."""
+    for module in args.device_modules or []:
+        importlib.import_module(module)
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        raise CliError(f'--device {args.device} requested but CUDA is not available; use --device cpu')
+    if args.results_file:
+        prepare_results_file(args.results_file)
+    torch.manual_seed(args.seed)
+    if args.fast_norm:
+        set_fast_norm()
+    device = torch.device(args.device)
+    model = create_eval_model(args).to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    data_config = resolve_data_config(vars(args), model=model)
+    try:
+        transform = create_image_transform(data_config, False, args.crop_pad)
+    except (ValueError, TypeError) as exc:
+        raise CliError(f'cannot build the image transform: {one_line(exc)}') from None
+    dataset = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, transform,
+                           args.class_map)
+    num_data_classes = dataset_num_classes(dataset)
+    if num_data_classes is not None and num_data_classes > model.num_classes:
+        raise CliError(f'the data has {num_data_classes} classes but the model has {model.num_classes} outputs: set '
+                       f'--num-classes {num_data_classes} (and a checkpoint trained with it)')
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                        pin_memory=args.pin_mem)
+    eval_model = model
+    if args.torchcompile:
+        eval_model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
+    autocast_dtype = None
+    if args.amp:
+        autocast_dtype = torch.float16 if device.type == 'cuda' and args.amp_dtype == 'float16' else torch.bfloat16
+    member_logits, targets = collect_member_logits(eval_model, loader, device, autocast_dtype, args.channels_last)
+    results: Dict[str, Any] = OrderedDict(model=args.model, checkpoint=args.checkpoint, num_images=len(dataset),
+                                          num_members=model.num_members if is_mimo(model) else 1)
+    results.update(metric_columns(member_logits, targets))
+    return results
+
+
+def write_results(path: str, results: Dict[str, Any], results_format: str = 'csv') -> None:
+    """Write ``results`` as JSON or a one-row CSV, via a temporary file."""
+    tmp_path = f'{path}.tmp'
+    with open(tmp_path, 'w', newline='') as f:
+        if results_format == 'json':
+            json.dump(results, f, indent=2)
+        else:
+            writer = csv.DictWriter(f, fieldnames=list(results))
+            writer.writeheader()
+            writer.writerow(results)
+    os.replace(tmp_path, path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: prints the metrics; bad input ends with one line on stderr and exit status 2."""
+    try:
+        args = parse_args(argv)
+        results = validate(args)
+    except (CliError, DataError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    for key, value in results.items():
+        print(f'{key:>14s}: {value:.6f}' if isinstance(value, float) else f'{key:>14s}: {value}')
+    if args.results_file:
+        write_results(args.results_file, results, args.results_format)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
