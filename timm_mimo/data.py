@@ -489,7 +489,7 @@ def open_dataset(name: str, root: Optional[str], split: str, is_training: bool =
     if not download:
         if not root or not os.path.isdir(root):
             raise DataError(f'data dir {root!r} does not exist (--data-dir)')
-        if not any(files for _, _, files in os.walk(root)):
+        if not any(files for _, _, files in os.walk(root, followlinks=True)):
             raise DataError(f'data dir {root!r} is empty (--data-dir)')
     check_split(name, root, split)
     try:

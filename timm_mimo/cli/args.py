@@ -5,19 +5,28 @@ does are plain options; the ones it cannot honour are *refused*: they parse with
 why, and setting them to anything else is a one-line error, never a silently ignored flag.
 """
 import argparse
+import contextlib
 import math
 import os
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 from timm.utils import ParseKwargs
 
-__all__ = ['CliError', 'Refused', 'add_refused', 'check_refused', 'load_config', 'parse_with_config', 'Check',
-           'check_values', 'positive', 'non_negative', 'unit_interval', 'at_least', 'one_line']
+__all__ = ['CliError', 'ArgumentParser', 'Refused', 'add_refused', 'check_refused', 'load_config', 'parse_with_config',
+           'Check', 'check_values', 'positive', 'non_negative', 'unit_interval', 'at_least', 'one_line']
 
 
 class CliError(Exception):
     """Bad user input: reported as one line on stderr, exit status 2, before anything is written."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with errors as :class:`CliError` (one line, no usage dump); ``--help`` prints as usual."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CliError(f'{message} (see {self.prog} --help)')
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -176,6 +185,14 @@ def existing_file(path: str, flag: str) -> str:
     if os.path.getsize(path) == 0:
         raise CliError(f'{flag} {path!r} is empty (0 bytes): the file was not completely written')
     return path
+
+
+@contextlib.contextmanager
+def quiet_warnings():
+    """Silence library warnings while reading a user's file: its failure is reported as our one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        yield
 
 
 def list_folders(root: str) -> List[str]:

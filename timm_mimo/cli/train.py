@@ -29,7 +29,6 @@ import re
 import signal
 import sys
 import time
-import zipfile
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -52,6 +51,7 @@ from torch.utils.data import DataLoader, Subset
 import timm_mimo  # noqa: F401  (registers the MIMO models)
 from timm_mimo.cli.args import (
     MODEL_CHECKS,
+    ArgumentParser,
     CliError,
     Refused,
     add_data_args,
@@ -67,6 +67,7 @@ from timm_mimo.cli.args import (
     one_line,
     parse_with_config,
     positive,
+    quiet_warnings,
     unit_interval,
 )
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
@@ -171,7 +172,7 @@ def _alpha(value: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     """timm's train.py options (names, meanings, defaults; refused ones say why) plus the MIMO group."""
-    parser = argparse.ArgumentParser(prog='timm-mimo-train', description='timm_mimo training (timm flags + MIMO)')
+    parser = ArgumentParser(prog='timm-mimo-train', description='timm_mimo training (timm flags + MIMO)')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help='YAML config file specifying default arguments (keys: flag names)')
     group = parser.add_argument_group('Dataset parameters')
@@ -514,11 +515,11 @@ def load_initial_checkpoint(model: nn.Module, path: str) -> None:
     """``--initial-checkpoint``: model weights only, any of timm's checkpoint layouts; one-line errors."""
     existing_file(path, '--initial-checkpoint')
     try:
-        timm.models.load_checkpoint(model, path, use_ema=False, weights_only=True)
-    except (RuntimeError, KeyError, OSError, EOFError, ValueError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as exc:
-        raise CliError(f'--initial-checkpoint {path!r} cannot be loaded into {type(model).__name__}: '
-                       f'{one_line(exc, 240)}') from None
+        with quiet_warnings():
+            timm.models.load_checkpoint(model, path, use_ema=False, weights_only=True)
+    except Exception as exc:  # unreadable file or other architecture: say which file and why
+        raise CliError(f'--initial-checkpoint {path!r} cannot be loaded into {type(model).__name__} '
+                       f'({type(exc).__name__}: {one_line(exc, 240)})') from None
 
 
 def resolve_lr(args: argparse.Namespace) -> None:
@@ -698,14 +699,16 @@ def load_resume(path: str, task: MimoTask, optimizer: Optional[torch.optim.Optim
     """Restore a :func:`save_checkpoint` state (``weights_only`` load); returns (next epoch, best metric, state)."""
     existing_file(path, '--resume')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        with quiet_warnings():
+            state = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = one_line(exc).split('. ')[0]
         raise CliError(f'--resume {path!r} is not a timm_mimo checkpoint of tensors and plain values (refused to '
                        f'unpickle it: {reason})') from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CliError(f'--resume {path!r} cannot be read as a checkpoint ({one_line(exc, 200)}); point --resume at '
-                       'a last.pth.tar or checkpoint-N.pth.tar of a run') from None
+    except Exception as exc:  # any failure to read the file is the file's fault: say which file
+        raise CliError(f'--resume {path!r} cannot be read as a checkpoint ({type(exc).__name__}: '
+                       f'{one_line(exc, 200)}); point --resume at a last.pth.tar or checkpoint-N.pth.tar of a run') \
+            from None
     if not isinstance(state, dict) or 'state_dict' not in state or 'epoch' not in state:
         raise CliError(f'--resume {path!r} is not a training checkpoint (no state_dict / epoch); use '
                        '--initial-checkpoint to start from its weights')
@@ -899,6 +902,17 @@ class Run:
         return state
 
 
+def check_eval_metric(args: argparse.Namespace, task: MimoTask) -> None:
+    """``--eval-metric`` must name an evaluation column (checked on dummy logits, before anything is written)."""
+    num_classes = args.num_classes_resolved
+    columns = list(metric_columns(torch.randn(4, task.num_members, num_classes), torch.arange(4) % num_classes))
+    if args.model_ema:
+        columns += [f'ema_{column}' for column in columns]
+    if args.eval_metric not in columns:
+        raise CliError(f'--eval-metric {args.eval_metric!r} is not an evaluation column; pick one of '
+                       f'{", ".join(columns)}')
+
+
 def check_labels(num_data_classes: Optional[int], num_model_classes: int, args: argparse.Namespace) -> None:
     """The data's classes must fit the model's outputs (else torch fails later with 'Target N is out of bounds')."""
     if num_data_classes is not None and num_data_classes > num_model_classes:
@@ -940,6 +954,8 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     scheduler, num_epochs = create_scheduler(args, optimizer, sampler.steps_per_epoch)
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
+    if eval_loader is not None:
+        check_eval_metric(args, task)
     run = Run(args, task, optimizer, scheduler, num_epochs, sampler.steps_per_epoch, device, num_partners)
     start_epoch, best_metric = 0, None
     if args.resume:
@@ -992,9 +1008,6 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
             if task.has_ema():
                 ema_metrics = run.evaluate(task.get_trainable_module(ema=True).module, eval_loader, num_eval)
                 eval_metrics.update((f'ema_{k}', v) for k, v in ema_metrics.items())
-            if args.eval_metric not in eval_metrics:
-                raise CliError(f'--eval-metric {args.eval_metric!r} is not an evaluation column; pick one of '
-                               f'{", ".join(eval_metrics)}')
         scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric))
         if args.rank == 0:
             metric = eval_metrics.get(args.eval_metric)
@@ -1004,14 +1017,19 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
             if eval_metrics:
                 print(f'Eval: {epoch}  {format_metrics(eval_metrics)}', flush=True)
             state = run.state(epoch, eval_metrics, best_metric)
-            save_checkpoint(os.path.join(output_dir, CHECKPOINT_LAST), state)
-            keep_epoch_checkpoint(output_dir, epoch, args.checkpoint_hist)
-            if is_best:
-                save_checkpoint(os.path.join(output_dir, CHECKPOINT_BEST), state)
             row = OrderedDict((f'train_{k}', v) for k, v in train_metrics.items())
             row.update((f'eval_{k}', v) for k, v in eval_metrics.items())
             row['lr'] = optimizer.param_groups[0]['lr']
-            write_summary(os.path.join(output_dir, 'summary.csv'), epoch, row)
+            try:
+                save_checkpoint(os.path.join(output_dir, CHECKPOINT_LAST), state)
+                keep_epoch_checkpoint(output_dir, epoch, args.checkpoint_hist)
+                if is_best:
+                    save_checkpoint(os.path.join(output_dir, CHECKPOINT_BEST), state)
+                write_summary(os.path.join(output_dir, 'summary.csv'), epoch, row)
+            except OSError as exc:
+                raise CliError(f'cannot write the epoch {epoch} checkpoint / summary in {output_dir!r} '
+                               f'({one_line(exc)}); free space or fix the folder, then resume with --resume '
+                               f'{os.path.join(output_dir, CHECKPOINT_LAST)}') from None
             if args.log_wandb:
                 import wandb
                 wandb.log(dict(epoch=epoch, **row))

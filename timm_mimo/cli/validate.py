@@ -17,7 +17,6 @@ import json
 import os
 import pickle
 import sys
-import zipfile
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Sequence
 
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader
 import timm_mimo  # noqa: F401  (registers the MIMO models)
 from timm_mimo.cli.args import (
     MODEL_CHECKS,
+    ArgumentParser,
     CliError,
     Refused,
     add_data_args,
@@ -44,6 +44,7 @@ from timm_mimo.cli.args import (
     existing_file,
     one_line,
     parse_with_config,
+    quiet_warnings,
 )
 from timm_mimo.cli.evaluate import metric_columns
 from timm_mimo.data import DataError, create_image_transform, dataset_num_classes, open_dataset
@@ -71,7 +72,7 @@ REFUSED = [
 
 def build_parser() -> argparse.ArgumentParser:
     """timm's validate.py options (names, meanings, defaults; refused ones say why) plus ``--crop-pad``."""
-    parser = argparse.ArgumentParser(prog='timm-mimo-validate', description='timm_mimo validation')
+    parser = ArgumentParser(prog='timm-mimo-validate', description='timm_mimo validation')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help="YAML flag defaults, e.g. a training run's args.yaml (training-only keys are skipped)")
     group = parser.add_argument_group('Dataset parameters')
@@ -125,12 +126,14 @@ def load_weights(model: torch.nn.Module, path: str, use_ema: bool) -> None:
     """Checkpoint weights into ``model``; ``use_ema`` needs ``state_dict_ema`` in the file (no silent fallback)."""
     existing_file(path, '--checkpoint')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        with quiet_warnings():
+            state = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CliError(f'--checkpoint {path!r} holds objects other than tensors (refused to unpickle it: '
                        f'{one_line(exc).split(". ")[0]})') from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CliError(f'--checkpoint {path!r} cannot be read ({one_line(exc, 200)})') from None
+    except Exception as exc:  # any failure to read the file is the file's fault: say which file
+        raise CliError(f'--checkpoint {path!r} cannot be read as a checkpoint ({type(exc).__name__}: '
+                       f'{one_line(exc, 200)})') from None
     if isinstance(state, dict) and use_ema:
         if state.get('state_dict_ema') is None and state.get('model_ema') is None:
             raise CliError(f'--use-ema: {path!r} has no EMA weights (no state_dict_ema); drop --use-ema to evaluate '
@@ -150,7 +153,7 @@ def load_weights(model: torch.nn.Module, path: str, use_ema: bool) -> None:
 
 
 def create_eval_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The model with its checkpoint, or its pretrained weights when no checkpoint is given (as timm does)."""
+    """The model, with its pretrained weights when no checkpoint is given (as timm does); see :func:`load_weights`."""
     if ':' not in args.model and not timm.is_model(args.model):
         raise CliError(f'--model {args.model!r} is unknown (see timm.list_models())')
     kwargs = dict(args.model_kwargs)
@@ -170,8 +173,6 @@ def create_eval_model(args: argparse.Namespace) -> torch.nn.Module:
         model = timm.create_model(args.model, pretrained=pretrained, **kwargs)
     except (TypeError, RuntimeError, ValueError, OSError, AssertionError) as exc:
         raise CliError(f'cannot create model {args.model!r}: {one_line(exc)}') from None
-    if args.checkpoint:
-        load_weights(model, args.checkpoint, args.use_ema)
     return model
 
 
@@ -216,6 +217,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     if num_data_classes is not None and num_data_classes > model.num_classes:
         raise CliError(f'the data has {num_data_classes} classes but the model has {model.num_classes} outputs: set '
                        f'--num-classes {num_data_classes} (and a checkpoint trained with it)')
+    if args.checkpoint:
+        load_weights(model, args.checkpoint, args.use_ema)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         pin_memory=args.pin_mem)
     eval_model = model
