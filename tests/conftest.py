@@ -36,3 +36,16 @@ def digits_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp('digits')
     write_digits_folder(root)
     return root
+
+
+@pytest.fixture(scope='session')
+def small_digits_dir(tmp_path_factory, digits_dir):
+    """256 training and 60 validation digits (symlinks into ``digits_dir``): epochs of a few steps."""
+    root = tmp_path_factory.mktemp('small_digits')
+    for split, count in (('train', 256), ('validation', 60)):
+        files = sorted((digits_dir / split).glob('*/*.png'), key=lambda p: int(p.stem))[:count]
+        for path in files:
+            folder = root / split / path.parent.name
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / path.name).symlink_to(path)
+    return root

@@ -187,3 +187,74 @@ def test_every_config_is_accepted_by_the_parser():
         args = train.parse_args(['--config', path, '--data-dir', '/data'])
         assert train.timm.is_model(args.model), path
         assert args.lr > 0 and args.epochs > 0
+
+
+RESUME_CASES = [pytest.param(['--sched', sched, '--decay-epochs', '2', '--lr-stable-timescale', '1'], id=sched)
+                for sched in ('cosine', 'tanh', 'step', 'multistep', 'poly', 'wsd', 'rsqrt', 'constant', 'none')]
+RESUME_CASES += [
+    # plateau: a tiny lr keeps top1 flat, so the patience counter decides when the lr drops (state beyond timm's)
+    pytest.param(['--sched', 'plateau', '--patience-epochs', '1', '--decay-rate', '0.5', '--lr', '1e-6'],
+                 id='plateau'),
+    pytest.param(['--sched', 'cosine', '--amp'], id='amp-cpu-bfloat16'),
+    pytest.param(['--sched', 'cosine', '--model-ema', '--model-ema-decay', '0.9'], id='ema'),
+    pytest.param(['--sched', 'step', '--decay-epochs', '1', '--sched-on-updates', '--warmup-epochs', '1'],
+                 id='step-on-updates-warmup'),
+]
+
+
+@pytest.mark.parametrize('extra', RESUME_CASES)
+def test_interrupted_run_resumes_exactly_for_every_schedule(small_digits_dir, tmp_path, monkeypatch, extra):
+    """A run stopped after epoch 1 and resumed ends bit-identical to the uninterrupted run (weights, EMA, lr, rows)."""
+    argv = [*MODEL, '--workers', '0', '--log-interval', '1000', '--seed', '3', '-b', '32', '--batch-repeat', '2',
+            '--crop-pad', '1', '--lr', '0.05', '--warmup-epochs', '0', '--epochs', '4', '--mimo-cutmix', '1.0',
+            '--data-dir', str(small_digits_dir), '--output', str(tmp_path), *extra]
+    assert train.main([*argv, '--experiment', 'whole']) == 0
+    real_write_summary = train.write_summary
+
+    def stop_after_epoch_1(path, epoch, row):
+        real_write_summary(path, epoch, row)
+        if epoch == 1:
+            raise KeyboardInterrupt  # as a user's Ctrl-C after the epoch-1 checkpoint
+
+    monkeypatch.setattr(train, 'write_summary', stop_after_epoch_1)
+    assert train.main([*argv, '--experiment', 'cut']) == 130
+    monkeypatch.setattr(train, 'write_summary', real_write_summary)
+    cut = tmp_path / 'cut'
+    assert torch.load(cut / 'last.pth.tar', weights_only=True)['epoch'] == 1
+    assert train.main([*argv, '--experiment', 'cut', '--resume', str(cut / 'last.pth.tar')]) == 0
+    whole = torch.load(tmp_path / 'whole' / 'last.pth.tar', weights_only=True)
+    resumed = torch.load(cut / 'last.pth.tar', weights_only=True)
+    for key in ('state_dict', 'state_dict_ema'):
+        assert (key in whole) == (key in resumed)
+        for name, value in whole.get(key, {}).items():
+            assert torch.equal(resumed[key][name], value), (key, name)
+    assert resumed['optimizer']['param_groups'][0]['lr'] == whole['optimizer']['param_groups'][0]['lr']
+    assert resumed['scheduler'] == whole['scheduler']  # the whole schedule state, counters included
+    assert read_summary(cut) == read_summary(tmp_path / 'whole')
+    if 'plateau' in extra:  # the lr did drop during the run: the patience state was exercised
+        assert whole['optimizer']['param_groups'][0]['lr'] < 1e-6
+
+
+def test_plateau_state_keeps_the_patience_counter():
+    # timm's PlateauLRScheduler.state_dict() keeps only best / last_epoch: a resume in the middle of a patience
+    # window would restart the count and drop the lr one epoch late
+    from timm.scheduler import create_scheduler_v2
+
+    def plateau():
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        return create_scheduler_v2(optimizer, sched='plateau', num_epochs=10, patience_epochs=1, decay_rate=0.5,
+                                   warmup_epochs=0, plateau_mode='max')[0], optimizer
+
+    whole, whole_opt = plateau()
+    for epoch, metric in enumerate([0.5, 0.5, 0.5], start=1):
+        whole.step(epoch, metric)
+    assert whole_opt.param_groups[0]['lr'] == 0.5  # two epochs without improvement > patience 1
+    first, first_opt = plateau()
+    first.step(1, 0.5)
+    first.step(2, 0.5)
+    state = train.scheduler_state(first)
+    resumed, resumed_opt = plateau()
+    resumed_opt.load_state_dict(first_opt.state_dict())
+    train.load_scheduler_state(resumed, state)
+    resumed.step(3, 0.5)
+    assert resumed_opt.param_groups[0]['lr'] == 0.5

@@ -466,7 +466,8 @@ def check_split(name: str, root: Optional[str], split: str) -> None:
     synonyms = TRAIN_SPLITS if base in TRAIN_SPLITS else EVAL_SPLITS if base in EVAL_SPLITS else ()
     if not any(os.path.exists(os.path.join(root, candidate)) for candidate in (base, *synonyms)):
         found = sorted(entry for entry in os.listdir(root) if os.path.isdir(os.path.join(root, entry)))
-        raise DataError(f'split {split!r} not found in {root!r} (folders there: {", ".join(found) or "none"}); '
+        listed = ', '.join(found[:12]) + (f', ... ({len(found)} in all)' if len(found) > 12 else '')
+        raise DataError(f'split {split!r} not found in {root!r} (folders there: {listed or "none"}); '
                         "name one of them, or '.' for the data dir itself")
 
 

@@ -671,14 +671,18 @@ def write_summary(path: str, epoch: int, row: Dict[str, Any]) -> None:
         raise
 
 
-def scheduler_state(scheduler: Any) -> Dict[str, Any]:
+def scheduler_state(scheduler: Any) -> Optional[Dict[str, Any]]:
     """Everything a scheduler needs to resume exactly (timm's plateau state lacks torch's patience counters)."""
+    if scheduler is None:  # --sched none
+        return None
     if isinstance(scheduler, PlateauLRScheduler):
         return dict(timm=scheduler.state_dict(), torch=scheduler.lr_scheduler.state_dict())
     return scheduler.state_dict()
 
 
-def load_scheduler_state(scheduler: Any, state: Dict[str, Any]) -> None:
+def load_scheduler_state(scheduler: Any, state: Optional[Dict[str, Any]]) -> None:
+    if scheduler is None or state is None:
+        return
     if isinstance(scheduler, PlateauLRScheduler):
         scheduler.load_state_dict(state['timm'])
         scheduler.lr_scheduler.load_state_dict(state['torch'])
@@ -847,7 +851,8 @@ class Run:
                     binary_meter.update(float(result['binary']))
             num_updates = epoch * self.steps_per_epoch + step + 1
             task.update_ema(step=num_updates)
-            self.scheduler.step_update(num_updates=num_updates, metric=loss_meter.avg)
+            if self.scheduler is not None:
+                self.scheduler.step_update(num_updates=num_updates, metric=loss_meter.avg)
             if args.synchronize_step and self.device.type == 'cuda':
                 torch.cuda.synchronize()
             time_meter.update(time.perf_counter() - step_start)
@@ -971,7 +976,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     if args.distributed:
         task.prepare_distributed(device_ids=[device] if device.type == 'cuda' else None,
                                  broadcast_buffers=not args.no_ddp_bb)
-    if start_epoch > 0:
+    if start_epoch > 0 and scheduler is not None:
         scheduler.step(start_epoch)
 
     output_dir = ''
@@ -1008,7 +1013,8 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
             if task.has_ema():
                 ema_metrics = run.evaluate(task.get_trainable_module(ema=True).module, eval_loader, num_eval)
                 eval_metrics.update((f'ema_{k}', v) for k, v in ema_metrics.items())
-        scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric))
+        if scheduler is not None:
+            scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric))
         if args.rank == 0:
             metric = eval_metrics.get(args.eval_metric)
             is_best = metric is not None and (best_metric is None or (
