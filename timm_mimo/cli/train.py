@@ -133,6 +133,8 @@ REFUSED = {
     'Miscellaneous parameters': [
         Refused(('--worker-seeding',), "workers are always seeded as timm's 'all' (torch, random and numpy from "
                 'the per-epoch loader generator)', type=str, default='all'),
+        Refused(('--val-interval',), 'every epoch is evaluated and checkpointed (exact resume from any epoch)',
+                type=int, default=1),
         Refused(('--recovery-interval',), 'last.pth.tar is written atomically at every epoch end; mid-epoch '
                 'recovery points are not supported', type=int, default=0),
         Refused(('--save-images',), 'not implemented for multi-input batches', action='store_true', default=False),
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dataset train split (default: train); '.' = the data dir itself")
     group.add_argument('--val-split', metavar='NAME', default='validation',
                        help="dataset validation split (default: validation); '' = no evaluation")
+    add_refused(group, REFUSED['Dataset parameters'])
     group = parser.add_argument_group('Model parameters')
     add_model_args(group)
     group.add_argument('--pretrained-path', default=None, type=str,
@@ -368,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     # test hook: SIGKILL this process after N optimizer steps, to check that a killed run resumes exactly
     group.add_argument('--kill-after-steps', type=int, default=None, help=argparse.SUPPRESS)
     add_refused(group, REFUSED['Miscellaneous parameters'])
+    for title in ('NaFlex loader parameters (timm)', 'Knowledge distillation parameters (timm)'):
+        add_refused(parser.add_argument_group(title), REFUSED[title])
     group = parser.add_argument_group('MIMO parameters (timm_mimo; unset = the model\'s mix_cfg / loss_cfg; refused '
                                       'on plain models)')
     group.add_argument('--num-members', type=int, default=None, help='M, the number of members (model kwarg)')
