@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Second part of results/fashion_mnist.md: Cut-MixMo WRN-10-1 with batch repetition b = 2 (each step repeats
-# 64 unique images twice, twice the steps per epoch, lr / b as in SPEC §1.3), two seeds; run after fashion_mnist.sh,
+# 64 unique images twice, twice the steps per epoch, lr / b as in the papers, thesis (HAL tel-03952815)
+# App. A.1.3.1), two seeds; run after fashion_mnist.sh,
 # then the table is remade over every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

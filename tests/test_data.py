@@ -1,4 +1,4 @@
-"""The multi-input batch: batch repetition, DDP shards, pairing, input repetition, §1.7 pixel mixing."""
+"""The multi-input batch: batch repetition, DDP shards, pairing, input repetition, pixel mixing, CIFAR policies."""
 from collections import Counter
 
 import pytest

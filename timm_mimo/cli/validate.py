@@ -67,6 +67,9 @@ REFUSED = [
     Refused(('--valid-labels',), 'ImageNet-only label subsets', type=str, default=''),
     Refused(('--retry',), 'batch-size back-off is not implemented; set -b', action='store_true', default=False),
     Refused(('--tta',), 'test-time augmentation is not implemented', type=int, default=0),
+    Refused(('--naflex-loader',), 'variable-resolution NaFlex batches are not implemented for MIMO models',
+            action='store_true', default=False),
+    Refused(('--naflex-max-seq-len',), 'see --naflex-loader', type=int, default=576),
 ]
 
 
