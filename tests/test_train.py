@@ -39,7 +39,8 @@ def state_dict(path):
 def test_mimo_training_learns_and_validate_reproduces_it(digits_dir, tmp_path):
     args = run_args(digits_dir, tmp_path, 'e2e', '-b', '32', '--batch-repeat', '2', '--crop-pad', '1', '--hflip', '0',
                     '--lr', '0.05', '--epochs', '2', '--decay-milestones', '1')
-    proc = subprocess.run([PYTHON, 'train.py', *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([PYTHON, 'train.py', *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr
     assert '*** Final' in proc.stdout and 'd_re' in proc.stdout
     run_dir = tmp_path / 'e2e'

@@ -485,8 +485,11 @@ def dataset_num_classes(dataset: Dataset) -> Optional[int]:
 
 
 def open_dataset(name: str, root: Optional[str], split: str, is_training: bool = False, download: bool = False,
-                 transform: Optional[Callable] = None, class_map: str = '') -> Dataset:
-    """timm's ``create_dataset`` with a readable one-line :class:`DataError` for a missing, empty or unknown split."""
+                 transform: Optional[Callable] = None, class_map: str = '', **reader_kwargs: Any) -> Dataset:
+    """timm's ``create_dataset`` with a readable one-line :class:`DataError` for a missing, empty or unknown split.
+
+    ``reader_kwargs`` go to ``create_dataset`` (``input_key``, ``target_key``, ``trust_remote_code``; ``None`` values
+    are dropped there)."""
     if not download:
         if not root or not os.path.isdir(root):
             raise DataError(f'data dir {root!r} does not exist (--data-dir)')
@@ -495,7 +498,7 @@ def open_dataset(name: str, root: Optional[str], split: str, is_training: bool =
     check_split(name, root, split)
     try:
         dataset = create_dataset(name, root=root, split='' if split == '.' else split, is_training=is_training,
-                                 download=download, class_map=class_map)
+                                 download=download, class_map=class_map, **reader_kwargs)
     except (RuntimeError, OSError, ValueError, AssertionError, KeyError) as exc:
         message = ' '.join(str(exc).split()) or type(exc).__name__
         raise DataError(f'cannot open dataset {name or "(image folder)"!r} split {split!r} in {root!r}: '

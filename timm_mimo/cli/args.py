@@ -195,6 +195,12 @@ def quiet_warnings():
         yield
 
 
+def reader_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """The dataset reader options of timm's scripts (Hugging Face datasets keys, remote code permission)."""
+    return dict(input_key=args.input_key, target_key=args.target_key,
+                trust_remote_code=args.dataset_trust_remote_code or None)
+
+
 def list_folders(root: str) -> List[str]:
     """Sub-folders of ``root`` (sorted), for error messages."""
     try:

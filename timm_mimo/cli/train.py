@@ -68,6 +68,7 @@ from timm_mimo.cli.args import (
     parse_with_config,
     positive,
     quiet_warnings,
+    reader_kwargs,
     unit_interval,
 )
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
@@ -581,7 +582,7 @@ def build_loaders(args: argparse.Namespace, data_config: Dict[str, Any], num_par
     except (ValueError, TypeError, AssertionError) as exc:
         raise CliError(f'cannot build the image transforms: {one_line(exc)}') from None
     train_set = open_dataset(args.dataset, args.data_dir, args.train_split, True, args.dataset_download, train_tf,
-                             args.class_map)
+                             args.class_map, **reader_kwargs(args))
     try:
         sampler = BatchRepeatSampler(len(train_set), args.batch_size, args.batch_repeat, args.world_size, args.rank,
                                      args.grad_accum_steps, args.seed, num_partners)
@@ -594,7 +595,7 @@ def build_loaders(args: argparse.Namespace, data_config: Dict[str, Any], num_par
     eval_loader, num_eval = None, 0
     if args.val_split:
         eval_set = open_dataset(args.dataset, args.data_dir, args.val_split, False, args.dataset_download, eval_tf,
-                                args.class_map)
+                                args.class_map, **reader_kwargs(args))
         num_eval = len(eval_set)
         shard = Subset(eval_set, list(range(args.rank, num_eval, args.world_size)))
         eval_loader = DataLoader(shard, batch_size=args.validation_batch_size or args.batch_size, shuffle=False,

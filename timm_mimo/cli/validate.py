@@ -17,8 +17,9 @@ import json
 import os
 import pickle
 import sys
+import time
 from collections import OrderedDict
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import timm
 import torch
@@ -45,6 +46,7 @@ from timm_mimo.cli.args import (
     one_line,
     parse_with_config,
     quiet_warnings,
+    reader_kwargs,
 )
 from timm_mimo.cli.evaluate import metric_columns
 from timm_mimo.data import DataError, create_image_transform, dataset_num_classes, open_dataset
@@ -194,6 +196,15 @@ def prepare_results_file(path: str) -> None:
         raise CliError(f'--results-file {path!r} cannot be written ({one_line(exc)}); pick another path') from None
 
 
+def logged_batches(loader: DataLoader, log_freq: int) -> Iterator[Any]:
+    """The loader's batches, printing ``Test: [i/N]`` every ``log_freq`` batches (timm's --log-freq)."""
+    start = time.perf_counter()
+    for index, batch in enumerate(loader):
+        if index % log_freq == 0 or index + 1 == len(loader):
+            print(f'Test: [{index + 1:>4d}/{len(loader)}]  {time.perf_counter() - start:.1f}s', flush=True)
+        yield batch
+
+
 def validate(args: argparse.Namespace) -> Dict[str, Any]:
     """Evaluate and return the metrics (timm's ``top1``, ``top5``, ``loss`` + the MIMO columns)."""
     for module in args.device_modules or []:
@@ -215,7 +226,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise CliError(f'cannot build the image transform: {one_line(exc)}') from None
     dataset = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, transform,
-                           args.class_map)
+                           args.class_map, **reader_kwargs(args))
     num_data_classes = dataset_num_classes(dataset)
     if num_data_classes is not None and num_data_classes > model.num_classes:
         raise CliError(f'the data has {num_data_classes} classes but the model has {model.num_classes} outputs: set '
@@ -230,7 +241,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     autocast_dtype = None
     if args.amp:
         autocast_dtype = torch.float16 if device.type == 'cuda' and args.amp_dtype == 'float16' else torch.bfloat16
-    member_logits, targets = collect_member_logits(eval_model, loader, device, autocast_dtype, args.channels_last)
+    member_logits, targets = collect_member_logits(eval_model, logged_batches(loader, args.log_freq), device,
+                                                   autocast_dtype, args.channels_last)
     results: Dict[str, Any] = OrderedDict(model=args.model, checkpoint=args.checkpoint, num_images=len(dataset),
                                           num_members=model.num_members if is_mimo(model) else 1)
     results.update(metric_columns(member_logits, targets))
