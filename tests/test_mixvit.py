@@ -376,5 +376,5 @@ def test_bad_input_is_refused():
         model(torch.randn(2, 2, 3, 16, 16), MixPlan.from_masks(torch.ones(2, 2, 2, 2)))
     with pytest.raises(ValueError, match='source must be one of'):
         _tiny('cait_xxs24_224', source='late')
-    with pytest.raises(ValueError, match='neither a CaiT-like nor a ConViT-like'):
-        MixViT(backbone='vit_tiny_patch16_224', img_size=32, depth=1)
+    with pytest.raises(ValueError, match=r'\(VisionTransformerRelPos\) is not supported'):
+        MixViT(backbone='vit_relpos_small_patch16_224', img_size=32, depth=1)
