@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, create_model, generate_default_cfgs, register_model
-from timm.models._registry import get_pretrained_cfg, is_model_in_modules
+from timm.models._registry import get_pretrained_cfg, is_model_in_modules, list_pretrained
 from timm.models.cait import Cait
 from timm.models.convit import GPSA
 from timm.models.vision_transformer import VisionTransformer, global_pool_nlc
@@ -692,7 +692,12 @@ def _backbone_cfg(backbone: str) -> Optional[Dict[str, Any]]:
     cfg = get_pretrained_cfg(backbone)
     if cfg is None:
         return None
-    return {**cfg.to_dict(), 'first_conv': 'patch_embed.proj', 'classifier': 'head'}
+    return {**cfg.to_dict(), 'first_conv': 'patch_embed.proj', 'classifier': _classifier_keys(cfg.classifier)}
+
+
+def _classifier_keys(backbone_classifier: Any) -> Any:
+    """MixViT's classifier key(s): ``head``, plus ``head_dist`` for a distilled DeiT backbone."""
+    return ('head', 'head_dist') if isinstance(backbone_classifier, (tuple, list)) else 'head'
 
 
 @register_model
@@ -768,3 +773,66 @@ def mixvit_convit_gpsa5_ca2_64(pretrained: bool = False, **kwargs: Any) -> MixVi
 def mixvit_convit_gpsa5_ca2_224(pretrained: bool = False, **kwargs: Any) -> MixViT:
     """MixViT on the papers' ConViT, ImageNet-100 setting (224 px, patch 16)."""
     return _named('mixvit_convit_gpsa5_ca2_224', 'convit_gpsa5_ca2_224', pretrained, kwargs)
+
+
+# ---- MixViT on timm VisionTransformer backbones --------------------------------------------------------------------
+# Named MixViTs on common ViT / DeiT checkpoints: the last ``member_blocks`` (default 2) of the backbone's blocks
+# run per member. Tags follow ``backbone_<timm tag>``: every ImageNet-1k classifier checkpoint of the backbone (same
+# hub file, input size and normalisation); ``pretrained=True`` copies the backbone's head into every member head and
+# zeroes the source parameters, so each member starts as the backbone.
+_VIT_BACKBONES: Dict[str, str] = {
+    'mixvit_deit_tiny_patch16_224': 'deit_tiny_patch16_224',
+    'mixvit_deit_small_patch16_224': 'deit_small_patch16_224',
+    'mixvit_deit3_small_patch16_224': 'deit3_small_patch16_224',
+    'mixvit_vit_base_patch16_224': 'vit_base_patch16_224',
+    'mixvit_vit_medium_patch16_reg4_gap_256': 'vit_medium_patch16_reg4_gap_256',
+}
+
+
+def _backbone_checkpoint_cfgs(variant: str, backbone: str) -> Dict[str, Dict[str, Any]]:
+    """``{variant}.backbone_{tag}`` cfgs for the backbone's 1000-class checkpoints, its default tag first."""
+    default_tag = get_pretrained_cfg(backbone).tag
+    tags = sorted((name.split('.', 1)[1] for name in list_pretrained(f'{backbone}.*')), key=lambda t: t != default_tag)
+    cfgs = {}
+    for tag in tags:
+        cfg = get_pretrained_cfg(f'{backbone}.{tag}')
+        if cfg.num_classes == 1000 and cfg.hf_hub_id:
+            cfg = {k: v for k, v in cfg.to_dict().items() if k not in ('url', 'architecture', 'tag')}
+            cfgs[f'{variant}.backbone_{tag}'] = {**cfg, 'classifier': _classifier_keys(cfg['classifier'])}
+    return cfgs
+
+
+default_cfgs.update(generate_default_cfgs({
+    name: cfg for variant, backbone in _VIT_BACKBONES.items()
+    for name, cfg in _backbone_checkpoint_cfgs(variant, backbone).items()
+}))
+
+
+@register_model
+def mixvit_deit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """MixViT on DeiT-Ti/16 (224 px): 10 shared blocks, the last 2 per member (``member_blocks``)."""
+    return _named('mixvit_deit_tiny_patch16_224', 'deit_tiny_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def mixvit_deit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """MixViT on DeiT-S/16 (224 px): 10 shared blocks, the last 2 per member (``member_blocks``)."""
+    return _named('mixvit_deit_small_patch16_224', 'deit_small_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def mixvit_deit3_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """MixViT on DeiT III-S/16 (224 px; LayerScale, positions on patch tokens only)."""
+    return _named('mixvit_deit3_small_patch16_224', 'deit3_small_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def mixvit_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """MixViT on ViT-B/16 (224 px): 10 shared blocks, the last 2 per member (``member_blocks``)."""
+    return _named('mixvit_vit_base_patch16_224', 'vit_base_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def mixvit_vit_medium_patch16_reg4_gap_256(pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """MixViT on ViT-M/16 with 4 registers, no class token, average pooling (256 px)."""
+    return _named('mixvit_vit_medium_patch16_reg4_gap_256', 'vit_medium_patch16_reg4_gap_256', pretrained, kwargs)
