@@ -354,9 +354,9 @@ class MixViT(MimoContract, nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(
-            stem=r'^cls_token|reg_token|dist_token|pos_embed|patch_embed',
+            stem=r'^cls_token|reg_token|dist_token|pos_embed|patch_embed|norm_pre',
             blocks=[(r'^blocks\.(\d+)', None), (r'^blocks_token_only\.(\d+)', (10000,)),
-                    (r'^source_attribution', (20000,)), (r'^norm', (99999,))],
+                    (r'^source_attribution', (20000,)), (r'^norm|^fc_norm|^attn_pool', (99999,))],
         )
 
     @torch.jit.ignore
