@@ -610,3 +610,15 @@ def test_vit_bad_settings_are_refused():
     with pytest.raises(ValueError, match="member_blocks=3 does not apply to 'cait_xxs24_224'.*depth_token_only"):
         _tiny('cait_xxs24_224', member_blocks=3)
     assert _tiny('cait_xxs24_224', member_blocks=2).num_member_blocks == 2
+
+
+def test_factory_device_dtype_reach_every_parameter():
+    """timm's ``device=`` / ``dtype=`` factory arguments place MixViT's own parameters (source attribution, member
+    heads) with the backbone's; ``reset_classifier`` keeps the model's device, dtype and train / eval mode."""
+    model = _tiny('deit_tiny_distilled_patch16_224', source='encoding', dtype=torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert model(torch.randn(2, 3, 16, 16, dtype=torch.float64)).dtype == torch.float64
+    model.eval().reset_classifier(3)
+    assert {p.dtype for p in model.parameters()} == {torch.float64} and not model.head.training
+    meta = _tiny('cait_xxs24_224', device='meta')
+    assert {p.device.type for p in meta.parameters()} == {'meta'}

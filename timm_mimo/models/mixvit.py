@@ -267,6 +267,11 @@ class MixViT(MimoContract, nn.Module):
         if self.dist_token is not None:  # distilled DeiT: a class-token head and a distillation-token head per member
             self.head_dist = MemberHeads(net.embed_dim, num_classes, num_members)
         self._init_heads()
+        # timm's factory arguments device= / dtype= reach the backbone; MixViT's own parameters follow them
+        factory = {k: backbone_kwargs[k] for k in ('device', 'dtype') if backbone_kwargs.get(k) is not None}
+        for module in (self.source_attribution, self.head, self.head_dist):
+            if module is not None and factory:
+                module.to(**factory)
         self.inference = inference
 
     @staticmethod
@@ -372,11 +377,14 @@ class MixViT(MimoContract, nn.Module):
         if global_pool not in (None, 'token', ''):
             raise ValueError(f"MixViT heads read the class token: global_pool must be 'token', got {global_pool!r}")
         self.num_classes = num_classes
-        device = self.patch_embed.proj.weight.device  # a ViT without class token has cls_token None
-        self.head = MemberHeads(self.embed_dim, num_classes, self.num_members).to(device)
+        like = self.patch_embed.proj.weight  # device / dtype of the model (a ViT may have no class token)
+        self.head = MemberHeads(self.embed_dim, num_classes, self.num_members).to(like.device, like.dtype)
         if self.head_dist is not None:
-            self.head_dist = MemberHeads(self.embed_dim, num_classes, self.num_members).to(device)
+            self.head_dist = MemberHeads(self.embed_dim, num_classes, self.num_members).to(like.device, like.dtype)
         self._init_heads()
+        for head in (self.head, self.head_dist):
+            if head is not None:
+                head.train(self.training)
 
     # ---- building blocks ------------------------------------------------------------------------------------------
     def _check_image_size(self, size: Tuple[int, ...]) -> None:
