@@ -622,3 +622,18 @@ def test_factory_device_dtype_reach_every_parameter():
     assert {p.dtype for p in model.parameters()} == {torch.float64} and not model.head.training
     meta = _tiny('cait_xxs24_224', device='meta')
     assert {p.device.type for p in meta.parameters()} == {'meta'}
+
+
+def test_vit_save_pretrained_round_trip(tmp_path):
+    """member_blocks, the backbone's pooling and the source mode survive timm_mimo.hub.save_pretrained."""
+    from timm_mimo import hub
+    torch.manual_seed(12)
+    model = _tiny('vit_medium_patch16_reg4_gap_256', member_blocks=3, num_members=3, source='encoding')
+    with torch.no_grad():
+        model.source_attribution.bias.normal_()
+    folder = hub.save_pretrained(model, tmp_path / 'export')
+    loaded = hub.load_pretrained(folder).eval()
+    assert (loaded.num_member_blocks, loaded.global_pool, loaded.num_prefix_tokens) == (3, 'avg', 4)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_members(x), model.forward_members(x), rtol=0, atol=0)
