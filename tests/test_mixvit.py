@@ -1,4 +1,5 @@
 """MixViT: every registered name, source attribution arithmetic, mixing, inference modes, pretrained, ViT backbones."""
+import json
 from typing import Dict, List
 
 import pytest
@@ -632,6 +633,8 @@ def test_vit_save_pretrained_round_trip(tmp_path):
     with torch.no_grad():
         model.source_attribution.bias.normal_()
     folder = hub.save_pretrained(model, tmp_path / 'export')
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'mixvit' and config['model_args']['backbone'] == 'vit_medium_patch16_reg4_gap_256'
     loaded = hub.load_pretrained(folder).eval()
     assert (loaded.num_member_blocks, loaded.global_pool, loaded.num_prefix_tokens) == (3, 'avg', 4)
     x = torch.randn(2, 3, 16, 16)

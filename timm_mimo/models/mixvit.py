@@ -700,7 +700,9 @@ def _backbone_cfg(backbone: str) -> Optional[Dict[str, Any]]:
     cfg = get_pretrained_cfg(backbone)
     if cfg is None:
         return None
-    return {**cfg.to_dict(), 'first_conv': 'patch_embed.proj', 'classifier': _classifier_keys(cfg.classifier)}
+    # the architecture is the generic entry (a saved model's config.json rebuilds a MixViT, not the bare backbone)
+    return {**cfg.to_dict(), 'architecture': 'mixvit', 'tag': f'backbone_{cfg.tag}' if cfg.tag else None,
+            'first_conv': 'patch_embed.proj', 'classifier': _classifier_keys(cfg.classifier)}
 
 
 def _classifier_keys(backbone_classifier: Any) -> Any:
