@@ -495,27 +495,36 @@ def test_vit_prefix_tokens_shared_patch_tokens_attributed():
     torch.testing.assert_close(mixed[:, 3:], shared[:, 3:] + bias[owner.flatten(1)], rtol=0, atol=0)
 
 
-def test_vit_training_forward_by_hand():
+@pytest.mark.parametrize('source', ['embedding', 'encoding', 'early_encoding', 'none'])
+def test_vit_training_forward_by_hand(source):
     """Thesis Alg. A.8 on a DeiT written out with timm's modules: a non-binary plan mixes the embedded patches, the
-    class token and positions join, L - n shared blocks, source encoding on the patch tokens, n blocks, norm, heads."""
+    class token and positions join, L - n shared blocks, source attribution on the patch tokens (late: eq. 4.5 / 4.6
+    written out; early: on the embedded patches), n blocks, norm, every head on the one class token."""
     torch.manual_seed(9)
-    model = _tiny('deit_tiny_patch16_224', source='encoding', depth=5, member_blocks=3)
+    model = _tiny('deit_tiny_patch16_224', source=source, depth=5, member_blocks=3)
     assert model.num_shared_blocks == 2 and model.num_member_blocks == 3
     xs = torch.randn(2, 2, 3, 16, 16)
     masks = torch.rand(2, 1, 2, 2)
     masks = torch.cat((masks, 1 - masks), dim=1)
     token_masks = masks.flatten(2)
-    source = model.source_attribution
+    source_attribution = model.source_attribution
     with torch.no_grad():
+        if source != 'none':
+            source_attribution.bias.normal_()  # encoders start with zero biases
         embedded = torch.stack([model.patch_embed(xs[:, i]) for i in range(2)], dim=1)
         tokens = (token_masks.unsqueeze(-1) * embedded).sum(dim=1)
+        if source == 'early_encoding':
+            tokens = source_attribution(tokens, token_masks)
         tokens = torch.cat((model.cls_token.expand(2, -1, -1), tokens), dim=1) + model.pos_embed
         for blk in model.blocks[:2]:
             tokens = blk(tokens)
-        patches = tokens[:, 1:]
-        for m in range(2):  # t + Σ_m M_m ⊙ (t W_m^T + b_m), thesis eq. 4.5
-            patches = patches + token_masks[:, m, :, None] * (tokens[:, 1:] @ source.weight[m].T + source.bias[m])
-        tokens = torch.cat((tokens[:, :1], patches), dim=1)
+        if source in ('embedding', 'encoding'):
+            patches = tokens[:, 1:]
+            for m in range(2):  # t + Σ_m M_m ⊙ (t W_m^T + b_m), thesis eq. 4.5 (W_m = 0: eq. 4.6)
+                weight = source_attribution.weight[m] if source == 'encoding' else torch.zeros(32, 32)
+                term = tokens[:, 1:] @ weight.T + source_attribution.bias[m]
+                patches = patches + token_masks[:, m, :, None] * term
+            tokens = torch.cat((tokens[:, :1], patches), dim=1)
         for blk in model.blocks[2:]:
             tokens = blk(tokens)
         cls_token = model.norm(tokens)[:, 0]
