@@ -1,8 +1,9 @@
-"""MixViT vs its backbone: inference FLOPs and latency, and the train step (SPEC §1.10 computational overhead).
+"""MixViT vs its backbone: inference FLOPs and latency, and the train step.
 
 For every pair, in one process: inference FLOPs of the MixViT (parallel inference) over its backbone's, against the
-papers' bound ``(L + n·M) / (L + n)`` (L shared blocks, n member blocks, T:1674) and the issue's targets (≤ 1.10 for
-the papers' ConViT, ≤ 1.04 for the CaiT-24 models); eval latency ratio; train-step time ratio (MixViT on a Mixer plan
+papers' bound ``(L + n·M) / (L + n)`` (L shared blocks, n member blocks: the rule of thumb of the MixViT paper
+Sec. 2.4 / thesis Sec. 4.3.3.2; for a ViT of L' blocks, ``(L' - n + n·M) / L'``) and the targets (≤ 1.10 for the papers'
+ConViT, ≤ 1.04 for the CaiT-24 models); eval latency ratio; train-step time ratio (MixViT on a Mixer plan
 + MimoLoss vs backbone + cross-entropy, same batch B, AdamW step). FLOPs are counted at the model's real input size;
 timing may run at a smaller size (the table says which) to keep the run to a few minutes on a CPU.
 """
@@ -28,6 +29,8 @@ PAIRS: Dict[str, Dict] = {
     'mixvit_cait_xs24': dict(timing=dict(img_size=224), batch=4, target=1.04),
     'mixvit_cait_s24': dict(timing=dict(img_size=112), batch=4, target=1.04),
     'mixvit_cait_m24': dict(timing=dict(img_size=64), batch=4, target=1.04),
+    'mixvit_deit_small_patch16_224': dict(timing=dict(), batch=4, target=None),
+    'mixvit_vit_base_patch16_224': dict(timing=dict(), batch=4, target=None),
 }
 
 
@@ -36,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='MixViT entrypoints to measure against their backbones')
     parser.add_argument('--num-members', type=int, default=2, help='M')
     parser.add_argument('--source', default='embedding', help='source attribution of the MixViT')
+    parser.add_argument('--member-blocks', type=int, default=None,
+                        help='blocks run per member (VisionTransformer backbones; default: the model\'s, 2)')
     parser.add_argument('--batch-size', type=int, default=None, help='override the per-model timing batch')
     parser.add_argument('--rounds', type=int, default=3, help='alternating timed rounds per measurement')
     parser.add_argument('--min-seconds', type=float, default=0.5, help='minimum duration of one timed round')
@@ -44,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pair(name: str, args: argparse.Namespace, **size: int) -> Tuple[MixViT, nn.Module]:
-    mixvit = timm.create_model(name, num_members=args.num_members, source=args.source, **size)
+    extra = {} if args.member_blocks is None else dict(member_blocks=args.member_blocks)
+    mixvit = timm.create_model(name, num_members=args.num_members, source=args.source, **extra, **size)
     return mixvit, create_backbone(mixvit.backbone_name, num_classes=mixvit.num_classes, **size)
 
 
@@ -63,8 +69,7 @@ def _measure(name: str, args: argparse.Namespace) -> Dict[str, object]:
     torch.manual_seed(0)
     mixvit, backbone = _pair(name, args)
     size = mixvit.pretrained_cfg['input_size']
-    m, shared = mixvit.num_members, mixvit.num_shared_blocks
-    member = len(mixvit.blocks_token_only) if mixvit.blocks_token_only is not None else len(mixvit.blocks) - shared
+    m, shared, member = mixvit.num_members, mixvit.num_shared_blocks, mixvit.num_member_blocks
     mixvit.eval(), backbone.eval()
     x = torch.randn(1, *size)
     flops_mixvit = count_flops(lambda: mixvit(x))

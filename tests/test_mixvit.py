@@ -1,4 +1,5 @@
-"""MixViT (SPEC §1.10): every registered name, source attribution arithmetic, mixing, inference modes, pretrained."""
+"""MixViT: every registered name, source attribution arithmetic, mixing, inference modes, pretrained, ViT backbones."""
+import json
 from typing import Dict, List
 
 import pytest
@@ -36,12 +37,14 @@ def _tiny(backbone: str = 'cait_xxs24_224', **kwargs) -> MixViT:
         sizes.update(depth=2, embed_dim=32, num_heads=2)
     elif backbone.startswith('convit_gpsa5'):
         sizes.update(depth=2, embed_dim=32, num_heads=4)
+    elif backbone.startswith(('deit', 'vit')):  # VisionTransformer: 2 shared + the last 2 (member_blocks) blocks
+        sizes.update(depth=4, embed_dim=32, num_heads=2)
     else:  # timm ConViT: embed_dim is per head
         sizes.update(depth=4, local_up_to_layer=2, embed_dim=8, num_heads=4)
     return timm.create_model('mixvit', backbone=backbone, num_classes=5, **{**sizes, **kwargs}).eval()
 
 
-BACKBONES = ['cait_xxs24_224', 'convit_tiny', 'convit_gpsa5_ca2']
+BACKBONES = ['cait_xxs24_224', 'convit_tiny', 'convit_gpsa5_ca2', 'deit_tiny_patch16_224']
 
 
 def _member_part(model: MixViT) -> List[torch.nn.Module]:
@@ -59,7 +62,9 @@ def _plan_one_member(batch: int, num_members: int, member: int, grid) -> MixPlan
 # ---- every registered name -------------------------------------------------------------------------------------------
 def test_registered_names():
     expected = {'mixvit', 'mixvit_convit_tiny', 'mixvit_convit_small', 'mixvit_cait_xxs24', 'mixvit_cait_xs24',
-                'mixvit_cait_s24', 'mixvit_cait_m24', 'mixvit_convit_gpsa5_ca2'}
+                'mixvit_cait_s24', 'mixvit_cait_m24', 'mixvit_convit_gpsa5_ca2', 'mixvit_deit_tiny_patch16_224',
+                'mixvit_deit_small_patch16_224', 'mixvit_deit3_small_patch16_224', 'mixvit_vit_base_patch16_224',
+                'mixvit_vit_medium_patch16_reg4_gap_256'}
     assert expected <= set(NAMES)
     for name in NAMES:
         cfg = timm.models.get_pretrained_cfg(name)
@@ -77,7 +82,7 @@ def test_contract_forward_shapes(models, name):
         assert members.shape == (2, m, k) and out.shape == (2, k)
         torch.testing.assert_close(out, members.mean(dim=1), rtol=0, atol=0)
         features = model.forward_features(x)
-        assert features.shape == (2, m, 1 + model.patch_embed.num_patches, model.num_features)
+        assert features.shape == (2, m, model.num_prefix_tokens + model.patch_embed.num_patches, model.num_features)
         assert model.forward_head(features, pre_logits=True).shape == (2, m, model.num_features)
         torch.testing.assert_close(model.forward_head(features), out)
         mixed = model(torch.randn(2, m, 3, IMG, IMG), _plan_one_member(2, m, 1, model.mix_grid((IMG, IMG))))
@@ -109,7 +114,7 @@ def test_reset_classifier(models, name):
         with torch.no_grad():
             features = model.forward_features(x)
             assert features.shape[-1] == model.num_features
-            torch.testing.assert_close(model(x), features[:, :, 0].mean(dim=1))
+            torch.testing.assert_close(model(x), model._pooled(features).mean(dim=1))
     finally:
         model.reset_classifier(num_classes)
 
@@ -136,7 +141,7 @@ def test_source_encoding_arithmetic():
         source.bias.copy_(torch.tensor([[1., 1.], [-1., 0.]]))
     tokens = torch.tensor([[[1., 2.], [3., 4.]]])
     masks = torch.tensor([[[1., 0.], [0., 1.]]])
-    # t + M_0 (t W_0^T + b_0) + M_1 (t W_1^T + b_1), SPEC §1.10 eq. 4.5
+    # t + M_0 (t W_0^T + b_0) + M_1 (t W_1^T + b_1), thesis eq. 4.5
     expected = torch.tensor([[[1. + 1. + 1., 2. + 4. + 1.], [3. + 4. - 1., 4. + 3. + 0.]]])
     torch.testing.assert_close(source(tokens, masks), expected, rtol=0, atol=0)
     tiled = source.tiled(tokens)
@@ -224,7 +229,7 @@ def test_training_forward_by_hand(source):
     token_masks = masks.flatten(2)
     with torch.no_grad():
         embedded = torch.stack([model.patch_embed(xs[:, i]) for i in range(2)], dim=1)  # (B, M, N, D)
-        tokens = (token_masks.unsqueeze(-1) * embedded).sum(dim=1)  # SPEC §1.10 step 2
+        tokens = (token_masks.unsqueeze(-1) * embedded).sum(dim=1)  # thesis Alg. A.8, mixing step
         if source == 'early_encoding':
             tokens = model.source_attribution(tokens, token_masks)
         tokens = model.blocks(tokens + model.pos_embed)
@@ -251,8 +256,9 @@ def test_parallel_inference_is_training_with_one_source(backbone, source):
             torch.testing.assert_close(members[:, m], model(xs, _plan_one_member(2, 2, m, (2, 2)))[:, m])
 
 
-def test_sum_alternating_single_inference():
-    model = _tiny('convit_gpsa5_ca2', source='encoding')
+@pytest.mark.parametrize('backbone', ['convit_gpsa5_ca2', 'deit_tiny_patch16_224'])
+def test_sum_alternating_single_inference(backbone):
+    model = _tiny(backbone, source='encoding')
     x = torch.randn(2, 3, 16, 16)
     xs = x.unsqueeze(1).expand(-1, 2, -1, -1, -1)
     with torch.no_grad():
@@ -376,5 +382,302 @@ def test_bad_input_is_refused():
         model(torch.randn(2, 2, 3, 16, 16), MixPlan.from_masks(torch.ones(2, 2, 2, 2)))
     with pytest.raises(ValueError, match='source must be one of'):
         _tiny('cait_xxs24_224', source='late')
-    with pytest.raises(ValueError, match='neither a CaiT-like nor a ConViT-like'):
-        MixViT(backbone='vit_tiny_patch16_224', img_size=32, depth=1)
+    with pytest.raises(ValueError, match=r'\(VisionTransformerRelPos\) is not supported'):
+        MixViT(backbone='vit_relpos_small_patch16_224', img_size=32, depth=1)
+
+
+# ---- timm VisionTransformer backbones ------------------------------------------------------------------------------
+VIT_VARIANTS = {  # backbone, kwargs: every way a VisionTransformer arranges its prefix tokens, positions and pooling
+    'deit': ('deit_tiny_patch16_224', {}),
+    'deit_distilled': ('deit_tiny_distilled_patch16_224', {}),
+    'deit3': ('deit3_small_patch16_224', {}),  # positions on patch tokens only, LayerScale
+    'reg_gap': ('vit_medium_patch16_reg4_gap_256', {}),  # 4 registers, no class token, avg pool, fc_norm
+    'reg_cls': ('vit_base_patch16_224', dict(reg_tokens=2)),  # class token + 2 registers, positions cover the cls
+    'map': ('vit_base_patch16_224', dict(global_pool='map')),  # attention pooling
+    'no_prefix': ('vit_base_patch16_224', dict(class_token=False, global_pool='avg')),
+    'pre_norm_no_pos': ('vit_base_patch16_224', dict(pre_norm=True, pos_embed='none')),
+}
+_VIT_SIZE = dict(img_size=32, depth=3, embed_dim=32, num_heads=2)
+
+
+def _vit_backbone_and_file(tmp_path, backbone: str, kwargs: Dict, **size) -> str:
+    net = timm.create_model(backbone, num_classes=5, **{**_VIT_SIZE, **size, **kwargs}).eval()
+    with torch.no_grad():  # LayerScale / zero-initialised heads would hide a misplaced term
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path / 'backbone.safetensors'
+    save_file(net.state_dict(), str(path))
+    return net, str(path)
+
+
+@pytest.mark.parametrize('variant', list(VIT_VARIANTS))
+@pytest.mark.parametrize('source', ['embedding', 'encoding'])
+def test_vit_pretrained_reproduces_backbone_logits(tmp_path, variant, source):
+    """A file-loaded ViT / DeiT checkpoint: at init (source parameters zero) every member computes the backbone's
+    logits, in every inference mode."""
+    torch.manual_seed(6)
+    backbone, kwargs = VIT_VARIANTS[variant]
+    net, path = _vit_backbone_and_file(tmp_path, backbone, kwargs)
+    name = f'mixvit_{backbone}'
+    entry = dict(backbone=backbone) if name not in NAMES else {}
+    model = timm.create_model(entry and 'mixvit' or name, pretrained=True, source=source, num_members=3,
+                              num_classes=5, pretrained_cfg_overlay=dict(file=path, num_classes=5), **entry,
+                              **{**_VIT_SIZE, **kwargs}).eval()
+    assert all(torch.count_nonzero(p) == 0 for p in model.source_attribution.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+        for mode in ('parallel', 'sum', 'alternating', 'single'):
+            model.inference = mode
+            members = model.forward_members(x)
+            for m in range(3):
+                torch.testing.assert_close(members[:, m], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_named_vit_entries_load_backbone_checkpoints(tmp_path):
+    """The named entries' tags map the backbone's timm checkpoints; their files load into the MixViT (positional
+    embedding with its class-token entry resampled to another token grid, head copied into every member)."""
+    cfg = timm.models.get_pretrained_cfg('mixvit_deit_small_patch16_224')
+    assert cfg.tag == 'backbone_fb_in1k' and cfg.hf_hub_id == 'timm/deit_small_patch16_224.fb_in1k'
+    cfg = timm.models.get_pretrained_cfg('mixvit_vit_base_patch16_224')
+    assert cfg.hf_hub_id == 'timm/vit_base_patch16_224.augreg2_in21k_ft_in1k' and cfg.mean == (0.5, 0.5, 0.5)
+    tags = timm.list_pretrained('mixvit_vit_base_patch16_224.*')
+    assert all(t.split('.')[1].startswith('backbone_') for t in tags) and len(tags) == 5  # the 1000-class ones
+    torch.manual_seed(7)
+    net, path = _vit_backbone_and_file(tmp_path, 'deit_tiny_patch16_224', {})
+    model = timm.create_model('mixvit_deit_tiny_patch16_224', pretrained=True, num_classes=5,
+                              pretrained_cfg_overlay=dict(file=path, num_classes=5), **{**_VIT_SIZE, 'img_size': 48})
+    expected = resample_abs_pos_embed(net.pos_embed.detach(), new_size=(3, 3), num_prefix_tokens=1)
+    torch.testing.assert_close(model.pos_embed.detach(), expected)
+    torch.testing.assert_close(model.head.weight[1], net.head.weight)
+
+
+def _member_block_input(model: MixViT, fn) -> torch.Tensor:
+    seen = []
+    handle = model.blocks[model.num_shared_blocks].register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _shared_output(model: MixViT, fn) -> torch.Tensor:
+    seen = []
+    handle = model.blocks[model.num_shared_blocks - 1].register_forward_hook(lambda mod, inp, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_vit_prefix_tokens_shared_patch_tokens_attributed():
+    """Class and register tokens leave the shared blocks unchanged into every member's set; patch token n gets
+    s_m of its member: all of member m in parallel inference, the plan's owner in training (hand-built plan)."""
+    torch.manual_seed(8)
+    model = _tiny('vit_base_patch16_224', reg_tokens=2, num_members=3)  # P = 3 prefix tokens, N = 4 patch tokens
+    bias = model.source_attribution.bias.detach()
+    x = torch.randn(2, 3, 16, 16)
+    shared = _shared_output(model, lambda: model(x))
+    sets = _member_block_input(model, lambda: model(x)).unflatten(0, (2, 3))  # (B, M, P + N, D)
+    for m in range(3):
+        torch.testing.assert_close(sets[:, m, :3], shared[:, :3], rtol=0, atol=0)
+        torch.testing.assert_close(sets[:, m, 3:], shared[:, 3:] + bias[m], rtol=0, atol=0)
+    owner = torch.tensor([[[0, 2], [1, 1]], [[2, 2], [0, 1]]])  # (B, H, W) token grid
+    plan = MixPlan.from_masks(F.one_hot(owner, 3).permute(0, 3, 1, 2).float())
+    xs = torch.randn(2, 3, 3, 16, 16)
+    shared = _shared_output(model, lambda: model(xs, plan))
+    mixed = _member_block_input(model, lambda: model(xs, plan))
+    torch.testing.assert_close(mixed[:, :3], shared[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(mixed[:, 3:], shared[:, 3:] + bias[owner.flatten(1)], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('source', ['embedding', 'encoding', 'early_encoding', 'none'])
+def test_vit_training_forward_by_hand(source):
+    """Thesis Alg. A.8 on a DeiT written out with timm's modules: a non-binary plan mixes the embedded patches, the
+    class token and positions join, L - n shared blocks, source attribution on the patch tokens (late: eq. 4.5 / 4.6
+    written out; early: on the embedded patches), n blocks, norm, every head on the one class token."""
+    torch.manual_seed(9)
+    model = _tiny('deit_tiny_patch16_224', source=source, depth=5, member_blocks=3)
+    assert model.num_shared_blocks == 2 and model.num_member_blocks == 3
+    xs = torch.randn(2, 2, 3, 16, 16)
+    masks = torch.rand(2, 1, 2, 2)
+    masks = torch.cat((masks, 1 - masks), dim=1)
+    token_masks = masks.flatten(2)
+    source_attribution = model.source_attribution
+    with torch.no_grad():
+        if source != 'none':
+            source_attribution.bias.normal_()  # encoders start with zero biases
+        embedded = torch.stack([model.patch_embed(xs[:, i]) for i in range(2)], dim=1)
+        tokens = (token_masks.unsqueeze(-1) * embedded).sum(dim=1)
+        if source == 'early_encoding':
+            tokens = source_attribution(tokens, token_masks)
+        tokens = torch.cat((model.cls_token.expand(2, -1, -1), tokens), dim=1) + model.pos_embed
+        for blk in model.blocks[:2]:
+            tokens = blk(tokens)
+        if source in ('embedding', 'encoding'):
+            patches = tokens[:, 1:]
+            for m in range(2):  # t + Σ_m M_m ⊙ (t W_m^T + b_m), thesis eq. 4.5 (W_m = 0: eq. 4.6)
+                weight = source_attribution.weight[m] if source == 'encoding' else torch.zeros(32, 32)
+                term = tokens[:, 1:] @ weight.T + source_attribution.bias[m]
+                patches = patches + token_masks[:, m, :, None] * term
+            tokens = torch.cat((tokens[:, :1], patches), dim=1)
+        for blk in model.blocks[2:]:
+            tokens = blk(tokens)
+        cls_token = model.norm(tokens)[:, 0]
+        expected = torch.einsum('bd,mkd->bmk', cls_token, model.head.weight) + model.head.bias
+        torch.testing.assert_close(model(xs, MixPlan.from_masks(masks)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('member_blocks', [1, 3, 4])
+def test_vit_member_blocks(member_blocks):
+    """``member_blocks = n``: the first L - n blocks see the B images once, the last n the M·B member sets."""
+    model = _tiny('deit_tiny_patch16_224', member_blocks=member_blocks, num_members=2)
+    assert model.num_shared_blocks == 4 - member_blocks and model.num_member_blocks == member_blocks
+    seen = _count_batches(model, lambda: model(torch.randn(3, 3, 16, 16)))
+    assert seen == {'shared': [3] * (4 - member_blocks), 'member': [6] * member_blocks}
+    assert _tiny('deit_tiny_patch16_224').num_member_blocks == 2  # default: the papers' 2 late blocks
+
+
+def test_vit_distilled_heads():
+    """A distilled DeiT keeps a class-token head and a distillation-token head per member, averaged."""
+    torch.manual_seed(10)
+    model = _tiny('deit_tiny_distilled_patch16_224')
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        cls_logits = torch.einsum('bmd,mkd->bmk', features[:, :, 0], model.head.weight) + model.head.bias
+        dist_logits = torch.einsum('bmd,mkd->bmk', features[:, :, 1], model.head_dist.weight) + model.head_dist.bias
+        expected = (cls_logits + dist_logits) / 2
+        torch.testing.assert_close(model.forward_members(x), expected)
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True),
+                                   (features[:, :, 0] + features[:, :, 1]) / 2)
+    assert model.get_classifier() == (model.head, model.head_dist)
+    model.reset_classifier(7)
+    assert model.head.weight.shape == model.head_dist.weight.shape == (2, 7, 32)
+    assert timm.models.get_pretrained_cfg('deit_tiny_distilled_patch16_224') is not None
+
+
+def test_vit_all_tokens():
+    """All M·N patch tokens after the prefix tokens. Without a class token (average pooling) the image fed as both
+    inputs gives the plain model's patch features, twice."""
+    torch.manual_seed(11)
+    kwargs = dict(class_token=False, global_pool='avg', source='none')
+    plain = _tiny('vit_base_patch16_224', **kwargs)
+    all_tokens = _tiny('vit_base_patch16_224', mixing='all_tokens', **kwargs)
+    all_tokens.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        features = all_tokens.forward_features(x)
+        assert features.shape == (2, 1, 2 * 4, 32)
+        torch.testing.assert_close(features[:, 0], plain.forward_features(x)[:, 0].repeat(1, 2, 1), rtol=1e-4,
+                                   atol=1e-5)
+        torch.testing.assert_close(all_tokens(x), plain(x), rtol=1e-4, atol=1e-5)
+    model = _tiny('deit_tiny_patch16_224', mixing='all_tokens', source='encoding').train()
+    assert model.forward_features(x).shape == (2, 1, 1 + 2 * 4, 32)
+    model(torch.randn(2, 2, 3, 16, 16), MixPlan.linear(torch.full((2, 2), 0.5), (2, 2))).sum().backward()
+    assert model.source_attribution.weight.grad.abs().flatten(1).sum(1).min() > 0  # both encoders used
+
+
+def test_vit_inference_flops_within_bound():
+    """Inference FLOPs of the real DeiT-Ti MixViT (224 px, L = 12 blocks, n = 2 per member) against the backbone's:
+    source embedding <= (L - n + n·M) / L; source encoding adds its M d x d products per patch token (thesis
+    Sec. 4.3.3.2 counts them too), at most M / 12 of a block's 12 d x d products per token: + M / (12 L)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(model: torch.nn.Module) -> int:
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, 3, 224, 224))
+        return counter.get_total_flops()
+
+    backbone = timm.create_model('deit_tiny_patch16_224').eval()
+    base = flops(backbone)
+    for m in (2, 3):
+        bound = (12 - 2 + 2 * m) / 12
+        embedding = flops(timm.create_model('mixvit_deit_tiny_patch16_224', num_members=m).eval()) / base
+        assert 1.0 < embedding <= bound, (m, embedding, bound)
+        encoding = flops(timm.create_model('mixvit_deit_tiny_patch16_224', num_members=m, source='encoding').eval())
+        assert embedding < encoding / base <= bound + m / (12 * 12), (m, encoding / base, bound)
+
+
+def test_vit_bad_settings_are_refused():
+    with pytest.raises(ValueError, match='patch_drop_rate > 0 is not supported'):
+        _tiny('deit_tiny_patch16_224', patch_drop_rate=0.1)
+    with pytest.raises(ValueError, match='dynamic_img_size=True is not supported'):
+        _tiny('deit_tiny_patch16_224', dynamic_img_size=True)
+    with pytest.raises(ValueError, match='HybridEmbed'):
+        MixViT(backbone='vit_tiny_r_s16_p8_224', img_size=32, depth=1)
+    with pytest.raises(ValueError, match="global_pool='' is not supported"):
+        _tiny('deit_tiny_patch16_224', global_pool='')
+    with pytest.raises(ValueError, match='member_blocks=5 exceeds the 4 blocks'):
+        _tiny('deit_tiny_patch16_224', member_blocks=5)
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match='member_blocks must be a positive int'):
+            _tiny('deit_tiny_patch16_224', member_blocks=bad)
+    with pytest.raises(ValueError, match="member_blocks=3 does not apply to 'cait_xxs24_224'.*depth_token_only"):
+        _tiny('cait_xxs24_224', member_blocks=3)
+    assert _tiny('cait_xxs24_224', member_blocks=2).num_member_blocks == 2
+
+
+def test_factory_device_dtype_reach_every_parameter():
+    """timm's ``device=`` / ``dtype=`` factory arguments place MixViT's own parameters (source attribution, member
+    heads) with the backbone's; ``reset_classifier`` keeps the model's device, dtype and train / eval mode."""
+    model = _tiny('deit_tiny_distilled_patch16_224', source='encoding', dtype=torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert model(torch.randn(2, 3, 16, 16, dtype=torch.float64)).dtype == torch.float64
+    model.eval().reset_classifier(3)
+    assert {p.dtype for p in model.parameters()} == {torch.float64} and not model.head.training
+    meta = _tiny('cait_xxs24_224', device='meta')
+    assert {p.device.type for p in meta.parameters()} == {'meta'}
+
+
+def test_vit_save_pretrained_round_trip(tmp_path):
+    """member_blocks, the backbone's pooling and the source mode survive timm_mimo.hub.save_pretrained."""
+    from timm_mimo import hub
+    torch.manual_seed(12)
+    model = _tiny('vit_medium_patch16_reg4_gap_256', member_blocks=3, num_members=3, source='encoding')
+    with torch.no_grad():
+        model.source_attribution.bias.normal_()
+    folder = hub.save_pretrained(model, tmp_path / 'export')
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'mixvit' and config['model_args']['backbone'] == 'vit_medium_patch16_reg4_gap_256'
+    loaded = hub.load_pretrained(folder).eval()
+    assert (loaded.num_member_blocks, loaded.global_pool, loaded.num_prefix_tokens) == (3, 'avg', 4)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_members(x), model.forward_members(x), rtol=0, atol=0)
+
+
+def test_vit_mixvit_learns_digits():
+    """End to end on real images (sklearn's 8x8 digits at 16 px, patch 4): a small MixViT on a DeiT trained with its
+    own Mixer and MimoLoss; both members and their ensemble (parallel inference) learn the held-out split."""
+    from sklearn.datasets import load_digits
+    torch.manual_seed(0)
+    digits = load_digits()
+    images = F.interpolate(torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16, size=16) * 2.5 - 0.75
+    labels = torch.tensor(digits.target)
+    held_out = torch.arange(len(labels)) % 6 == 0
+    model = timm.create_model('mixvit', backbone='deit_tiny_patch16_224', img_size=16, patch_size=4, in_chans=1,
+                              depth=3, embed_dim=48, num_heads=3, num_classes=10)
+    assert (model.num_shared_blocks, model.num_member_blocks) == (1, 2)
+    mixer = Mixer(num_members=2, generator=torch.Generator().manual_seed(0), **model.mix_cfg)
+    loss_fn = MimoLoss(**model.loss_cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    train_images, train_labels = images[~held_out], labels[~held_out]
+    steps = 250
+    for step in range(steps):
+        idx = torch.randint(len(train_labels), (64, 2))
+        plan = mixer(64, model.mix_grid((16, 16)), progress=step / steps)
+        loss = loss_fn(model(train_images[idx], plan), train_labels[idx], plan.kappas)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        members = model.forward_members(images[held_out])
+    accuracy = (members.argmax(-1) == labels[held_out, None]).float().mean(0)
+    ensemble = (members.mean(1).argmax(-1) == labels[held_out]).float().mean()
+    assert accuracy.min() > 0.6 and ensemble > 0.6, (accuracy, ensemble)  # chance: 0.1

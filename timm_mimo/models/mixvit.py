@@ -1,12 +1,16 @@
-"""MixViT: MIMO vision transformers with source attribution (SPEC §1.10, §2.4–2.6; Alg. A.8 / A.9, T:2685–2690).
+"""MixViT: MIMO vision transformers with source attribution.
 
-A MixViT wraps a timm transformer whose class token joins late and splits it in two:
+Sun et al., "Reconciling feature sharing and multiple predictions with MIMO vision transformers" (ICLR 2023
+submission, openreview.net/forum?id=pOq1HuMI8Dz), Sec. 2; thesis (HAL tel-03952815) Sec. 4.3.3, Alg. A.8 / A.9.
 
-* shared part: the single patch embedding ``e``, the positional embedding and the L feature blocks (CaiT's
-  ``blocks``; ConViT's ``blocks[:local_up_to_layer]``; the papers' ConViT's 5 GPSA ``blocks``);
+A MixViT wraps a timm transformer and splits it in two:
+
+* shared part: the single patch embedding ``e``, the positional embedding and the first blocks (CaiT's ``blocks``;
+  ConViT's ``blocks[:local_up_to_layer]``; the papers' ConViT's 5 GPSA ``blocks``; a ``VisionTransformer``'s
+  ``blocks[:L - n]``, its class / register / distillation tokens included);
 * member part: source attribution ``s_m``, the class token and the blocks after it (CaiT / papers' ConViT:
-  the class-attention ``blocks_token_only``; timm's ConViT: the self-attention ``blocks[local_up_to_layer:]``),
-  the final norm and M dense heads ``d_m``.
+  the class-attention ``blocks_token_only``; timm's ConViT: the self-attention ``blocks[local_up_to_layer:]``;
+  a ``VisionTransformer``: its last ``member_blocks = n`` blocks), the final norm / pooling and M dense heads ``d_m``.
 
 Training (Alg. A.8): the M inputs are mixed patch by patch as the plan's token masks say, embedded once, run through
 the shared blocks once, attributed to their sources ``t* = t + Σ_m M_m ⊙ s_m(t)`` (eq. 4.5 / 4.6), and ONE class
@@ -14,7 +18,7 @@ token pass reads the mixed token set; every head ``d_m`` reads that class token.
 the shared blocks run once on the B images, the attribution is tiled into M token sets (set m: every token attributed
 to member m) and the member blocks run on the M·B sets as one batch; head m reads class token m.
 
-Decisions on SPEC §1.10 [AMBIG] items (each tested in tests/test_mixvit.py):
+Decisions where the papers are silent (each tested in tests/test_mixvit.py):
     * source parameters at random init: ``source_init='trunc_normal'`` (std .02, like timm's positional embeddings;
       encoder biases zero), ``'zeros'`` available; ``pretrained=True`` sets them to zero so that the MixViT computes
       exactly the backbone's logits;
@@ -35,18 +39,38 @@ Decisions on SPEC §1.10 [AMBIG] items (each tested in tests/test_mixvit.py):
       used (only its κ, for the loss); its ``mix_cfg`` asks for constant κ = 1/M;
     * a plain ``(B, C, H, W)`` call in train mode runs the inference mode (the model contract), so every parameter,
       including every member's source parameters, gets a gradient there.
+
+Timm ``VisionTransformer`` family (``vit_*``, ``deit_*`` incl. distilled, ``deit3_*``, register / no-class-token /
+average- or attention-pooled variants). The papers place the split where the class token joins ("MixViT easily
+generalizes to other architectures", thesis Sec. 4.3.2, without details); a ViT carries its class token from the start.
+Decisions (papers silent):
+    * the last ``member_blocks`` blocks (default 2, the papers' two class-attention blocks) are the member part;
+    * member class tokens: the class token (and register / distillation tokens) leaving the shared blocks is copied
+      unchanged into every member's token set; source attribution touches the patch tokens only (as in the papers,
+      where ``s_m`` acts on the patch tokens and the class token ``c_0`` is shared). With zero source parameters every
+      member set is the backbone's own token set, so ``pretrained=True`` reproduces the backbone's logits exactly;
+      during training the one class token has attended to the mixed tokens in the shared blocks, as every patch token;
+    * pooling is the backbone's (``global_pool`` token / avg / avgmax / max / map, ``fc_norm``), applied to each
+      member's token set; a distilled DeiT keeps both heads per member and averages them (timm's inference rule, also
+      during MixViT training: there is no teacher);
+    * refused with a one-line error: hybrid (CNN-stem) patch embeddings, ``dynamic_img_size``, ``patch_drop_rate``
+      (it would drop tokens the masks refer to), other transformer classes (Eva, BEiT, relative-position ViTs, ...).
+Cost of parallel inference on a ViT of L blocks: at most ``(L - n + n·M) / L`` of the backbone's FLOPs with source
+embedding (the papers' rule of thumb, MixViT paper Sec. 2.4); source encoding adds its M d x d products per patch token,
+which the papers' finer count includes (measured: 1.178 for DeiT-S, M = 2, against 1.167).
 """
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, create_model, generate_default_cfgs, register_model
-from timm.models._registry import get_pretrained_cfg
+from timm.models._registry import get_pretrained_cfg, is_model_in_modules, list_pretrained
 from timm.models.cait import Cait
 from timm.models.convit import GPSA
+from timm.models.vision_transformer import VisionTransformer, global_pool_nlc
 
 from timm_mimo.mixing import MixPlan
 from timm_mimo.models._contract import MimoContract, check_image_batch
@@ -64,10 +88,12 @@ MIXING_MODES = ('tokens', 'all_tokens')
 _EXTRA_BACKBONES: Dict[str, Dict[str, Any]] = {
     'cait_m24': dict(img_size=224, patch_size=16, embed_dim=768, depth=24, num_heads=16, init_values=1e-5),
 }
+# timm modules whose entrypoints build ``VisionTransformer`` (or its distilled subclass)
+_VIT_MODULES = ('vision_transformer', 'deit', 'vision_transformer_hybrid')
 
 
 class SourceAttribution(nn.Module):
-    """Source attribution ``t* = t + Σ_m M_m ⊙ s_m(t)`` (SPEC §1.10 eq. 4.5 / 4.6).
+    """Source attribution ``t* = t + Σ_m M_m ⊙ s_m(t)`` (thesis eq. 4.5 / 4.6; MixViT paper eq. 2 / 3).
 
     Embedding (eq. 4.6): ``s_m(t) = b_m``, M learnable d-vectors. Encoding (eq. 4.5): ``s_m(t) = t W_m^T + b_m``,
     M d -> d linear maps.
@@ -100,7 +126,7 @@ class SourceAttribution(nn.Module):
     def forward(self, tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Attribute ``tokens: (B, N, D)`` with token masks ``masks: (B, M, N)`` -> ``(B, N, D)``."""
         if self.weight is None:
-            return tokens + torch.einsum('bmn,md->bnd', masks.to(tokens.dtype), self.bias)  # SPEC §1.10 eq. 4.6
+            return tokens + torch.einsum('bmn,md->bnd', masks.to(tokens.dtype), self.bias)  # thesis eq. 4.6
         return tokens + torch.einsum('bmn,bnmd->bnd', masks.to(tokens.dtype), self.member_terms(tokens))  # eq. 4.5
 
     def per_member(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -126,12 +152,17 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     return create_model(name, pretrained=False, **kwargs)
 
 
+def _is_vision_transformer(backbone: str) -> bool:
+    """Whether ``backbone`` is registered by a timm module that builds ``VisionTransformer`` models."""
+    return backbone not in _EXTRA_BACKBONES and is_model_in_modules(backbone.split('.')[0], _VIT_MODULES)
+
+
 class MixViT(MimoContract, nn.Module):
-    """MixViT on a timm CaiT, ConViT or the papers' ConViT (``convit_gpsa5_ca2``).
+    """MixViT on a timm CaiT, ConViT, the papers' ConViT (``convit_gpsa5_ca2``) or a timm ``VisionTransformer``.
 
     Args:
-        backbone: timm model name of the wrapped transformer (``cait_*``, ``convit_*``, ``convit_gpsa5_ca2*``) or
-            ``'cait_m24'``.
+        backbone: timm model name of the wrapped transformer (``cait_*``, ``convit_*``, ``convit_gpsa5_ca2*``,
+            ``'cait_m24'``, or any ``VisionTransformer``: ``vit_*``, ``deit_*``, ``deit3_*``, ...).
         num_members: M.
         source: ``'embedding'`` (default), ``'encoding'``, ``'none'``, ``'early_embedding'``, ``'early_encoding'``.
         inference: ``'parallel'`` (default), ``'sum'``, ``'alternating'``, ``'single'``; settable later.
@@ -140,7 +171,10 @@ class MixViT(MimoContract, nn.Module):
         single_member: The member used by ``'single'`` inference.
         alternating_seed: Seed of the random token attribution of ``'alternating'`` inference.
         num_classes: Classes per head.
-        global_pool: Only ``'token'`` (the heads read the class token).
+        member_blocks: Blocks run once per member (n). ``VisionTransformer``: the last n blocks, default 2. CaiT /
+            ConViT: fixed by the architecture (the blocks after the class token joins); ``None`` or that number.
+        global_pool: CaiT / ConViT: ``'token'`` only (the heads read the class token). ``VisionTransformer``: passed to
+            the backbone (``'token'``, ``'avg'``, ``'map'``, ...; ``None``: the backbone's default).
         **backbone_kwargs: Passed to the backbone (``img_size``, ``patch_size``, ``drop_path_rate``, ``depth``, ...).
     """
 
@@ -155,7 +189,8 @@ class MixViT(MimoContract, nn.Module):
             single_member: int = 0,
             alternating_seed: int = 0,
             num_classes: int = 1000,
-            global_pool: str = 'token',
+            member_blocks: Optional[int] = None,
+            global_pool: Optional[str] = None,
             **backbone_kwargs: Any,
     ):
         super().__init__()
@@ -167,27 +202,58 @@ class MixViT(MimoContract, nn.Module):
             raise ValueError(f'num_members must be >= 1, got {num_members}')
         if not 0 <= single_member < num_members:
             raise ValueError(f'single_member must be in [0, {num_members}), got {single_member}')
-        if global_pool not in ('token', ''):
+        if member_blocks is not None and (isinstance(member_blocks, bool) or not isinstance(member_blocks, int)
+                                          or member_blocks < 1):
+            raise ValueError(f'member_blocks must be a positive int, got {member_blocks!r}')
+        vit = _is_vision_transformer(backbone)
+        if vit:
+            if global_pool == '':
+                raise ValueError("MixViT heads need pooled features: global_pool='' is not supported; use None (the "
+                                 "backbone's pooling), 'token', 'avg', 'avgmax', 'max' or 'map'")
+            if global_pool is not None:
+                backbone_kwargs['global_pool'] = global_pool
+        elif global_pool not in (None, 'token', ''):
             raise ValueError(f"MixViT heads read the class token: global_pool must be 'token', got {global_pool!r}")
         net = create_backbone(backbone, num_classes=0, **backbone_kwargs)
+        self.reg_token = self.dist_token = self.head_dist = None
+        self.norm_pre = self.fc_norm = nn.Identity()
+        self.attn_pool = None
+        self.global_pool, self.pool_include_prefix = 'token', False
+        self.num_shared_prefix_tokens = 0  # prefix tokens (class, registers, ...) in the shared blocks' token sets
+        self.late_class_token = not isinstance(net, VisionTransformer)  # CaiT / ConViT: class token joins the members
         if hasattr(net, 'blocks_token_only'):  # CaiT, convit_gpsa5_ca2: class-attention blocks after `blocks`
             self.blocks_token_only = net.blocks_token_only
             self.num_shared_blocks = len(net.blocks)
+            self._check_fixed_member_blocks(backbone, member_blocks, len(net.blocks_token_only), 'depth_token_only')
         elif hasattr(net, 'local_up_to_layer'):  # timm ConViT: the class token joins at `local_up_to_layer`
             self.blocks_token_only = None
             self.num_shared_blocks = net.local_up_to_layer
+            self._check_fixed_member_blocks(
+                backbone, member_blocks, len(net.blocks) - net.local_up_to_layer, 'local_up_to_layer')
+        elif isinstance(net, VisionTransformer):
+            self.blocks_token_only = None
+            self.num_shared_blocks = len(net.blocks) - self._check_vit(backbone, net, member_blocks)
+            self.num_shared_prefix_tokens = net.num_prefix_tokens
+            self.reg_token = net.reg_token
+            self.dist_token = getattr(net, 'dist_token', None)
+            self.norm_pre, self.fc_norm, self.attn_pool = net.norm_pre, net.fc_norm, net.attn_pool
+            self.global_pool, self.pool_include_prefix = net.global_pool, net.pool_include_prefix
         else:
-            raise ValueError(f'backbone {backbone!r} is neither a CaiT-like nor a ConViT-like timm transformer')
+            raise ValueError(
+                f'backbone {backbone!r} ({type(net).__name__}) is not supported: MixViT wraps CaiT (cait_*), ConViT '
+                '(convit_*) and timm VisionTransformer models (vit_*, deit_*, deit3_*, ...)')
+        self.num_member_blocks = (len(self.blocks_token_only) if self.blocks_token_only is not None
+                                  else len(net.blocks) - self.num_shared_blocks)
         self.backbone_name = backbone
         self.num_members = num_members
         self.num_classes = num_classes
-        self.global_pool = 'token'
         self.source = source
         self.mixing = mixing
         self.single_member = single_member
         self.alternating_seed = alternating_seed
         self.num_features = self.head_hidden_size = self.embed_dim = net.embed_dim
-        self.num_prefix_tokens = 1
+        # tokens before the patch tokens in forward_features: CaiT / ConViT's class token, a ViT's prefix tokens
+        self.num_prefix_tokens = 1 if self.late_class_token else self.num_shared_prefix_tokens
         self.in_chans = net.patch_embed.proj.in_channels
         self.grad_checkpointing = False
 
@@ -201,13 +267,44 @@ class MixViT(MimoContract, nn.Module):
             net.embed_dim, num_members, encoding=source.endswith('encoding'), init=source_init)
         self.head_drop = net.head_drop
         self.head = MemberHeads(net.embed_dim, num_classes, num_members)
+        if self.dist_token is not None:  # distilled DeiT: a class-token head and a distillation-token head per member
+            self.head_dist = MemberHeads(net.embed_dim, num_classes, num_members)
         self._init_heads()
+        # timm's factory arguments device= / dtype= reach the backbone; MixViT's own parameters follow them
+        factory = {k: backbone_kwargs[k] for k in ('device', 'dtype') if backbone_kwargs.get(k) is not None}
+        for module in (self.source_attribution, self.head, self.head_dist):
+            if module is not None and factory:
+                module.to(**factory)
         self.inference = inference
+
+    @staticmethod
+    def _check_fixed_member_blocks(backbone: str, member_blocks: Optional[int], fixed: int, setting: str) -> None:
+        if member_blocks is not None and member_blocks != fixed:
+            raise ValueError(f'member_blocks={member_blocks} does not apply to {backbone!r}: its member part is the '
+                             f'{fixed} blocks after the class token joins; change the backbone\'s {setting} instead')
+
+    @staticmethod
+    def _check_vit(backbone: str, net: VisionTransformer, member_blocks: Optional[int]) -> int:
+        """Refuse the ``VisionTransformer`` settings MixViT cannot split; returns the number of member blocks."""
+        if net.dynamic_img_size:
+            raise ValueError(f'backbone {backbone!r}: dynamic_img_size=True is not supported (fixed token grid)')
+        if not isinstance(net.patch_embed, PatchEmbed) or not net.patch_embed.flatten:
+            raise ValueError(f'backbone {backbone!r}: MixViT mixes pixel patches and needs a plain PatchEmbed, got '
+                             f'{type(net.patch_embed).__name__} (hybrid CNN-stem embeddings are not supported)')
+        if not isinstance(net.patch_drop, nn.Identity):
+            raise ValueError(f'backbone {backbone!r}: patch_drop_rate > 0 is not supported (it drops tokens the '
+                             'mixing masks refer to); use patch_drop_rate=0')
+        member_blocks = 2 if member_blocks is None else member_blocks
+        if member_blocks > len(net.blocks):
+            raise ValueError(f'member_blocks={member_blocks} exceeds the {len(net.blocks)} blocks of {backbone!r}')
+        return member_blocks
 
     def _init_heads(self) -> None:
         if self.num_classes > 0:
-            trunc_normal_(self.head.weight, std=.02)  # as the timm backbones initialise their head
-            nn.init.zeros_(self.head.bias)
+            for head in (self.head, self.head_dist):
+                if head is not None:
+                    trunc_normal_(head.weight, std=.02)  # as the timm backbones initialise their head
+                    nn.init.zeros_(head.bias)
 
     # ---- settings -------------------------------------------------------------------------------------------------
     @property
@@ -233,14 +330,15 @@ class MixViT(MimoContract, nn.Module):
 
     @property
     def mix_cfg(self) -> Dict[str, Any]:
-        """Keyword arguments of the ``Mixer`` that trains this model (SPEC §1.10, §3.4)."""
+        """Keyword arguments of the ``Mixer`` that trains this model (binarized CutMix, α = 0.5: thesis A.1.5)."""
         if self.mixing == 'all_tokens':
             return dict(kind='linear', alpha=None, prob=1.0, prob_decay=False)  # κ = 1/M, masks unused
         cfg = dict(kind='cutmix_majority', alpha=0.5, prob=1.0, prob_decay=False, single_source_end=True,
                    patch_size=self.patch_size,
-                   outside_swap=True)  # SPEC §1.10 [AMBIG] role flip: MixMo's batch-level swap, input 0 not always box
+                   # Decision (papers silent on a role flip): MixMo's batch-level swap, input 0 not always the box
+                   outside_swap=True)
         if self.num_members > 2:
-            cfg['pair_only'] = True  # SPEC §1.10 M > 2: two of the M inputs cut-mixed, the others κ = 0
+            cfg['pair_only'] = True  # M > 2 (MixViT paper Fig. 7): two of the M inputs cut-mixed, the others κ = 0
         return cfg
 
     @property
@@ -259,14 +357,14 @@ class MixViT(MimoContract, nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         # the source vectors are learnable embeddings like pos_embed: no weight decay (encoders keep it on W)
-        return {'pos_embed', 'cls_token', 'source_attribution.bias'}
+        return {'pos_embed', 'cls_token', 'reg_token', 'dist_token', 'source_attribution.bias'}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(
-            stem=r'^cls_token|pos_embed|patch_embed',
+            stem=r'^cls_token|reg_token|dist_token|pos_embed|patch_embed|norm_pre',
             blocks=[(r'^blocks\.(\d+)', None), (r'^blocks_token_only\.(\d+)', (10000,)),
-                    (r'^source_attribution', (20000,)), (r'^norm', (99999,))],
+                    (r'^source_attribution', (20000,)), (r'^norm|^fc_norm|^attn_pool', (99999,))],
         )
 
     @torch.jit.ignore
@@ -274,16 +372,22 @@ class MixViT(MimoContract, nn.Module):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
+    def get_classifier(self) -> Union[nn.Module, Tuple[nn.Module, nn.Module]]:
+        return self.head if self.head_dist is None else (self.head, self.head_dist)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """New M heads with ``num_classes`` outputs (0: the heads return the class-token features)."""
         if global_pool not in (None, 'token', ''):
             raise ValueError(f"MixViT heads read the class token: global_pool must be 'token', got {global_pool!r}")
         self.num_classes = num_classes
-        self.head = MemberHeads(self.embed_dim, num_classes, self.num_members).to(self.cls_token.device)
+        like = self.patch_embed.proj.weight  # device / dtype of the model (a ViT may have no class token)
+        self.head = MemberHeads(self.embed_dim, num_classes, self.num_members).to(like.device, like.dtype)
+        if self.head_dist is not None:
+            self.head_dist = MemberHeads(self.embed_dim, num_classes, self.num_members).to(like.device, like.dtype)
         self._init_heads()
+        for head in (self.head, self.head_dist):
+            if head is not None:
+                head.train(self.training)
 
     # ---- building blocks ------------------------------------------------------------------------------------------
     def _check_image_size(self, size: Tuple[int, ...]) -> None:
@@ -294,8 +398,25 @@ class MixViT(MimoContract, nn.Module):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.patch_embed(x)
 
+    def _prefix_tokens(self, batch_size: int) -> List[torch.Tensor]:
+        """The tokens a ``VisionTransformer`` puts before the patch tokens, in its order (class, register or
+        distillation); empty for CaiT / ConViT, whose class token joins in the member part."""
+        if not self.num_shared_prefix_tokens:
+            return []
+        params = (self.cls_token, self.dist_token if self.dist_token is not None else self.reg_token)
+        return [p.expand(batch_size, -1, -1) for p in params if p is not None]
+
     def _add_pos(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.pos_drop(tokens if self.pos_embed is None else tokens + self.pos_embed)
+        """Positional embedding and shared prefix tokens: patch tokens ``(B, N, D)`` -> ``(B, P + N, D)``."""
+        prefix = self._prefix_tokens(tokens.shape[0])
+        if self.pos_embed is not None and self.pos_embed.shape[1] == tokens.shape[1]:
+            tokens = tokens + self.pos_embed  # positions of the patch tokens only (CaiT, ConViT, ``no_embed_class``)
+            prefix_then_pos = torch.cat(prefix + [tokens], dim=1) if prefix else tokens
+        else:
+            prefix_then_pos = torch.cat(prefix + [tokens], dim=1)
+            if self.pos_embed is not None:  # the positional embedding covers the prefix tokens too (ViT, DeiT)
+                prefix_then_pos = prefix_then_pos + self.pos_embed
+        return self.norm_pre(self.pos_drop(prefix_then_pos))
 
     def _shared_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
         shared = self.blocks[:self.num_shared_blocks]
@@ -306,13 +427,16 @@ class MixViT(MimoContract, nn.Module):
         return tokens
 
     def _member_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Class token and the blocks after it, final norm: ``(B', N', D)`` -> ``(B', 1 + N', D)``."""
-        cls_token = self.cls_token.expand(tokens.shape[0], -1, -1)
-        if self.blocks_token_only is not None:
-            for blk in self.blocks_token_only:
-                cls_token = blk(tokens, cls_token)
-            return self.norm(torch.cat((cls_token, tokens), dim=1))
-        x = torch.cat((cls_token, tokens), dim=1)
+        """Class token and the blocks after it, final norm: ``(B', P + N', D)`` -> ``(B', max(P, 1) + N', D)``."""
+        if not self.late_class_token:  # ViT: the prefix tokens (if any) came through the shared blocks
+            x = tokens
+        else:
+            cls_token = self.cls_token.expand(tokens.shape[0], -1, -1)
+            if self.blocks_token_only is not None:
+                for blk in self.blocks_token_only:
+                    cls_token = blk(tokens, cls_token)
+                return self.norm(torch.cat((cls_token, tokens), dim=1))
+            x = torch.cat((cls_token, tokens), dim=1)
         for blk in self.blocks[self.num_shared_blocks:]:
             x = blk(x)
         return self.norm(x)
@@ -321,7 +445,7 @@ class MixViT(MimoContract, nn.Module):
         """Token masks ``(B, M, N)`` of the single-pass inference modes."""
         num_members = self.num_members
         if self.inference == 'sum':
-            # SPEC §1.10 [AMBIG] sum inference: mean of the M attributed versions = uniform masks 1/M
+            # Decision (papers: 'summing', thesis Table 4.6): mean of the M attributed versions = uniform masks 1/M
             return torch.full((batch_size, num_members, num_tokens), 1.0 / num_members, device=device)
         if self.inference == 'alternating':
             generator = torch.Generator().manual_seed(self.alternating_seed)
@@ -330,19 +454,31 @@ class MixViT(MimoContract, nn.Module):
             owner = torch.full((batch_size, num_tokens), self.single_member, device=device, dtype=torch.long)
         return F.one_hot(owner, num_members).permute(0, 2, 1).float()
 
-    def _attribute_inference(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Attribution of one token set per image for the inference mode: ``(B, N, D)`` -> ``(B·S, N, D)``."""
+    def _attribute_inference(self, tokens: torch.Tensor, num_prefix: int = 0) -> torch.Tensor:
+        """Attribution of one token set per image for the inference mode: ``(B, P + N, D)`` -> ``(B·S, P + N, D)``.
+
+        The first ``num_prefix`` tokens (a ViT's class / register / distillation tokens) are not attributed: every
+        member's set gets them unchanged.
+        """
         if self.source_attribution is None:
             return tokens
+        prefix, patches = tokens[:, :num_prefix], tokens[:, num_prefix:]
         if self.inference == 'parallel':
-            return self.source_attribution.tiled(tokens).flatten(0, 1)  # S = M token sets per image (Alg. A.9)
-        masks = self._inference_masks(tokens.shape[0], tokens.shape[1], tokens.device)
-        return self.source_attribution(tokens, masks)
+            patches = self.source_attribution.tiled(patches).flatten(0, 1)  # S = M token sets per image (Alg. A.9)
+            prefix = prefix.repeat_interleave(self.num_members, dim=0)
+        else:
+            patches = self.source_attribution(
+                patches, self._inference_masks(patches.shape[0], patches.shape[1], patches.device))
+        return torch.cat((prefix, patches), dim=1) if num_prefix else patches
 
-    def _gpsa_tiled(self, tokens: torch.Tensor, num_sets: int) -> Dict[GPSA, torch.Tensor]:
+    def _attribute_mixed(self, tokens: torch.Tensor, token_masks: torch.Tensor, num_prefix: int = 0) -> torch.Tensor:
+        """Training attribution ``t* = t + Σ_m M_m ⊙ s_m(t)`` of the patch tokens after ``num_prefix`` tokens."""
+        patches = self.source_attribution(tokens[:, num_prefix:], token_masks)  # thesis eq. 4.5 / 4.6
+        return torch.cat((tokens[:, :num_prefix], patches), dim=1) if num_prefix else patches
+
+    def _gpsa_tiled(self, num_tokens: int, num_sets: int) -> Dict[GPSA, torch.Tensor]:
         """Give the shared GPSA layers the token grid's relative positions tiled over ``num_sets`` inputs."""
         saved = {}
-        num_tokens = tokens.shape[1] // num_sets
         for module in self.blocks[:self.num_shared_blocks].modules():
             if isinstance(module, GPSA):
                 saved[module] = module.rel_indices
@@ -350,27 +486,61 @@ class MixViT(MimoContract, nn.Module):
         return saved
 
     def _forward_all_tokens(self, xs: torch.Tensor) -> torch.Tensor:
-        """The all-tokens ablation on ``(B, M, C, H, W)``: class-token features ``(B, 1, 1 + M·N, D)``."""
+        """The all-tokens ablation on ``(B, M, C, H, W)``: features ``(B, 1, max(P, 1) + M·N, D)``.
+
+        A ViT's prefix tokens join once, before the M·N patch tokens (each input's with its positional embedding).
+        """
         batch_size, num_members = xs.shape[:2]
+        num_prefix = self.num_shared_prefix_tokens
         tokens = self._embed(xs.flatten(0, 1)).unflatten(0, (batch_size, num_members))  # (B, M, N, D)
+        num_patches = tokens.shape[2]
         if self.early_source:
             tokens = self.source_attribution.per_member(tokens)
-        tokens = self._add_pos(tokens.flatten(0, 1)).unflatten(0, (batch_size, num_members))
-        tokens = tokens.flatten(1, 2)  # (B, M·N, D)
-        saved = self._gpsa_tiled(tokens, num_members)
+        tokens = self._add_pos(tokens.flatten(0, 1)).unflatten(0, (batch_size, num_members))  # (B, M, P + N, D)
+        tokens = torch.cat((tokens[:, 0, :num_prefix], tokens[:, :, num_prefix:].flatten(1, 2)), dim=1)
+        saved = self._gpsa_tiled(num_patches, num_members)
         try:
             tokens = self._shared_blocks(tokens)
         finally:
             for module, rel_indices in saved.items():
                 module.rel_indices = rel_indices
         if self.source_attribution is not None and not self.early_source:
-            tokens = self.source_attribution.per_member(tokens.unflatten(1, (num_members, -1))).flatten(1, 2)
+            patches = tokens[:, num_prefix:].unflatten(1, (num_members, -1))
+            tokens = torch.cat((tokens[:, :num_prefix], self.source_attribution.per_member(patches).flatten(1, 2)), 1)
         return self._member_blocks(tokens).unsqueeze(1)
+
+    def _pooled(self, features: torch.Tensor) -> torch.Tensor:
+        """Pre-logit features of every token set: ``(B, S, T, D)`` -> ``(B, S, D)``.
+
+        The class token for CaiT / ConViT; the backbone's pooling (then ``fc_norm``) for a ``VisionTransformer``;
+        the mean of the class and distillation tokens for a distilled DeiT (timm's ``pre_logits``).
+        """
+        if self.head_dist is not None:
+            return self.head_drop((features[:, :, 0] + features[:, :, 1]) / 2)
+        tokens = features.flatten(0, 1)
+        if self.attn_pool is not None:
+            pooled = self.attn_pool(tokens if self.pool_include_prefix else tokens[:, self.num_shared_prefix_tokens:])
+        else:
+            pooled = global_pool_nlc(tokens, pool_type=self.global_pool, num_prefix_tokens=self.num_prefix_tokens,
+                                     reduce_include_prefix=self.pool_include_prefix)
+        return self.head_drop(self.fc_norm(pooled)).unflatten(0, features.shape[:2])
+
+    def _heads(self, features: torch.Tensor) -> torch.Tensor:
+        """All M heads on features ``(B, S, T, D)``: one token set (S = 1) is read by every head, S = M sets by one
+        head each -> ``(B, M, K)``."""
+        def apply(head: MemberHeads, pooled: torch.Tensor) -> torch.Tensor:
+            return head(pooled[:, 0] if pooled.shape[1] == 1 else pooled)
+
+        if self.head_dist is not None:  # distilled DeiT: both heads per member, averaged (timm's inference rule)
+            cls_tokens, dist_tokens = self.head_drop(features[:, :, 0]), self.head_drop(features[:, :, 1])
+            return (apply(self.head, cls_tokens) + apply(self.head_dist, dist_tokens)) / 2
+        return apply(self.head, self._pooled(features))
 
     # ---- forwards -------------------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference features: ``(B, C, H, W)`` -> ``(B, S, 1 + N, D)``, S token sets per image (S = M for
-        ``'parallel'`` with source attribution, else 1), class token first, after the final norm."""
+        """Inference features: ``(B, C, H, W)`` -> ``(B, S, P + N, D)``, S token sets per image (S = M for
+        ``'parallel'`` with source attribution, else 1), after the final norm. CaiT / ConViT: P = 1, the class token
+        first; ``VisionTransformer``: its P prefix tokens (class, registers / distillation) first."""
         check_image_batch(x)
         self._check_image_size(x.shape[1:])
         batch_size = x.shape[0]
@@ -381,23 +551,20 @@ class MixViT(MimoContract, nn.Module):
             tokens = self._attribute_inference(tokens)
         tokens = self._shared_blocks(self._add_pos(tokens))
         if not self.early_source:
-            tokens = self._attribute_inference(tokens)
+            tokens = self._attribute_inference(tokens, self.num_shared_prefix_tokens)
         return self._member_blocks(tokens).unflatten(0, (batch_size, -1))
 
     def member_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Member logits from ``forward_features`` output: ``(B, S, 1 + N, D)`` -> ``(B, M, K)``."""
-        cls_tokens = self.head_drop(features[:, :, 0])
-        if cls_tokens.shape[1] == 1:
-            cls_tokens = cls_tokens[:, 0]  # one class token read by every head (training, sum, alternating)
+        """Member logits from ``forward_features`` output: ``(B, S, P + N, D)`` -> ``(B, M, K)``."""
+        logits = self._heads(features)
         if self.inference == 'single' and self.mixing == 'tokens':
-            logits = self.head(cls_tokens)[:, self.single_member]
-            return logits.unsqueeze(1).expand(-1, self.num_members, -1)
-        return self.head(cls_tokens)
+            return logits[:, self.single_member:self.single_member + 1].expand(-1, self.num_members, -1)
+        return logits
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``pre_logits``: the class tokens ``(B, S, D)``; else the ensemble logits ``(B, K)``."""
+        """``pre_logits``: the pooled features of every token set ``(B, S, D)``; else the ensemble logits ``(B, K)``."""
         if pre_logits:
-            return self.head_drop(x[:, :, 0])
+            return self._pooled(x)
         return self.member_logits(x).mean(dim=1)
 
     def forward_members(self, x: torch.Tensor) -> torch.Tensor:
@@ -405,7 +572,7 @@ class MixViT(MimoContract, nn.Module):
         return self.member_logits(self.forward_features(x))
 
     def mix_inputs(self, xs: torch.Tensor, plan: MixPlan) -> torch.Tensor:
-        """Mixed patch tokens ``Σ_m M_m ⊙ e(x_m)`` (SPEC §1.10 step 2): ``(B, M, C, H, W)`` -> ``(B, N, D)``.
+        """Mixed patch tokens ``Σ_m M_m ⊙ e(x_m)`` (thesis Alg. A.8, mixing step): ``(B, M, C, H, W)`` -> ``(B, N, D)``.
 
         The embedding is linear and the masks are constant inside a patch and sum to 1 over members, so
         ``Σ_m M_m ⊙ e(x_m) = e(Σ_m M_m ⊙ x_m)``: the patches are mixed in pixel space (selected, for binary plans)
@@ -442,16 +609,16 @@ class MixViT(MimoContract, nn.Module):
             tokens = self.source_attribution(tokens, token_masks)
         tokens = self._shared_blocks(self._add_pos(tokens))
         if self.source_attribution is not None and not self.early_source:
-            tokens = self.source_attribution(tokens, token_masks)  # SPEC §1.10 t* = t + Σ_m M_m ⊙ s_m(t)
-        cls_token = self.head_drop(self._member_blocks(tokens)[:, 0])
-        return self.head(cls_token)  # every head d_m reads the one class token
+            tokens = self._attribute_mixed(tokens, token_masks, self.num_shared_prefix_tokens)
+        return self._heads(self._member_blocks(tokens).unsqueeze(1))  # every head d_m reads the one token set
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MixViT) -> Dict[str, torch.Tensor]:
-    """Load a timm CaiT / ConViT / ConVitCA checkpoint (or a MixViT one) into ``model``.
+    """Load a timm CaiT / ConViT / ConVitCA / VisionTransformer checkpoint (or a MixViT one) into ``model``.
 
-    The backbone's head is copied into every member head, the positional embedding resampled to the model's token
-    grid, and missing source parameters set to zero so that the MixViT computes exactly the backbone's logits.
+    The backbone's head (and a distilled DeiT's ``head_dist``) is copied into every member head, the positional
+    embedding resampled to the model's token grid, and missing source parameters set to zero so that the MixViT
+    computes exactly the backbone's logits.
     """
     if 'model' in state_dict:
         state_dict = state_dict['model']
@@ -459,9 +626,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MixViT) -> 
     for k, v in state_dict.items():
         k = k.replace('module.', '')
         if k == 'pos_embed' and model.pos_embed is not None and v.shape != model.pos_embed.shape:
-            v = resample_abs_pos_embed(v, new_size=model.patch_embed.grid_size, num_prefix_tokens=0, verbose=True)
-        elif k in ('head.weight', 'head.bias') and v.ndim == getattr(model.head, k.split('.')[1]).ndim - 1:
-            v = v.unsqueeze(0).repeat(model.num_members, *([1] * v.ndim))
+            num_prefix = model.pos_embed.shape[1] - model.patch_embed.num_patches  # a ViT's pos_embed covers them
+            v = resample_abs_pos_embed(
+                v, new_size=model.patch_embed.grid_size, num_prefix_tokens=num_prefix, verbose=True)
+        elif k.split('.')[0] in ('head', 'head_dist') and getattr(model, k.split('.')[0]) is not None:
+            member_param = getattr(getattr(model, k.split('.')[0]), k.split('.')[1])
+            if v.ndim == member_param.ndim - 1:
+                v = v.unsqueeze(0).repeat(model.num_members, *([1] * v.ndim))
         out[k] = v
     if model.source_attribution is not None:
         for k, p in model.source_attribution.state_dict().items():
@@ -532,7 +703,14 @@ def _backbone_cfg(backbone: str) -> Optional[Dict[str, Any]]:
     cfg = get_pretrained_cfg(backbone)
     if cfg is None:
         return None
-    return {**cfg.to_dict(), 'first_conv': 'patch_embed.proj', 'classifier': 'head'}
+    # the architecture is the generic entry (a saved model's config.json rebuilds a MixViT, not the bare backbone)
+    return {**cfg.to_dict(), 'architecture': 'mixvit', 'tag': f'backbone_{cfg.tag}' if cfg.tag else None,
+            'first_conv': 'patch_embed.proj', 'classifier': _classifier_keys(cfg.classifier)}
+
+
+def _classifier_keys(backbone_classifier: Any) -> Any:
+    """MixViT's classifier key(s): ``head``, plus ``head_dist`` for a distilled DeiT backbone."""
+    return ('head', 'head_dist') if isinstance(backbone_classifier, (tuple, list)) else 'head'
 
 
 @register_model
@@ -608,3 +786,66 @@ def mixvit_convit_gpsa5_ca2_64(pretrained: bool = False, **kwargs: Any) -> MixVi
 def mixvit_convit_gpsa5_ca2_224(pretrained: bool = False, **kwargs: Any) -> MixViT:
     """MixViT on the papers' ConViT, ImageNet-100 setting (224 px, patch 16)."""
     return _named('mixvit_convit_gpsa5_ca2_224', 'convit_gpsa5_ca2_224', pretrained, kwargs)
+
+
+# ---- MixViT on timm VisionTransformer backbones --------------------------------------------------------------------
+# Named MixViTs on common ViT / DeiT checkpoints: the last ``member_blocks`` (default 2) of the backbone's blocks
+# run per member. Tags follow ``backbone_<timm tag>``: every ImageNet-1k classifier checkpoint of the backbone (same
+# hub file, input size and normalisation); ``pretrained=True`` copies the backbone's head into every member head and
+# zeroes the source parameters, so each member starts as the backbone.
+_VIT_BACKBONES: Dict[str, str] = {
+    'mixvit_deit_tiny_patch16_224': 'deit_tiny_patch16_224',
+    'mixvit_deit_small_patch16_224': 'deit_small_patch16_224',
+    'mixvit_deit3_small_patch16_224': 'deit3_small_patch16_224',
+    'mixvit_vit_base_patch16_224': 'vit_base_patch16_224',
+    'mixvit_vit_medium_patch16_reg4_gap_256': 'vit_medium_patch16_reg4_gap_256',
+}
+
+
+def _backbone_checkpoint_cfgs(variant: str, backbone: str) -> Dict[str, Dict[str, Any]]:
+    """``{variant}.backbone_{tag}`` cfgs for the backbone's 1000-class checkpoints, its default tag first."""
+    default_tag = get_pretrained_cfg(backbone).tag
+    tags = sorted((name.split('.', 1)[1] for name in list_pretrained(f'{backbone}.*')), key=lambda t: t != default_tag)
+    cfgs = {}
+    for tag in tags:
+        cfg = get_pretrained_cfg(f'{backbone}.{tag}')
+        if cfg.num_classes == 1000 and cfg.hf_hub_id:
+            cfg = {k: v for k, v in cfg.to_dict().items() if k not in ('url', 'architecture', 'tag')}
+            cfgs[f'{variant}.backbone_{tag}'] = {**cfg, 'classifier': _classifier_keys(cfg['classifier'])}
+    return cfgs
+
+
+default_cfgs.update(generate_default_cfgs({
+    name: cfg for variant, backbone in _VIT_BACKBONES.items()
+    for name, cfg in _backbone_checkpoint_cfgs(variant, backbone).items()
+}))
+
+
+@register_model
+def mixvit_deit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """MixViT on DeiT-Ti/16 (224 px): 10 shared blocks, the last 2 per member (``member_blocks``)."""
+    return _named('mixvit_deit_tiny_patch16_224', 'deit_tiny_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def mixvit_deit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """MixViT on DeiT-S/16 (224 px): 10 shared blocks, the last 2 per member (``member_blocks``)."""
+    return _named('mixvit_deit_small_patch16_224', 'deit_small_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def mixvit_deit3_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """MixViT on DeiT III-S/16 (224 px; LayerScale, positions on patch tokens only)."""
+    return _named('mixvit_deit3_small_patch16_224', 'deit3_small_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def mixvit_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """MixViT on ViT-B/16 (224 px): 10 shared blocks, the last 2 per member (``member_blocks``)."""
+    return _named('mixvit_vit_base_patch16_224', 'vit_base_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def mixvit_vit_medium_patch16_reg4_gap_256(pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """MixViT on ViT-M/16 with 4 registers, no class token, average pooling (256 px)."""
+    return _named('mixvit_vit_medium_patch16_reg4_gap_256', 'vit_medium_patch16_reg4_gap_256', pretrained, kwargs)
