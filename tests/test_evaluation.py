@@ -17,6 +17,7 @@ from torchvision import transforms
 
 import timm_mimo  # noqa: F401
 from timm_mimo.evaluation import (
+    CheckpointEnsemble,
     CorruptedDataset,
     checkpoint_ensemble_logits,
     checkpoint_ensemble_metrics,
@@ -28,7 +29,14 @@ from timm_mimo.evaluation import (
     reliability_bins,
     save_reliability_diagram,
 )
-from timm_mimo.metrics import collect_member_logits, expected_calibration_error, ood_metrics, topk_accuracy
+from timm_mimo.metrics import (
+    collect_member_logits,
+    ensemble_metrics,
+    expected_calibration_error,
+    is_mimo,
+    ood_metrics,
+    topk_accuracy,
+)
 
 pytest.importorskip('imagecorruptions')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -258,3 +266,16 @@ def test_checkpoint_ensemble_of_a_single_and_a_mimo_network(trained_runs, digits
         assert np.isfinite(out[key]), key
     with pytest.raises(ValueError, match='at least one model'):
         checkpoint_ensemble_metrics([], loader, CPU)
+
+
+def test_checkpoint_ensemble_module_is_evaluated_like_a_mimo_model(trained_runs, digits_dir):
+    networks = [model_from_checkpoint(str(trained_runs / run / 'last.pth.tar')) for run in ('single', 'mixmo')]
+    ensemble = CheckpointEnsemble(networks)
+    assert is_mimo(ensemble) and ensemble.num_members == 2 and ensemble.num_classes == 10
+    loader = _digits_val_loader(digits_dir)
+    member_logits, targets = collect_member_logits(ensemble, loader, CPU)
+    assert ensemble_metrics(member_logits, targets) == pytest.approx(
+        {k: v for k, v in checkpoint_ensemble_metrics(networks, loader, CPU).items()
+         if k not in ('num_networks', 'subnet_top1')}, abs=1e-5)
+    with pytest.raises(ValueError, match='disagree on the class count'):
+        CheckpointEnsemble([networks[0], timm.create_model('wrn28_2', depth=10, widen_factor=1, num_classes=3)])

@@ -260,6 +260,34 @@ def model_from_checkpoint(checkpoint: str, model_name: Optional[str] = None, use
     return model
 
 
+class CheckpointEnsemble(nn.Module):
+    """A deep ensemble of networks (plain or MIMO) behind the MIMO call contract: its members are the networks.
+
+    ``forward_members(x)`` is ``(B, E, K)``: each network's own logits (a MIMO network averages its members' logits
+    first); ``model(x)`` averages them. So every evaluation of a MIMO model (metrics, corruptions, OOD, reliability
+    diagram) evaluates the ensemble as it is, e.g. the papers' "2 Nets" and "2 MixMos" rows.
+    """
+
+    def __init__(self, networks: Sequence[nn.Module]):
+        super().__init__()
+        if not networks:
+            raise ValueError('a checkpoint ensemble needs at least one network')
+        classes = {network.num_classes for network in networks}
+        if len(classes) != 1:
+            raise ValueError(f'the networks disagree on the class count: {sorted(classes)}')
+        self.networks = nn.ModuleList(networks)
+        self.num_members = len(networks)
+        self.num_classes = classes.pop()
+        self.pretrained_cfg = networks[0].pretrained_cfg  # the data config (input size, mean, std) of the first
+
+    def forward_members(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, E, K)``: every network's (member-averaged) logits."""
+        return torch.stack([network(x) for network in self.networks], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_members(x).mean(dim=1)
+
+
 def checkpoint_ensemble_logits(models: Sequence[nn.Module], loader: DataLoader, device: torch.device,
                                autocast_dtype: Optional[torch.dtype] = None,
                                channels_last: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]:
