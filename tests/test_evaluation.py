@@ -1,5 +1,6 @@
 """Corruption robustness, OOD detection, checkpoint ensembles and reliability diagrams on real images (sklearn digits
 upscaled to 32 px RGB; two networks trained by train.py for the ensemble)."""
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -38,7 +39,8 @@ from timm_mimo.metrics import (
     topk_accuracy,
 )
 
-pytest.importorskip('imagecorruptions')
+needs_corruptions = pytest.mark.skipif(importlib.util.find_spec('imagecorruptions') is None,
+                                       reason='imagecorruptions not installed (pip install imagecorruptions-imaug)')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device('cpu')
 TO_TENSOR = transforms.ToTensor()
@@ -89,6 +91,7 @@ def tiny_wrn(num_members=None):
     return timm.create_model('cut_mixmo', num_members=num_members, **kwargs).eval()
 
 
+@needs_corruptions
 def test_corrupted_images_are_deterministic_and_grow_with_severity(digit_folders):
     dataset = ImageDataset(str(digit_folders / 'test'))
     clean = np.asarray(dataset[0][0], dtype=np.float64)
@@ -104,6 +107,7 @@ def test_corrupted_images_are_deterministic_and_grow_with_severity(digit_folders
                               np.asarray(CorruptedDataset(dataset, 'gaussian_noise', 1, seed=1)[1][0]))
 
 
+@needs_corruptions
 def test_every_common_corruption_is_reproducible_on_32px_gray_and_rgb(digit_folders):
     dataset = ImageDataset(str(digit_folders / 'test'))
     names = common_corruptions()
@@ -118,6 +122,7 @@ def test_every_common_corruption_is_reproducible_on_32px_gray_and_rgb(digit_fold
         assert not np.array_equal(image, np.asarray(dataset[3][0])), name
 
 
+@needs_corruptions
 def test_corrupted_dataset_bad_input(digit_folders):
     dataset = ImageDataset(str(digit_folders / 'test'))
     with pytest.raises(ValueError, match="unknown corruption 'rain'"):
@@ -130,6 +135,7 @@ def test_corrupted_dataset_bad_input(digit_folders):
         CorruptedDataset(ImageDataset(str(digit_folders / 'test'), transform=TO_TENSOR), 'fog', 1)[0]
 
 
+@needs_corruptions
 def test_corruption_metrics_match_a_direct_evaluation(digit_folders):
     model = tiny_wrn(num_members=2)
     dataset = ImageDataset(str(digit_folders / 'test'))
@@ -150,6 +156,7 @@ def test_corruption_metrics_match_a_direct_evaluation(digit_folders):
     assert all(np.isfinite(v) for v in out.values())
 
 
+@needs_corruptions
 def test_corruption_metrics_all_common_corruptions_on_a_subset(digit_folders):
     dataset = ImageDataset(str(digit_folders / 'test'))
     out = corruption_metrics(BrightnessModel(), dataset, TO_TENSOR, CPU, num_images=3, batch_size=3)
