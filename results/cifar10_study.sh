@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CIFAR-10 study, one command: single WRN vs MIMO / Linear-MixMo / Cut-MixMo / MixShare on one small WRN, the
 # papers' ConViT (small width) vs MixViT with source embedding / encoding, and 2 single WRNs as a deep ensemble
-# ("2 Nets"); equal epochs for every row, SEEDS seeds each (4 single WRN seeds make the two 2-Nets ensembles).
+# ("2 Nets"); equal epochs for every row, SEEDS seeds each (single WRNs also get seeds s + 100: the single row
+# averages all of them, 2 Nets pairs seed s with seed s + 100).
 # Every run is evaluated on its LAST checkpoint (no selection on the test split) with validate.py: accuracy, NLL,
 # NLL_c, ECE, Brier, AURC, diversity, the 15 common corruptions x 5 severities on a fixed subset of the test split,
 # OOD detection against Fashion-MNIST test images, a reliability diagram; then cifar10_study_summarize.py writes the
@@ -42,7 +43,7 @@ COMMON=(--data-dir "$DATA" --val-split test --num-classes 10 --img-size 32 --cro
         --epochs "$EPOCHS" --sched cosine --workers "$WORKERS" --log-interval 100 --checkpoint-hist 1
         --output "$OUT")
 CNN=(--opt sgd --lr 0.1 --momentum 0.9 --weight-decay 5e-4 --warmup-epochs 0)
-VITOPT=(--opt adamw --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1)
+VITOPT=(--opt adamw --opt-eps 1e-8 --opt-betas 0.9 0.999 --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1)  # train.py passes eps / betas even when unset: give AdamW its defaults
 
 train() {  # train <run name> <train.py flags...>: skips a run whose last checkpoint exists; records the wall time
   local name=$1; shift
@@ -97,6 +98,8 @@ for seed in "${SEED_LIST[@]}"; do  # 2 Nets: single WRN seed s with single WRN s
   mkdir -p "$run"
   evaluate "$run" --config "$OUT/single_wrn-seed$seed/args.yaml" --ensemble-checkpoints \
     "$OUT/single_wrn-seed$seed/last.pth.tar" "$OUT/single_wrn-seed$((seed + 100))/last.pth.tar"
+  echo $(( $(cat "$OUT/single_wrn-seed$seed/train_seconds.txt") + \
+           $(cat "$OUT/single_wrn-seed$((seed + 100))/train_seconds.txt") )) > "$run/train_seconds.txt"
 done
 
 $PY results/cifar10_study_summarize.py "$OUT" | tee results/cifar10_study.md
