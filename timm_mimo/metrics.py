@@ -134,7 +134,9 @@ def aurc(confidence: torch.Tensor, correct: torch.Tensor) -> float:
     ``i`` most confident samples; ``AURC = (1/N) Σ_{i=1..N} risk(i / N)`` (lower is better; 0 for a perfect
     predictor, the error rate for a confidence unrelated to correctness, on average).
 
-    Decision: ties in confidence are broken by sample order (stable sort); torch-uncertainty sorts the same way.
+    Decision: the mean over the N coverages (Geifman et al.'s sum), ties in confidence broken by sample order
+    (stable sort, reproducible). torch-uncertainty integrates the same curve with the trapezoid rule, renormalised by
+    ``1 − 1/N``: the two differ by O(1/N).
 
     Args:
         confidence: ``(N,)`` confidence of every prediction (e.g. the maximum softmax probability).
