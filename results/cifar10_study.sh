@@ -46,7 +46,9 @@ COMMON=(--data-dir "$DATA" --val-split test --num-classes 10 --img-size 32 --cro
         --epochs "$EPOCHS" --sched cosine --workers "$WORKERS" --log-interval 100 --checkpoint-hist 1
         --output "$OUT")
 CNN=(--opt sgd --lr 0.1 --momentum 0.9 --weight-decay 5e-4 --warmup-epochs 0)
-VITOPT=(--opt adamw --opt-eps 1e-8 --opt-betas 0.9 0.999 --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1)  # train.py passes eps / betas even when unset: give AdamW its defaults
+# AdamW with its default eps / betas spelled out (train.py passes them even when unset); one warm-up epoch, per step
+VITOPT=(--opt adamw --opt-eps 1e-8 --opt-betas 0.9 0.999 --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1
+        --sched-on-updates)
 
 train() {  # train <run name> <train.py flags...>: skips a run whose last checkpoint exists; records the wall time
   local name=$1; shift
