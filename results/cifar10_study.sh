@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The CIFAR-10 study, one command: single WRN vs MIMO / Linear-MixMo / Cut-MixMo / MixShare on one small WRN, the
+# papers' ConViT (small width) vs MixViT with source embedding / encoding, and 2 single WRNs as a deep ensemble
+# ("2 Nets"); equal epochs for every row, SEEDS seeds each (single WRNs also get seeds s + 100: the single row
+# averages all of them, 2 Nets pairs seed s with seed s + 100).
+# Every run is evaluated on its LAST checkpoint (no selection on the test split) with validate.py: accuracy, NLL,
+# NLL_c, ECE, Brier, AURC, diversity, the 15 common corruptions x 5 severities on a fixed subset of the test split,
+# OOD detection against Fashion-MNIST test images, a reliability diagram; then cifar10_study_summarize.py writes the
+# table (mean ± std over seeds).
+#
+#   CIFAR10_TAR=/path/to/cifar10-jpeg.tar.gz bash results/cifar10_study.sh      (after scripts/quickstart.sh)
+#
+# Defaults, chosen for about two hours of CPU on a 2-core machine (18 training runs + 18 evaluations; an estimate
+# from the rates below, assuming about twice their speed without the other jobs; not yet run end to end):
+# WRN-10-1 (78k parameters) and a ConViT of width 64 (3 GPSA + 1 class-attention blocks, 4 heads), 1,000 training
+# images per class (10,000), the full test split (10,000), 5 epochs, batch 128, seeds 0 1; corruptions on 300 test
+# images (75 corrupted sets of 300). Measured on a 2-core VM shared with other jobs: Cut-MixMo WRN-10-1 trains at
+# about 125 img/s (one epoch: 3 min with its evaluation), MixViT at about 40 img/s. Change the budget with the
+# variables below (e.g. TRAIN_PER_CLASS=5000 EPOCHS=30 for the full training split on a bigger machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+CIFAR10_TAR=${CIFAR10_TAR:?set CIFAR10_TAR to the CIFAR-10 JPEG archive cifar10-jpeg.tar.gz}
+DATA=${DATA:-data/cifar10_study}
+OUT=${OUT:-output/cifar10_study}
+TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-1000}
+TEST_PER_CLASS=${TEST_PER_CLASS:-1000}
+OOD_IMAGES=${OOD_IMAGES:-2000}
+CORRUPTION_IMAGES=${CORRUPTION_IMAGES:-300}
+EPOCHS=${EPOCHS:-5}
+SEEDS=${SEEDS:-"0 1"}
+WORKERS=${WORKERS:-1}
+WRN=${WRN:-"depth=10 widen_factor=1"}
+VIT=${VIT:-"embed_dim=64 num_heads=4 depth=3 depth_token_only=1"}
+EXTRA_VALIDATE_FLAGS=${EXTRA_VALIDATE_FLAGS:-}   # e.g. --sharing-rates
+
+read -r -a SEED_LIST <<< "$SEEDS"
+if [ "${#SEED_LIST[@]}" -lt 2 ]; then echo "error: SEEDS needs at least two seeds, got '$SEEDS'" >&2; exit 2; fi
+
+if [ ! -d "$DATA/train" ]; then
+  $PY results/cifar10_study_prepare.py --tar "$CIFAR10_TAR" --out "$DATA" --train-per-class "$TRAIN_PER_CLASS" \
+    --test-per-class "$TEST_PER_CLASS" --ood-fashion-mnist data --ood-images "$OOD_IMAGES"
+fi
+
+COMMON=(--data-dir "$DATA" --val-split test --num-classes 10 --img-size 32 --crop-pad 4 -b 128
+        --epochs "$EPOCHS" --sched cosine --workers "$WORKERS" --log-interval 100 --checkpoint-hist 1
+        --output "$OUT")
+CNN=(--opt sgd --lr 0.1 --momentum 0.9 --weight-decay 5e-4 --warmup-epochs 0)
+# AdamW with its default eps / betas spelled out (train.py passes them even when unset); one warm-up epoch, per step
+VITOPT=(--opt adamw --opt-eps 1e-8 --opt-betas 0.9 0.999 --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1
+        --sched-on-updates)
+
+train() {  # train <run name> <train.py flags...>: skips a run whose last checkpoint exists; records the wall time
+  local name=$1; shift
+  if [ -f "$OUT/$name/last.pth.tar" ]; then echo "== $name: done before"; return; fi
+  echo "== training $name"
+  local start; start=$(date +%s)
+  $PY train.py "${COMMON[@]}" "$@" --experiment "$name"
+  echo $(( $(date +%s) - start )) > "$OUT/$name/train_seconds.txt"
+}
+
+evaluate() {  # evaluate <run dir> <validate.py flags...>
+  local run=$1; shift
+  echo "== evaluating $(basename "$run")"
+  # shellcheck disable=SC2086
+  $PY validate.py --split test --workers "$WORKERS" --ood-dir "$DATA/ood" --corruptions \
+    --corruption-images "$CORRUPTION_IMAGES" --reliability-diagram "$run/reliability.png" \
+    --results-file "$run/validation.json" $EXTRA_VALIDATE_FLAGS "$@"
+}
+
+# shellcheck disable=SC2086
+{
+  # 2 x as many single WRNs as seeds: the first SEEDS make the single row, all of them the 2-Nets pairs
+  single_seeds=("${SEED_LIST[@]}")
+  for s in "${SEED_LIST[@]}"; do single_seeds+=("$((s + 100))"); done
+  for seed in "${single_seeds[@]}"; do
+    train "single_wrn-seed$seed" --model wrn28_2 --model-kwargs $WRN "${CNN[@]}" --seed "$seed"
+  done
+  for seed in "${SEED_LIST[@]}"; do
+    for method in mimo linear_mixmo cut_mixmo; do
+      train "$method-seed$seed" --model $method --model-kwargs backbone=wrn28_2 $WRN "${CNN[@]}" --seed "$seed"
+    done
+    if $PY -c "import sys, timm, timm_mimo; sys.exit(0 if timm.is_model('mixshare') else 1)"; then
+      train "mixshare-seed$seed" --model mixshare --model-kwargs backbone=wrn28_2 $WRN "${CNN[@]}" --seed "$seed"
+    else
+      echo "== NOTE: no 'mixshare' model in this checkout: the MixShare row is not trained" >&2
+    fi
+    train "convit-seed$seed" --model convit_gpsa5_ca2 --model-kwargs $VIT "${VITOPT[@]}" --seed "$seed"
+    for source in embedding encoding; do
+      train "mixvit_$source-seed$seed" --model mixvit_convit_gpsa5_ca2 --model-kwargs source=$source $VIT \
+        "${VITOPT[@]}" --seed "$seed"
+    done
+  done
+}
+
+for run in "$OUT"/*-seed*; do
+  [ -f "$run/last.pth.tar" ] || continue
+  case "$(basename "$run")" in two_nets-*) continue ;; esac
+  evaluate "$run" --config "$run/args.yaml" --checkpoint "$run/last.pth.tar"
+done
+for seed in "${SEED_LIST[@]}"; do  # 2 Nets: single WRN seed s with single WRN seed s + 100
+  run="$OUT/two_nets-seed$seed"
+  mkdir -p "$run"
+  evaluate "$run" --config "$OUT/single_wrn-seed$seed/args.yaml" --ensemble-checkpoints \
+    "$OUT/single_wrn-seed$seed/last.pth.tar" "$OUT/single_wrn-seed$((seed + 100))/last.pth.tar"
+  echo $(( $(cat "$OUT/single_wrn-seed$seed/train_seconds.txt") + \
+           $(cat "$OUT/single_wrn-seed$((seed + 100))/train_seconds.txt") )) > "$run/train_seconds.txt"
+done
+
+$PY results/cifar10_study_summarize.py "$OUT" | tee results/cifar10_study.md

@@ -1,0 +1,166 @@
+"""benchmark.py: pairing a MIMO model with its backbone, the tensor-memory tracker, the CSV, flags and bad input."""
+import csv
+import os
+import sys
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import benchmark  # noqa: E402
+from benchmarks.models import (  # noqa: E402
+    LiveTensorBytes,
+    add_arguments,
+    cost_targets,
+    create_pair,
+    explain_train_forward,
+    peak_memory_mb,
+)
+
+TINY = ['--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1']
+FAST = ['-b', '4', '--rounds', '1', '--min-seconds', '0.02', '--num-warm-iter', '1', '--num-classes', '10']
+
+
+def parse(*argv):
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_live_tensor_bytes_counts_the_peak_of_live_storages():
+    def toy():
+        a = torch.zeros(1000, 1000)  # 4,000,000 bytes
+        b = a + 1  # 8,000,000 live
+        del a
+        return (b * 2).sum()  # b and b * 2 live: 8,000,000 again (+ 4 bytes for the sum)
+
+    tracker = LiveTensorBytes()
+    with tracker:
+        toy()
+    assert tracker.peak == 8_000_000 + 4 or tracker.peak == 8_000_000
+    held = torch.zeros(250_000)  # 1,000,000 bytes counted from the start
+    tracker = LiveTensorBytes()
+    tracker.track([held, held[:10], 'not a tensor'])  # a view shares its storage: counted once
+    assert tracker.current == 1_000_000
+    with tracker:
+        toy()
+    assert 9_000_000 <= tracker.peak <= 9_000_004
+
+
+def test_peak_memory_matches_torch_mem_tracker_on_a_train_step():
+    from torch.distributed._tools.mem_tracker import MemTracker
+    torch.manual_seed(0)
+    model = timm.create_model('wrn28_2', depth=10, widen_factor=1, num_classes=10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    ours = peak_memory_mb(step, model, optimizer)
+    tracker = MemTracker()
+    tracker.track_external(model, optimizer)
+    with tracker:
+        step()
+    reference = tracker.get_tracker_snapshot('peak')[torch.device('cpu')]['Total'] / 2 ** 20
+    assert ours == pytest.approx(reference, rel=1e-6)
+    params_mb = sum(p.numel() for p in model.parameters()) * 4 / 2 ** 20
+    assert ours > 2 * params_mb  # weights + momentum + activations
+
+
+def test_create_pair_gives_the_backbone_the_architecture_kwargs():
+    model, backbone = create_pair('cut_mixmo', parse('--num-members', '3', '--num-classes', '7', *TINY))
+    assert model.num_members == 3 and backbone.num_classes == 7
+    assert backbone.pretrained_cfg['architecture'] == 'wrn28_2' and len(backbone.stages) == len(model.backbone.stages)
+    assert sum(p.numel() for p in backbone.parameters()) < 100_000  # WRN-10-1, not WRN-28-2
+    plain, none = create_pair('resnet18', parse('--num-classes', '5'))
+    assert none is None and plain.num_classes == 5
+    mixvit, convit = create_pair('mixvit_convit_gpsa5_ca2', parse('--model-kwargs', 'depth=3'))
+    assert type(convit).__name__ != type(mixvit).__name__ and convit.num_classes == mixvit.num_classes
+    _, alone = create_pair('cut_mixmo', parse('--no-backbone', *TINY))
+    assert alone is None
+
+
+def test_cost_targets_by_model_kind():
+    cnn = timm.create_model('cut_mixmo', backbone='wrn28_2', depth=10, widen_factor=1)
+    assert cost_targets(cnn) == {'ratio_infer_samples_per_sec': ('>=', 0.97), 'ratio_infer_gmacs': ('<=', 1.01),
+                                 'ratio_train_samples_per_sec': ('>=', 0.95), 'ratio_train_peak_mem_mb': ('<=', 1.05)}
+    convit = timm.create_model('mixvit_convit_gpsa5_ca2', depth=3)
+    assert cost_targets(convit)['ratio_infer_gmacs'] == ('<=', 1.10)
+    assert 'ratio_infer_samples_per_sec' not in cost_targets(convit)
+    cait = timm.create_model('mixvit_cait_xxs24', depth=2, img_size=32, patch_size=8)
+    assert cost_targets(cait)['ratio_infer_gmacs'] == ('<=', 1.04)
+
+
+def test_benchmark_writes_timm_columns_ratios_and_targets(tmp_path, capsys):
+    results = tmp_path / 'bench.csv'
+    code = benchmark.main(['--model', 'cut_mixmo', *TINY, *FAST, '--threads', '1', '--explain',
+                           '--results-file', str(results)])
+    assert code == 0
+    rows = list(csv.DictReader(open(results)))
+    assert [row['model'] for row in rows] == ['wrn28_2', 'cut_mixmo']
+    for column in ('param_count', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'infer_img_size',
+                   'infer_gmacs', 'train_samples_per_sec', 'train_step_time', 'train_batch_size', 'train_img_size',
+                   'infer_peak_mem_mb', 'train_peak_mem_mb'):
+        assert float(rows[0][column]) > 0 and float(rows[1][column]) > 0, column
+    mimo = rows[1]
+    assert mimo['backbone'] == 'wrn28_2' and mimo['num_members'] == '2'
+    assert float(mimo['ratio_infer_gmacs']) == pytest.approx(float(mimo['infer_gmacs']) / float(rows[0]['infer_gmacs']),
+                                                             rel=1e-3)
+    assert 1.0 <= float(mimo['ratio_param_count']) < 1.1
+    assert mimo['targets'].count('OK') + mimo['targets'].count('MISS') == 4
+    assert mimo['train_graph_breaks'] == '0'  # the MIMO CNN training forward compiles as one graph
+    assert 'cost targets of cut_mixmo vs wrn28_2' in capsys.readouterr().out
+
+
+def test_inference_only_model_list_and_compile_flags(tmp_path):
+    names = tmp_path / 'models.txt'
+    names.write_text('# CIFAR models\nresnet18  # a plain timm model: measured alone\n\n')
+    results = tmp_path / 'bench.csv'
+    code = benchmark.main(['--model-list', str(names), '--bench', 'inference', '--img-size', '32', *FAST,
+                           '--no-memory', '--channels-last', '--amp', '--torchcompile', 'eager',
+                           '--results-file', str(results)])
+    assert code == 0
+    rows = list(csv.DictReader(open(results)))
+    assert len(rows) == 1 and rows[0]['model'] == 'resnet18' and rows[0]['infer_img_size'] == '32'
+    assert 'train_samples_per_sec' not in rows[0] and 'infer_peak_mem_mb' not in rows[0]
+
+
+def test_explain_reports_mixvit_graph_breaks_with_their_place():
+    model = timm.create_model('mixvit_convit_gpsa5_ca2', depth=3, num_classes=10)
+    explanation = explain_train_forward(model)
+    assert explanation['graph_count'] == explanation['graph_break_count'] + 1
+    assert all(' @ ' in reason for reason in explanation['break_reasons'])
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--model', 'no_such_model'], 'unknown model(s) no_such_model'),
+    ([], 'no model given'),
+    (['--model-list', 'missing.txt'], "--model-list file 'missing.txt' does not exist"),
+    (['--model', 'resnet18', '--amp-dtype', 'float16'], '--amp-dtype needs --amp'),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert benchmark.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only refusal')
+def test_cuda_device_refused_on_cpu(capsys):
+    assert benchmark.main(['--model', 'resnet18', '--device', 'cuda']) == 2
+    assert 'CUDA is not available' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('family', ['cnn', 'mixvit', 'loader'])
+def test_family_subcommands_still_parse(family, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main([family, '--help'])
+    assert exit_info.value.code == 0
+    assert f'benchmark.py {family}' in capsys.readouterr().out
