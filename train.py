@@ -63,7 +63,7 @@ MIMO_FLAGS = OrderedDict(
     mix_prob_decay='--mix-prob-decay', mix_alpha='--mix-alpha', loss_root='--loss-root',
     single_source_end='--single-source-end', mimo_cutmix='--mimo-cutmix', mimo_mixup='--mimo-mixup')
 MIXER_FLAGS = dict(mix='kind', mix_prob='prob', mix_prob_decay='prob_decay', mix_alpha='alpha',
-                   single_source_end='single_source_end')
+                   single_source_end='single_source_end', input_repeat='input_repeat')
 DECREASING_METRICS = ('loss', 'nll_c', 'ece', 'nll_prob')  # --eval-metric values where lower is better
 CHECKPOINT_LAST = 'last.pth.tar'
 CHECKPOINT_BEST = 'model_best.pth.tar'
@@ -395,9 +395,9 @@ class Trainer:
         """Pair, mix and score one shard (SPEC §1.1, §1.3, §1.7); returns the loss and the batch's κ spread."""
         args = self.args
         self.generator.manual_seed(shard_seed(args.seed, epoch, step, shard))
-        xs, ys = pair_inputs(images, targets, self.model.num_members, args.input_repeat or 0.0, self.generator)
+        xs, ys = pair_inputs(images, targets, self.model.num_members, self.mixer.input_repeat, self.generator)
         plan = self.mixer(xs.shape[0], self.grid, progress(epoch, step, self.steps_per_epoch, self.num_epochs),
-                          device=self.device)
+                          device=self.device, epoch=epoch + step / self.steps_per_epoch)
         if self.pixel_mix is not None:
             smoothing = self.loss_fn.label_smoothing
             ys = soft_targets(ys, args.num_classes_resolved, smoothing)
