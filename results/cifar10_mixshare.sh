@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python}
 CIFAR10=${CIFAR10:?set CIFAR10 to the folder holding train/ and test/}
 OUT=${OUT:-output/cifar10_mixshare}
-EPOCHS=${EPOCHS:-4}
+EPOCHS=${EPOCHS:-2}
 # MixShare's fadeout ends at epoch 100 of 300 (arXiv:2205.10139 Sec. 3.3): the same third of this schedule
 FADEOUT=$(python3 -c "print(round($EPOCHS / 3, 4))")
 WRN=(backbone=wrn28_2 depth=10 widen_factor=1)

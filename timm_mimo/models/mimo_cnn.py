@@ -524,6 +524,19 @@ class MimoCNN(MimoContract, nn.Module):
             return self._member_diagonal(out).mean(dim=1)
         return out if pre_logits else out.mean(dim=1)
 
+    def forward_features_multi(self, xs: torch.Tensor) -> torch.Tensor:
+        """Core features of M *different* inputs combined as at inference: ``C(Σ_m c_m(x_m))``.
+
+        ``xs``: ``(B, M, C, H, W)``. Used by the feature-variance analysis (MixShare arXiv:2205.10139 App. D); no
+        mask and no unmixing (the encoders get ``M · Σ_m (1/M) c_m(x_m)``).
+        """
+        if not isinstance(xs, torch.Tensor) or xs.ndim != 5 or xs.shape[1] != self.num_members:
+            shape = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
+            raise ValueError(f'expected inputs of shape (B, M={self.num_members}, C, H, W), got {shape}')
+        grid = MimoCNN.mix_grid(self, tuple(xs.shape[-2:]))
+        masks = torch.full((xs.shape[0], self.num_members, *grid), 1.0 / self.num_members, device=xs.device)
+        return self._run(self._packed(xs), _EncoderCall('mixed', masks=masks), self.backbone.forward_features)
+
     def forward_members(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x)
         if self.inference == 'separate':
