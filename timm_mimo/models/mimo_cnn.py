@@ -1,4 +1,4 @@
-"""MIMO / Linear-MixMo / Cut-MixMo on any timm CNN (SPEC §1.1–1.5, DESIGN.md "Where each method plugs in").
+"""MIMO / Linear-MixMo / Cut-MixMo on any timm CNN (MixMo, Ramé, Sun & Cord, ICCV 2021, arXiv:2103.06132).
 
 :class:`MimoCNN` creates a timm backbone, finds its stem conv through ``pretrained_cfg['first_conv']`` and its
 classifier through ``pretrained_cfg['classifier']``, and replaces them in place:
@@ -9,10 +9,11 @@ classifier through ``pretrained_cfg['classifier']``, and replaces them in place:
 The backbone's own ``forward`` then does the rest, so any timm CNN (or a ViT whose first conv is its patch embedding,
 see ``mimo_vit.py``) works. How the encoders compute depends on the call:
 
-* plain ``(B, C, H, W)`` input: ``Σ_m c_m(x)`` as ONE conv with the summed weights (SPEC §1.1 inference);
+* plain ``(B, C, H, W)`` input: ``Σ_m c_m(x)`` as ONE conv with the summed weights (MIMO / MixMo inference);
 * ``model(xs, plan)``: ``xs (B, M, C, H, W)`` is viewed as ``(B, M·C, H, W)`` and the encoders return
-  ``M · Σ_m mask_m ⊙ c_m(x_m)`` (SPEC §1.2 / §1.3, factor M), accumulated member by member;
-* ``inference='separate'``: member m runs the whole network on its own encoding ``M · c_m(x)`` (SPEC §1.9).
+  ``M · Σ_m mask_m ⊙ c_m(x_m)`` (thesis eq. 3.2 / A.3, factor M), accumulated member by member;
+* ``inference='separate'``: member m runs the whole network on its own encoding ``M · c_m(x)`` (the
+  thesis' "separate" inference of Table 4.1).
 
 The plan reaches the encoders through a per-thread stack of call records pushed by :class:`MimoCNN` around the
 backbone call and always popped (``try/finally``); nested calls (a hook calling the model again) push their own
@@ -47,12 +48,12 @@ __all__ = ['MimoCNN', 'MemberEncoders', 'SharedHead', 'METHOD_MIX_CFGS', 'OFFLIN
 
 # Mixer kwargs (timm_mimo.mixing.Mixer) of each method; train.py builds Mixer(num_members=M, **model.mix_cfg).
 METHOD_MIX_CFGS: Dict[str, Dict[str, Any]] = {
-    'mimo': dict(kind='linear', alpha=None),  # SPEC §1.1: κ = 1/M, i.e. summing
-    'linear_mixmo': dict(kind='linear', alpha=2.0),  # SPEC §1.2
-    'cut_mixmo': dict(kind='cutmix', alpha=2.0, prob=0.5, prob_decay=True),  # SPEC §1.3 defaults
-    'cutmix_only_mixmo': dict(kind='cutmix', alpha=2.0, prob=1.0, prob_decay=False),  # SPEC §1.9 "CutMix-only"
+    'mimo': dict(kind='linear', alpha=None),  # MIMO arXiv:2010.06610: κ = 1/M, i.e. summing
+    'linear_mixmo': dict(kind='linear', alpha=2.0),  # thesis eq. A.3
+    'cut_mixmo': dict(kind='cutmix', alpha=2.0, prob=0.5, prob_decay=True),  # thesis Alg. A.6 defaults
+    'cutmix_only_mixmo': dict(kind='cutmix', alpha=2.0, prob=1.0, prob_decay=False),  # thesis Table 4.1 "CutMix-only"
 }
-MIXMO_LOSS_CFG: Dict[str, Any] = dict(root=3.0)  # SPEC §1.4: r = 3 (MIMO has κ = 1/M, so every w_r = 1 anyway)
+MIXMO_LOSS_CFG: Dict[str, Any] = dict(root=3.0)  # thesis eq. 3.3: r = 3 (MIMO has κ = 1/M, so every w_r = 1 anyway)
 ENCODER_INITS = ('independent', 'same', 'colinear', 'colinear_filter')
 # Decision: co-linear encoders c_m = a_m c_0 with positive factors log-uniform in [1/2, 2] (MixShare arXiv:2205.10139
 # App. C: "co-linear" kernels share features as well as identical ones; the papers give neither the factors nor
@@ -228,7 +229,7 @@ class MemberEncoders(nn.Module):
                              f'got {tuple(x.shape)}')
 
     def forward_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """``Σ_m c_m(x)`` as one conv with the summed weights (SPEC §1.1 inference)."""
+        """``Σ_m c_m(x)`` as one conv with the summed weights (MIMO / MixMo inference)."""
         self._check_channels(x, self.in_channels, '(B, C, H, W)')
         bias = None if self.bias is None else self.member_bias.sum(0)
         return self._conv(x, self.member_weight.sum(0), bias, self.groups)
@@ -259,9 +260,9 @@ class MemberEncoders(nn.Module):
         return torch.stack([self._member_conv(member_inputs, m) for m in range(self.num_members)], dim=1)
 
     def forward_mixed(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """``M · Σ_m mask_m ⊙ c_m(x_m)`` (SPEC §1.2, §1.3, §1.5) on a packed ``(B, M·C, H, W)`` input."""
+        """``M · Σ_m mask_m ⊙ c_m(x_m)`` (thesis eq. 3.2, A.3, A.4) on a packed ``(B, M·C, H, W)`` input."""
         member_inputs = self._member_inputs(x)
-        # SPEC §1.2/§1.3: the factor M keeps the train-time scale equal to the inference-time sum Σ_m c_m(x)
+        # thesis eq. 3.2 / A.3: the factor M keeps the train-time scale equal to the inference-time sum Σ_m c_m(x)
         scaled_masks = masks.unsqueeze(2) * self.num_members
         mixed = None
         for m in range(self.num_members):
@@ -279,9 +280,10 @@ class MemberEncoders(nn.Module):
     def forward_separate(self, x: torch.Tensor) -> torch.Tensor:
         """``(B·M, C, H, W)`` rows ordered (sample, member), the image repeated per member -> ``M · c_m(x)`` each.
 
-        [AMBIG] SPEC §1.9 "separate" inference: member m sees only its own encoding. Decision: scale it by M, which is
-        exactly what a binary (cut) training batch feeds the network where member m owns a position
-        (``M · 1 · c_m(x_m)``), so separate inference matches the scale the core network was trained on.
+        Decision ("separate" inference, thesis Table 4.1; papers silent on the scale): member m sees only its own
+        encoding, scaled by M, which is exactly what a binary (cut) training batch feeds the network where member m
+        owns a position (``M · 1 · c_m(x_m)``), so separate inference matches the scale the core network was
+        trained on.
         """
         self._check_channels(x, self.in_channels, '(B·M, C, H, W)')
         if x.shape[0] % self.num_members:
@@ -350,11 +352,11 @@ class MimoCNN(MimoContract, nn.Module):
         num_members: M.
         method: Sets ``mix_cfg``: ``'mimo'``, ``'linear_mixmo'``, ``'cut_mixmo'`` or ``'cutmix_only_mixmo'``.
         mix_cfg: Overrides merged into the method's Mixer kwargs.
-        loss_cfg: ``MimoLoss`` kwargs (default ``dict(root=3.0)``, SPEC §1.4).
+        loss_cfg: ``MimoLoss`` kwargs (default ``dict(root=3.0)``, thesis eq. 3.3).
         encoder_init: ``'independent'``, ``'same'``, ``'colinear'`` or ``'colinear_filter'`` (see
             :class:`MemberEncoders`); the heads are independent draws in every case (thesis Alg. A.7).
-        inference: ``'sum'``: one pass on ``Σ_m c_m(x)`` (SPEC §1.1); ``'separate'``: M passes, member m on
-            ``M · c_m(x)`` (SPEC §1.9).
+        inference: ``'sum'``: one pass on ``Σ_m c_m(x)`` (MIMO / MixMo); ``'separate'``: M passes, member m on
+            ``M · c_m(x)`` (thesis Table 4.1).
         tied_encoder: One encoder for all inputs (MixMo arXiv:2103.06132 Table 3.4 of the thesis, "1 encoder").
             With ``head_assignment='input'`` the inputs are then exchangeable (same encoder, symmetric κ, random
             roles), which is the table's random input-to-head association (⊖).
@@ -797,19 +799,22 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def mimo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
-    """MIMO (Havasi et al., SPEC §1.1) on any timm CNN: ``timm.create_model('mimo', backbone='resnet18')``."""
+    """MIMO (Havasi et al., arXiv:2010.06610) on any timm CNN: ``timm.create_model('mimo', backbone='resnet18')``."""
     return _create_generic('mimo', pretrained, kwargs)
 
 
 @register_model
 def linear_mixmo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
-    """Linear-MixMo (SPEC §1.2) on any timm CNN: ``timm.create_model('linear_mixmo', backbone='resnet18')``."""
+    """Linear-MixMo (thesis eq. A.3) on any timm CNN: ``timm.create_model('linear_mixmo', backbone='resnet18')``."""
     return _create_generic('linear_mixmo', pretrained, kwargs)
 
 
 @register_model
 def cut_mixmo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
-    """Cut-MixMo (SPEC §1.3) on any timm CNN: ``timm.create_model('cut_mixmo', backbone='resnet50', num_members=3)``."""
+    """Cut-MixMo (arXiv:2103.06132) on any timm CNN.
+
+    ``timm.create_model('cut_mixmo', backbone='resnet50', num_members=3)``.
+    """
     return _create_generic('cut_mixmo', pretrained, kwargs)
 
 
