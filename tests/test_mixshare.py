@@ -1,4 +1,6 @@
 """MixShare (arXiv:2205.10139; thesis Alg. A.7): unmixing, partial / fadeout unmixing, aligned encoders, registry."""
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -219,3 +221,39 @@ def test_full_size_parameter_count(name):
         backbone = timm.create_model(model.backbone_name)
     extra = backbone.conv_stem.weight.numel() + backbone.fc.weight.numel() + backbone.fc.bias.numel()
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in backbone.parameters()) + extra
+
+
+# --- the papers' table as configs ---------------------------------------------------------------------------------
+
+MIXSHARE_CONFIGS = sorted(Path(__file__).parents[1].glob('configs/mixshare_*.yaml'))
+
+
+def test_every_table_row_has_a_config_per_width():
+    rows = {'mixmo', 'unmix', 'unmix_same_init', 'partial', 'fadeout'}
+    assert {p.name for p in MIXSHARE_CONFIGS} == {f'mixshare_{row}_wrn28_{w}_cifar100_b2.yaml' for row in rows
+                                                  for w in (2, 5)}
+
+
+@pytest.mark.parametrize('path', MIXSHARE_CONFIGS, ids=lambda p: p.stem)
+def test_config_builds_its_row(path):
+    import train
+    args = train.parse_args(['--config', str(path), '--data-dir', '/unused'])
+    assert (args.lr, args.batch_size, args.batch_repeat, args.epochs) == (0.025, 64, 2, 300)
+    assert args.decay_milestones == [75, 150, 225] and args.weight_decay == 3e-4
+    with torch.device('meta'):
+        model = train.create_train_model(args)
+    mixer, loss = train.mixer_kwargs(args, model), train.loss_kwargs(args, model)
+    row = path.stem.split('_wrn')[0].removeprefix('mixshare_')
+    expected = {
+        'mixmo': (None, 'independent', 0.5, 0.0, 3.0),
+        'unmix': ('full', 'independent', 1.0, 0.0, 3.0),
+        'unmix_same_init': ('full', 'same', 1.0, 0.0, 3.0),
+        'partial': ('partial', 'same', 1.0, 0.1, 1.0),
+        'fadeout': ('fadeout', 'same', 1.0, 0.1, 1.0),
+    }[row]
+    assert getattr(model, 'unmixing', None) == expected[0]
+    assert model.encoder_init == expected[1]
+    assert (mixer['prob'], mixer.get('input_repeat', 0.0), loss['root']) == expected[2:]
+    assert mixer.get('fadeout_epochs') == (100.0 if row == 'fadeout' else None)
+    if row == 'partial':
+        assert model.unmix_share == 0.25

@@ -411,6 +411,7 @@ class MimoCNN(MimoContract, nn.Module):
         self.method = method
         self.inference = inference
         self.head_assignment = head_assignment
+        self.encoder_init = encoder_init
         self.mix_cfg = dict(self.METHOD_MIX_CFGS[method], **(mix_cfg or {}))
         if loss_cfg is None:
             # a single head trained with w = M κ (root 1) is the cross-entropy on interpolated labels
