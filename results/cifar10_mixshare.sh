@@ -46,9 +46,9 @@ if [ "$STAGE" != report ]; then
 wait
 fi
 [ "$STAGE" = train ] && exit 0
-for run_dir in "$OUT"/*-seed*/; do
+for run_dir in "$OUT"/{cut_mixmo,mixshare_fadeout,mixshare_partial}-seed*/; do  # the MIMO runs
   $PY -m timm_mimo.analysis --config "$run_dir/args.yaml" --checkpoint "$run_dir/last.pth.tar" \
-    --out "$run_dir/analysis" > /dev/null
+    --out "$run_dir/analysis" --data-dir "$CIFAR10" --split test --num-images 500 > /dev/null
 done
 $PY results/cifar10_mixshare_table.py "$OUT" > results/cifar10_mixshare_table.md
 cat results/cifar10_mixshare_table.md

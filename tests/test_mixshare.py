@@ -162,6 +162,17 @@ def test_aligned_encoders_and_independent_heads_at_init():
     assert ratio[:, 0, 0, 0].unique().numel() == ratio.shape[0]
 
 
+def test_three_members_cut_mix_pairs():
+    model = tiny(num_members=3)
+    assert model.mix_cfg['pair_only'] is True
+    mixer = Mixer(num_members=3, **model.mix_cfg, generator=torch.Generator().manual_seed(0))
+    plan = mixer(4, model.mix_grid(32), progress=0.1, epoch=0.0)
+    assert plan.binary and ((plan.kappas == 0).sum(dim=1) == 1).all()
+    logits = model(torch.randn(4, 3, 3, 32, 32), plan)
+    absent = plan.kappas == 0  # an absent input's member pools an empty mask: its logits are its head's bias
+    torch.testing.assert_close(logits[absent], model.heads.bias.expand(4, -1, -1)[absent])
+
+
 def test_linear_plan_is_refused_while_unmixing():
     model = tiny()
     plan = MixPlan.linear(torch.full((2, 2), 0.5), (8, 8))

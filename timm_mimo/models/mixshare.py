@@ -159,6 +159,11 @@ class MixShareCNN(MimoCNN):
         if not 0.0 < share <= 1.0 and unmixing == 'partial':
             raise ValueError(f'unmix_share must lie in (0, 1], got {unmix_share!r}')
         mix_cfg = dict(mix_cfg or {})
+        if num_members > 2:
+            # Decision (the papers train M = 2 only): unmixing needs one owner per position, so for M > 2 each sample
+            # cut-mixes two of its M inputs (the others get κ = 0), MixViT's M > 2 scheme, instead of cut-in-mix
+            # (whose complement is shared linearly by M - 1 inputs).
+            mix_cfg.setdefault('pair_only', True)
         if unmixing == 'fadeout':
             epochs = DEFAULT_FADEOUT_EPOCHS if fadeout_epochs is None else fadeout_epochs
             if not epochs > 0:
@@ -215,8 +220,9 @@ class MixShareCNN(MimoCNN):
         batch_size = xs.shape[0]
         channels = self.unmixed_channels
         if channels and plan.unmix_relax < 1 and not plan.binary:
-            raise ValueError('MixShare unmixing needs binary (cut) masks, got a linear plan; keep the Mixer at '
-                             "prob=1 (the model's mix_cfg) or use unmixing='none'")
+            raise ValueError('MixShare unmixing needs binary (0/1) masks, got a plan with fractional masks (a linear '
+                             "batch, or M > 2 cut-in-mix): keep the model's mix_cfg (prob=1, pair_only for M > 2) or "
+                             "use unmixing='none'")
         features = self._run(self._packed(xs), self._mixed_call(plan, xs), self.backbone.forward_features)
         masks = plan.masks.to(device=features.device)
         member_maps = unmix_features(features, masks, channels, plan.unmix_relax, self.unmix_pool)
