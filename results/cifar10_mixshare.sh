@@ -50,5 +50,17 @@ for run_dir in "$OUT"/{cut_mixmo,mixshare_fadeout,mixshare_partial}-seed*/; do  
   $PY -m timm_mimo.analysis --config "$run_dir/args.yaml" --checkpoint "$run_dir/last.pth.tar" \
     --out "$run_dir/analysis" --data-dir "$CIFAR10" --split test --num-images 500 > /dev/null
 done
-$PY results/cifar10_mixshare_table.py "$OUT" > results/cifar10_mixshare_table.md
-cat results/cifar10_mixshare_table.md
+mkdir -p results/cifar10_mixshare
+for run_dir in "$OUT"/*-seed*/; do  # the raw numbers of every run, and the plots
+  run=$(basename "$run_dir")
+  cp "$run_dir/validation.json" "results/cifar10_mixshare/$run-validation.json"
+  cp "$run_dir/summary.csv" "results/cifar10_mixshare/$run-summary.csv"
+  if [ -d "$run_dir/analysis" ]; then
+    cp "$run_dir/analysis/analysis.json" "results/cifar10_mixshare/$run-analysis.json"
+    if [[ $run == *-seed0 ]]; then  # the plots of the first seed (as the papers' figures)
+      for plot in "$run_dir"/analysis/*.png; do cp "$plot" "results/cifar10_mixshare/$run-$(basename "$plot")"; done
+    fi
+  fi
+done
+$PY results/cifar10_mixshare_table.py "$OUT" > results/cifar10_mixshare/table.md
+cat results/cifar10_mixshare/table.md
