@@ -470,3 +470,17 @@ def test_forward_features_multi_is_the_sum_of_the_encodings():
         model.forward_features_multi(xs)
     handle.remove()
     torch.testing.assert_close(captured[0], c0 + c1)
+
+
+def test_tied_encoder_makes_the_inputs_exchangeable():
+    """Table 3.4 ⊖: with one encoder, swapping the inputs and their masks leaves every head's output unchanged, so
+    which input head m answers for is only the plan's random role; head_assignment='input' is the random association."""
+    model = tiny(tied_encoder=True).eval()
+    xs = torch.randn(2, 2, 3, 16, 16)
+    masks = torch.zeros(2, 2, 16, 16)
+    masks[:, 0, 4:12, 2:9] = 1
+    masks[:, 1] = 1 - masks[:, 0]
+    with torch.no_grad():
+        out = model(xs, MixPlan.from_masks(masks))
+        swapped = model(xs.flip(1), MixPlan.from_masks(masks.flip(1)))
+    torch.testing.assert_close(out, swapped)
