@@ -7,6 +7,7 @@
 # STAGE=train only trains and validates, STAGE=report only analyses finished runs and writes the table.
 # The test split is only evaluated, never used to choose anything (every run reports its LAST epoch).
 set -euo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
 CIFAR10=${CIFAR10:?set CIFAR10 to the folder holding train/ and test/}
@@ -49,6 +50,10 @@ fi
 for run_dir in "$OUT"/{cut_mixmo,mixshare_fadeout,mixshare_partial}-seed*/; do  # the MIMO runs
   $PY -m timm_mimo.analysis --config "$run_dir/args.yaml" --checkpoint "$run_dir/last.pth.tar" \
     --out "$run_dir/analysis" --data-dir "$CIFAR10" --split test --num-images 500 > /dev/null
+done
+for run_dir in "$OUT"/single_wrn-seed*/; do  # the plain network: active filters only
+  $PY -m timm_mimo.analysis --config "$run_dir/args.yaml" --checkpoint "$run_dir/last.pth.tar" \
+    --out "$run_dir/analysis" > /dev/null
 done
 mkdir -p results/cifar10_mixshare
 for run_dir in "$OUT"/*-seed*/; do  # the raw numbers of every run, and the plots

@@ -13,14 +13,20 @@ ROWS = [('single_wrn', 'single WRN-10-1'), ('cut_mixmo', 'Cut-MixMo'), ('mixshar
 COLUMNS = [('top1', 'ensemble top-1 %', 1), ('member_top1', 'member top-1 %', 1), ('loss', 'NLL', 3),
            ('nll_c', 'NLL_c', 3), ('ece', 'ECE %', 2), ('disagreement', 'disagreement', 3),
            ('classifier_sharing_rate', 'classifier sharing', 3),
-           ('encoder_sharing_rate', 'encoder sharing', 3), ('active_filters', 'active filters %', 1)]
+           ('encoder_sharing_rate', 'encoder sharing', 3), ('variance_sharing_0', 'core sharing, stage 1', 3),
+           ('variance_sharing_1', 'stage 2', 3), ('variance_sharing_2', 'stage 3', 3),
+           ('active_filters', 'active filters %', 1)]
 
 
 def load(run: Path) -> dict:
     result = json.loads((run / 'validation.json').read_text())
     analysis = run / 'analysis' / 'analysis.json'
     if analysis.exists():
-        result.update({k: v for k, v in json.loads(analysis.read_text()).items() if isinstance(v, float)})
+        measured = json.loads(analysis.read_text())
+        result.update({k: v for k, v in measured.items() if isinstance(v, float)})
+        # feature-variance sharing after each stage, in order
+        for i, rate in enumerate(measured.get('feature_variance_sharing_rate', {}).values()):
+            result[f'variance_sharing_{i}'] = rate
     return result
 
 

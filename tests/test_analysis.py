@@ -149,6 +149,14 @@ def test_command_line_feature_variance_on_an_image_folder(tmp_path, digits_dir):
     assert not (out / 'feature_variance.png').exists()
 
 
+def test_command_line_on_a_plain_cnn_gives_its_active_filters(tmp_path):
+    out = tmp_path / 'analysis'
+    assert analysis.main(['--model', 'resnet10t', '--num-classes', '3', '--out', str(out)]) == 0
+    results = json.loads((out / 'analysis.json').read_text())
+    assert set(results) == {'active_filters', 'active_threshold', 'influence'} and results['influence'] == {}
+    assert not list(out.glob('*.png'))
+
+
 @pytest.mark.parametrize('argv, match', [
     (['--model', 'no_such_model'], 'unknown model'),
     (['--model', 'cut_mixmo', '--model-kwargs', 'backbone'], 'key=value'),

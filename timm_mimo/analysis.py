@@ -307,6 +307,9 @@ def analyse(model: nn.Module, out_dir: Optional[str] = None, images: Optional[to
             plots: bool = True) -> Dict[str, Any]:
     """Every measure the model supports; with ``out_dir`` also ``analysis.json`` and the PNG plots.
 
+    A MIMO model gets the sharing rates and influence plots, any CNN (a plain timm one included, for comparison)
+    the active filters.
+
     Args:
         model: A timm_mimo model.
         out_dir: Where to write the results (created); ``None``: only return them.
@@ -318,15 +321,23 @@ def analyse(model: nn.Module, out_dir: Optional[str] = None, images: Optional[to
     """
     if fixed not in ('first', 'zeros'):
         raise ValueError(f"fixed must be 'first' or 'zeros', got {fixed!r}")
-    results: Dict[str, Any] = dict(sharing_rates(model))
-    influences = {'classifier': classifier_influence(model)}
-    if 'encoder_sharing_rate' in results:
-        influences['encoder'] = encoder_influence(model)
+    mimo = hasattr(model, 'num_members')
+    if not mimo and not _core_convs(model):
+        raise ValueError(f'{type(model).__name__} is neither a MIMO model nor a CNN: nothing to analyse')
+    results: Dict[str, Any] = dict(sharing_rates(model)) if mimo else {}
+    influences = {}
+    if mimo:
+        influences['classifier'] = classifier_influence(model)
+        if 'encoder_sharing_rate' in results:
+            influences['encoder'] = encoder_influence(model)
     if _core_convs(model):
         results['active_filters'] = active_filters(model, threshold)
         results['active_threshold'] = threshold
     variance = None
     if images is not None:
+        if not hasattr(model, 'forward_features_multi'):
+            raise ValueError(f'the feature-variance analysis needs a MIMO CNN; {type(model).__name__} has no '
+                             'forward_features_multi (drop --data-dir)')
         fixed_input = images[0] if fixed == 'first' else torch.zeros_like(images[0])
         data = images[1:] if fixed == 'first' else images
         variance = feature_variance(model, data, fixed_input, layers)
