@@ -107,6 +107,15 @@ def test_mix_grid_is_the_final_feature_grid_and_encoders_get_the_upsampled_masks
     torch.testing.assert_close(encoded, 2 * (fine[:, :1] * convs[0] + fine[:, 1:] * convs[1]))
 
 
+def test_measuring_the_grid_keeps_every_module_mode_and_bn_statistics():
+    model = tiny().train()
+    model.backbone.stages[0].eval()  # e.g. a frozen part
+    stats = {k: v.clone() for k, v in model.state_dict().items() if 'running' in k or 'num_batches' in k}
+    assert model.mix_grid(24) == (6, 6)
+    assert model.training and not model.backbone.stages[0].training and model.backbone.stages[1].training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+
+
 def test_unmixed_logits_by_hand():
     """Member m's logits are d_m(GAP(mask_m ⊙ f)); an empty mask leaves only the head's bias."""
     model = tiny().eval()

@@ -193,7 +193,7 @@ def feature_variance(model: nn.Module, images: torch.Tensor, fixed: torch.Tensor
     captured: Dict[str, torch.Tensor] = {}
     handles = [model.get_submodule(name).register_forward_hook(
         lambda mod, inp, out, name=name: captured.__setitem__(name, out.detach().double())) for name in layers]
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     result: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
     try:
@@ -217,7 +217,8 @@ def feature_variance(model: nn.Module, images: torch.Tensor, fixed: torch.Tensor
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return {name: torch.stack(values).float() for name, values in result.items()}
 
 

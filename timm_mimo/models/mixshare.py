@@ -196,13 +196,14 @@ class MixShareCNN(MimoCNN):
         """Spatial size of ``forward_features`` on one blank image, in eval mode (BN statistics untouched)."""
         param = next(self.parameters())
         blank = torch.zeros(1, self.in_chans, *size, device=param.device, dtype=param.dtype)
-        was_training = self.training
+        modes = [(module, module.training) for module in self.modules()]
         self.eval()
         try:
             with torch.no_grad():
                 features = self._run(blank, _EncoderCall('plain'), self.backbone.forward_features)
         finally:
-            self.train(was_training)
+            for module, training in modes:  # every module's own mode back (a frozen BN stays in eval)
+                module.training = training
         if features.ndim != 4:
             raise ValueError(f'MixShare unmixes a (B, C, h, w) feature map; {self.backbone_name} returns '
                              f'{tuple(features.shape)} from forward_features')
