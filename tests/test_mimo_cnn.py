@@ -1,4 +1,4 @@
-"""MimoCNN: MIMO / Linear-MixMo / Cut-MixMo on timm CNNs (SPEC §1.1–1.5, DESIGN.md contract)."""
+"""MimoCNN: MIMO / Linear-MixMo / Cut-MixMo on timm CNNs (arXiv:2103.06132) and the one MIMO call contract."""
 import copy
 
 import huggingface_hub.constants
@@ -143,7 +143,7 @@ def test_binary_plan_mixes_encodings_times_m():
     plan = MixPlan.from_masks(masks)
     assert plan.binary
     c0, c1 = member_convs(model, [xs[:, 0], xs[:, 1]])
-    expected = 2 * (box[:, None] * c0 + (1 - box[:, None]) * c1)  # SPEC §1.3 eq. 3.2
+    expected = 2 * (box[:, None] * c0 + (1 - box[:, None]) * c1)  # thesis eq. 3.2
     torch.testing.assert_close(encoder_output(model, xs, plan), expected)
 
 
@@ -153,7 +153,7 @@ def test_linear_plan_mixes_encodings_times_m():
     kappas = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.1, 0.3]])
     plan = MixPlan.linear(kappas, (16, 16))
     convs = member_convs(model, [xs[:, m] for m in range(3)])
-    expected = 3 * sum(kappas[:, m, None, None, None] * convs[m] for m in range(3))  # SPEC §1.2 eq. A.3
+    expected = 3 * sum(kappas[:, m, None, None, None] * convs[m] for m in range(3))  # thesis eq. A.3
     torch.testing.assert_close(encoder_output(model, xs, plan), expected)
 
 
@@ -394,3 +394,93 @@ def test_reset_classifier_with_global_pool():
         features = model.forward_head(model.forward_features(x), pre_logits=True)
         expected = torch.einsum('bf,mkf->bmk', features, model.heads.weight) + model.heads.bias
         torch.testing.assert_close(model.forward_members(x), expected)
+
+
+# --- encoder init and the encoder / classifier ablations (thesis Table 3.4) --------------------------------------
+
+@pytest.mark.parametrize('encoder_init', ['independent', 'same', 'colinear', 'colinear_filter'])
+def test_heads_are_independent_whatever_the_encoder_init(encoder_init):
+    """Thesis Alg. A.7: only the encoders are aligned, the dense layers are initialised randomly."""
+    heads = tiny(num_members=3, encoder_init=encoder_init).heads
+    for m in (1, 2):
+        assert not torch.equal(heads.weight[m], heads.weight[0])  # (the WRN initialises biases to 0)
+
+
+def test_tied_encoder_is_one_weight_for_every_input():
+    model = tiny(tied_encoder=True).eval()
+    assert model.encoders.weight.shape == (16, 3, 3, 3)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in tiny().parameters()) - 16 * 27
+    x = torch.randn(2, 3, 16, 16)
+    single = F.conv2d(x, model.encoders.weight, None, 1, 1)
+    torch.testing.assert_close(encoder_output(model, x), 2 * single)  # Σ_m c(x) = M c(x)
+    xs = torch.randn(2, 2, 3, 16, 16)
+    masks = torch.zeros(2, 2, 16, 16)
+    masks[:, 0, :, :8] = 1
+    masks[:, 1] = 1 - masks[:, 0]
+    convs = [F.conv2d(xs[:, m], model.encoders.weight, None, 1, 1) for m in range(2)]
+    expected = 2 * (masks[:, :1] * convs[0] + masks[:, 1:] * convs[1])
+    torch.testing.assert_close(encoder_output(model, xs, MixPlan.from_masks(masks)), expected)
+    with pytest.raises(ValueError, match='tied'):
+        tiny(tied_encoder=True, encoder_init='same')
+
+
+def test_shared_head_fills_every_member_slot_and_trains_on_interpolated_labels():
+    model = tiny(tied_heads=True)
+    assert model.heads.weight.shape == (1, 5, 64) and model.loss_cfg == dict(root=1.0)
+    xs = torch.randn(3, 2, 3, 16, 16)
+    plan = Mixer(num_members=2, **model.mix_cfg, generator=torch.Generator().manual_seed(0))(3, model.mix_grid(16))
+    logits = model(xs, plan)
+    torch.testing.assert_close(logits[:, 0], logits[:, 1], rtol=0, atol=0)
+    targets = torch.tensor([[0, 1], [2, 2], [4, 3]])
+    # root 1: Σ_m 2 κ_m CE(y_m, ŷ) = 2 CE(Σ_m κ_m y_m, ŷ), the cross-entropy on interpolated labels
+    soft = (plan.kappas[:, :, None] * F.one_hot(targets, 5).float()).sum(dim=1)
+    interpolated = -(soft * F.log_softmax(logits[:, 0], dim=-1)).sum(dim=-1).mean() * 2
+    torch.testing.assert_close(MimoLoss(**model.loss_cfg)(logits, targets, plan.kappas), interpolated)
+    with pytest.raises(ValueError, match='head_assignment'):
+        tiny(tied_heads=True, head_assignment='predominant')
+
+
+def test_predominant_head_assignment():
+    """Table 3.4 ⊗: head 0 reads the input with the larger κ, head 1 the other one."""
+    model = tiny(tied_encoder=True, head_assignment='predominant').eval()
+    xs = torch.randn(2, 2, 3, 16, 16)
+    masks = torch.zeros(2, 2, 16, 16)
+    masks[0, 0, :, :12] = 1  # sample 0: input 0 predominant (κ = 0.75)
+    masks[1, 0, :, :4] = 1  # sample 1: input 1 predominant
+    masks[:, 1] = 1 - masks[:, 0]
+    plan = MixPlan.from_masks(masks)
+    assert model.head_index(plan).tolist() == [[0, 1], [1, 0]]
+    with torch.no_grad():
+        logits = model(xs, plan)
+        features = model._run(model._packed(xs), model._mixed_call(plan, xs), model.backbone.forward_features)
+        every_head = model.heads(model.backbone.forward_head(features, pre_logits=True))  # (B, heads, K)
+    torch.testing.assert_close(logits[0], every_head[0])
+    torch.testing.assert_close(logits[1], every_head[1].flip(0))
+    with pytest.raises(ValueError, match='head_assignment'):
+        tiny(head_assignment='random')
+
+
+def test_forward_features_multi_is_the_sum_of_the_encodings():
+    model = tiny().eval()
+    xs = torch.randn(2, 2, 3, 16, 16)
+    c0, c1 = member_convs(model, [xs[:, 0], xs[:, 1]])
+    captured = []
+    handle = model.encoders.register_forward_hook(lambda mod, inp, out: captured.append(out))
+    with torch.no_grad():
+        model.forward_features_multi(xs)
+    handle.remove()
+    torch.testing.assert_close(captured[0], c0 + c1)
+
+
+def test_tied_encoder_makes_the_inputs_exchangeable():
+    """Table 3.4 ⊖: with one encoder, swapping the inputs and their masks leaves every head's output unchanged, so
+    which input head m answers for is only the plan's random role; head_assignment='input' is the random association."""
+    model = tiny(tied_encoder=True).eval()
+    xs = torch.randn(2, 2, 3, 16, 16)
+    masks = torch.zeros(2, 2, 16, 16)
+    masks[:, 0, 4:12, 2:9] = 1
+    masks[:, 1] = 1 - masks[:, 0]
+    with torch.no_grad():
+        out = model(xs, MixPlan.from_masks(masks))
+        swapped = model(xs.flip(1), MixPlan.from_masks(masks.flip(1)))
+    torch.testing.assert_close(out, swapped)

@@ -1,4 +1,4 @@
-"""Exact tests of timm_mimo.mixing: masks, mixing ratios, schedules and the Mixer (SPEC §1.1–1.7, §1.10)."""
+"""Exact tests of timm_mimo.mixing: masks, mixing ratios, schedules and the Mixer (MixMo, MixViT)."""
 import math
 
 import pytest
@@ -228,7 +228,7 @@ def test_cut_in_mix_by_hand():
     box = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
     kappas = torch.tensor([[0.5, 0.3, 0.2]])
     masks = cut_in_mix_masks(box, kappas, torch.tensor([0]))
-    # member 0 takes the box, members 1 and 2 share the rest as 0.3 / 0.5 and 0.2 / 0.5 (SPEC eq. A.4)
+    # member 0 takes the box, members 1 and 2 share the rest as 0.3 / 0.5 and 0.2 / 0.5 (thesis eq. A.4)
     assert torch.allclose(masks[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
     assert torch.allclose(masks[0, :, 1, 1], torch.tensor([0.0, 0.6, 0.4]))
     masks = cut_in_mix_masks(box, kappas, torch.tensor([2]))
@@ -403,3 +403,17 @@ def test_bad_call_arguments():
         mixer(4, (8, 0))
     with pytest.raises(ValueError, match='batch_size'):
         mixer(0, (8, 8))
+
+
+# ---------------------------------------------------------------------------------------------------- MixShare inputs
+
+def test_mixshare_mixer_arguments():
+    mixer = Mixer(input_repeat=0.1, fadeout_epochs=4.0, generator=torch.Generator().manual_seed(0))
+    assert mixer.input_repeat == 0.1 and 'fadeout_epochs=4.0' in repr(mixer)
+    plan = mixer(3, (4, 4), progress=0.2, epoch=1.0)
+    assert plan.unmix_relax == 0.25 and plan.to(torch.device('cpu')).unmix_relax == 0.25
+    assert MixPlan.from_masks(plan.masks).unmix_relax == 0.0  # a hand-built plan unmixes fully
+    with pytest.raises(ValueError, match='input_repeat'):
+        Mixer(input_repeat=1.5)
+    with pytest.raises(ValueError, match='epoch'):
+        Mixer()(2, (4, 4), epoch=-1.0)

@@ -15,7 +15,7 @@ __all__ = [
     'MixPlan', 'Mixer', 'MASK_KINDS', 'progress', 'mix_probability', 'single_source_probability', 'sample_gamma',
     'sample_mixing_ratios', 'cutmix_box_masks', 'concat_masks', 'patchup_masks', 'fmix_masks', 'cowmask_masks',
     'majority_vote_tokens', 'majority_cutmix_masks', 'cut_in_mix_masks', 'swap_member_roles', 'cutmix_box_bounds',
-    'random_cutmix_masks', 'patchup_block_size',
+    'random_cutmix_masks', 'patchup_block_size', 'fadeout_relax',
 ]
 
 MASK_KINDS = ('linear', 'cutmix', 'hconcat', 'vconcat', 'patchup', 'fmix', 'cowmask', 'cutmix_majority')
@@ -30,10 +30,14 @@ class MixPlan:
             Linear mixing (MIMO summing, Linear-MixMo) is a constant mask per sample, cut-like kinds are 0/1.
         kappas: ``(B, M)`` mixing ratios: each member's mask mean (re-measured from the masks), summing to 1.
         binary: True when every mask value is 0 or 1 (cut-like batch), False for a linear batch.
+        unmix_relax: MixShare fadeout strength r in [0, 1]: a model that unmixes its final features uses the mask
+            ``mask + r (1 - mask)`` instead of ``mask`` (0: full unmixing, 1: none). Models without unmixing ignore it
+            (it is 0 unless the Mixer has ``fadeout_epochs``).
     """
     masks: torch.Tensor
     kappas: torch.Tensor
     binary: bool
+    unmix_relax: float = 0.0
 
     @classmethod
     def from_masks(cls, masks: torch.Tensor) -> 'MixPlan':
@@ -66,7 +70,8 @@ class MixPlan:
         return tuple(self.masks.shape[2:])
 
     def to(self, device: torch.device) -> 'MixPlan':
-        return MixPlan(masks=self.masks.to(device), kappas=self.kappas.to(device), binary=self.binary)
+        return MixPlan(masks=self.masks.to(device), kappas=self.kappas.to(device), binary=self.binary,
+                       unmix_relax=self.unmix_relax)
 
     def check(self, batch_size: int, num_members: int, grid: Tuple[int, int]) -> None:
         """Raise ``ValueError`` naming the expected shape unless this plan fits the batch and the model's grid."""
@@ -126,6 +131,25 @@ def single_source_probability(progress: float) -> float:
     ``q = clip((progress − 11/12) · 12, 0, 1)``: 0 until 11/12 of training, 1 at the end ([AMBIG] final value 1).
     """
     return min(1.0, max(0.0, (progress - SCHEDULE_START) / (1.0 - SCHEDULE_START)))
+
+
+def fadeout_relax(epoch: float, fadeout_epochs: float) -> float:
+    """MixShare fadeout unmixing strength ``r = min(1, epoch / E_fade)`` (MixShare arXiv:2205.10139 Sec. 3.3).
+
+    The unmixing mask becomes ``mask + r (1 - mask)``: full unmixing at epoch 0, none from ``E_fade`` on.
+
+    Decision: ``epoch`` is the fractional epoch (``epoch + step / steps_per_epoch``), so r grows every step (papers
+    silent on integer vs fractional epochs).
+
+    Args:
+        epoch: Fractional epoch counted from 0.
+        fadeout_epochs: E_fade > 0 (the papers: 100 of 300 epochs).
+    """
+    if not fadeout_epochs > 0:
+        raise ValueError(f'fadeout_epochs (E_fade) must be > 0, got {fadeout_epochs!r}')
+    if epoch < 0:
+        raise ValueError(f'epoch must be >= 0 (fractional epoch counted from 0), got {epoch!r}')
+    return min(1.0, epoch / fadeout_epochs)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -466,6 +490,11 @@ class Mixer:
             a batch takes all tokens from one random input (SPEC §1.10). Independent of ``prob_decay``: MixViT sets
             ``prob_decay=False`` so that its batches stay binary.
         patch_size: Pixels per grid cell for ``'cutmix_majority'`` (majority vote inside each patch).
+        input_repeat: ρ, the share of batch positions where the training loop feeds the same image to all M inputs
+            (MIMO arXiv:2010.06610 input repetition; MixShare: 0.1). The Mixer only carries it: the loop pairs the
+            inputs (``timm_mimo.data.pair_inputs``) before asking for a plan.
+        fadeout_epochs: MixShare fadeout unmixing: plans carry ``unmix_relax = min(1, epoch / fadeout_epochs)``
+            (needs the fractional ``epoch`` in every call); ``None``: ``unmix_relax = 0`` (constant unmixing).
         generator: Optional CPU ``torch.Generator`` that drives ALL randomness (same seed ⇒ same plans); plans are
             sampled on the CPU and moved to ``device``.
     """
@@ -481,6 +510,8 @@ class Mixer:
             pair_only: bool = False,
             single_source_end: bool = False,
             patch_size: Optional[Union[int, Tuple[int, int]]] = None,
+            input_repeat: float = 0.0,
+            fadeout_epochs: Optional[float] = None,
             generator: Optional[torch.Generator] = None,
     ):
         if not isinstance(num_members, int) or num_members < 2:
@@ -498,8 +529,16 @@ class Mixer:
             patch_size = _pair(patch_size)
             if len(patch_size) != 2 or any(not isinstance(p, int) or p < 1 for p in patch_size):
                 raise ValueError(f'patch_size must be a positive int or a pair of them, got {patch_size!r}')
+        if not 0.0 <= input_repeat <= 1.0:
+            raise ValueError(f'input_repeat (share of positions with identical inputs) must lie in [0, 1], '
+                             f'got {input_repeat!r}')
+        if fadeout_epochs is not None and not fadeout_epochs > 0:
+            raise ValueError(f'fadeout_epochs (E_fade of MixShare fadeout unmixing) must be > 0 or None, '
+                             f'got {fadeout_epochs!r}')
         self.num_members = num_members
         self.kind = kind
+        self.input_repeat = input_repeat
+        self.fadeout_epochs = fadeout_epochs
         self.alpha = alpha
         self.prob = prob
         self.prob_decay = prob_decay
@@ -513,7 +552,8 @@ class Mixer:
         return (f'{type(self).__name__}(num_members={self.num_members}, kind={self.kind!r}, alpha={self.alpha}, '
                 f'prob={self.prob}, prob_decay={self.prob_decay}, outside_swap={self.outside_swap}, '
                 f'pair_only={self.pair_only}, single_source_end={self.single_source_end}, '
-                f'patch_size={self.patch_size})')
+                f'patch_size={self.patch_size}, input_repeat={self.input_repeat}, '
+                f'fadeout_epochs={self.fadeout_epochs})')
 
     def binary_probability(self, progress: float) -> float:
         """``p_e`` at this progress (0 for ``kind='linear'``)."""
@@ -561,7 +601,7 @@ class Mixer:
         raise ValueError(f'mask kind {self.kind!r} has no binary mask')
 
     def __call__(self, batch_size: int, grid: Tuple[int, int], progress: float = 0.0,
-                 device: Optional[torch.device] = None) -> MixPlan:
+                 device: Optional[torch.device] = None, epoch: Optional[float] = None) -> MixPlan:
         """Sample the plan of one batch.
 
         Args:
@@ -569,6 +609,8 @@ class Mixer:
             grid: The model's mixing grid (``model.mix_grid(img_size)``).
             progress: Fraction of training done, in [0, 1] (fractional epoch / total epochs).
             device: Where the plan's tensors go.
+            epoch: Fractional epoch ``epoch + step / steps_per_epoch``, the clock of fadeout unmixing (counted in
+                epochs, as in the papers); required when ``fadeout_epochs`` is set. Training loops pass it always.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}')
@@ -577,7 +619,16 @@ class Mixer:
             raise ValueError(f'grid must be (H, W) with H, W >= 1, got {grid!r}')
         if not 0.0 <= progress <= 1.0:
             raise ValueError(f'progress must lie in [0, 1] (fractional epoch / epochs), got {progress!r}')
+        if epoch is not None and not epoch >= 0:
+            raise ValueError(f'epoch must be the fractional epoch counted from 0, got {epoch!r}')
+        relax = 0.0
+        if self.fadeout_epochs is not None:
+            if epoch is None:
+                raise ValueError(f'this Mixer fades unmixing out over {self.fadeout_epochs} epochs and needs the '
+                                 'fractional epoch: call mixer(..., epoch=epoch + step / steps_per_epoch)')
+            relax = fadeout_relax(epoch, self.fadeout_epochs)
         plan = self._sample(batch_size, grid, progress)
+        plan.unmix_relax = relax
         return plan if device is None else plan.to(device)
 
     def _sample(self, batch_size: int, grid: Tuple[int, int], progress: float) -> MixPlan:

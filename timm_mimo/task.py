@@ -160,6 +160,8 @@ class MimoTask(TrainingTask):
         for name, key in MIXER_OVERRIDES.items():
             if overrides[name] is not None:
                 mixer_kwargs[key] = None if overrides[name] == 'none' else overrides[name]
+        if input_repeat is not None:
+            mixer_kwargs['input_repeat'] = input_repeat
         mixer_kwargs['num_members'] = model.num_members
         loss_kwargs = dict(getattr(model, 'loss_cfg', None) or {})
         for name, key in LOSS_OVERRIDES.items():
@@ -169,8 +171,9 @@ class MimoTask(TrainingTask):
         pixel_mix = None
         if mimo_cutmix or mimo_mixup:
             pixel_mix = PixelMix(mimo_cutmix or 0.0, mimo_mixup or 0.0, mimo_mix_prob)
-        task = cls(model, mixer=Mixer(**mixer_kwargs), criterion=MimoLoss(**loss_kwargs),
-                   input_repeat=input_repeat or 0.0, pixel_mix=pixel_mix, **kwargs)
+        mixer = Mixer(**mixer_kwargs)  # ρ lives in the model's mix_cfg (MixShare: 10 %) unless overridden
+        task = cls(model, mixer=mixer, criterion=MimoLoss(**loss_kwargs), input_repeat=mixer.input_repeat,
+                   pixel_mix=pixel_mix, **kwargs)
         task.mixer_kwargs, task.loss_kwargs = mixer_kwargs, loss_kwargs
         return task
 
@@ -206,7 +209,7 @@ class MimoTask(TrainingTask):
         grid_model = unwrap_model(self.trainable_module)
         xs, ys = pair_inputs(images, targets, self.num_members, self.input_repeat, self.generator)
         plan = self.mixer(xs.shape[0], grid_model.mix_grid(tuple(images.shape[-2:])), self.progress,
-                          device=images.device)
+                          device=images.device, epoch=self.epoch_float)
         if self.pixel_mix is not None:
             if partner_images is None:
                 partner_images, partner_targets = images, targets  # a loop without dataset partners: the batch

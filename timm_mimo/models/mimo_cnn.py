@@ -1,4 +1,4 @@
-"""MIMO / Linear-MixMo / Cut-MixMo on any timm CNN (SPEC §1.1–1.5, DESIGN.md "Where each method plugs in").
+"""MIMO / Linear-MixMo / Cut-MixMo on any timm CNN (MixMo, Ramé, Sun & Cord, ICCV 2021, arXiv:2103.06132).
 
 :class:`MimoCNN` creates a timm backbone, finds its stem conv through ``pretrained_cfg['first_conv']`` and its
 classifier through ``pretrained_cfg['classifier']``, and replaces them in place:
@@ -9,10 +9,11 @@ classifier through ``pretrained_cfg['classifier']``, and replaces them in place:
 The backbone's own ``forward`` then does the rest, so any timm CNN (or a ViT whose first conv is its patch embedding,
 see ``mimo_vit.py``) works. How the encoders compute depends on the call:
 
-* plain ``(B, C, H, W)`` input: ``Σ_m c_m(x)`` as ONE conv with the summed weights (SPEC §1.1 inference);
+* plain ``(B, C, H, W)`` input: ``Σ_m c_m(x)`` as ONE conv with the summed weights (MIMO / MixMo inference);
 * ``model(xs, plan)``: ``xs (B, M, C, H, W)`` is viewed as ``(B, M·C, H, W)`` and the encoders return
-  ``M · Σ_m mask_m ⊙ c_m(x_m)`` (SPEC §1.2 / §1.3, factor M), accumulated member by member;
-* ``inference='separate'``: member m runs the whole network on its own encoding ``M · c_m(x)`` (SPEC §1.9).
+  ``M · Σ_m mask_m ⊙ c_m(x_m)`` (thesis eq. 3.2 / A.3, factor M), accumulated member by member;
+* ``inference='separate'``: member m runs the whole network on its own encoding ``M · c_m(x)`` (the
+  thesis' "separate" inference of Table 4.1).
 
 The plan reaches the encoders through a per-thread stack of call records pushed by :class:`MimoCNN` around the
 backbone call and always popped (``try/finally``); nested calls (a hook calling the model again) push their own
@@ -43,17 +44,23 @@ from timm_mimo.models._contract import MimoContract, check_image_batch
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD, PREACT_WIDTHS, preact_name
 
-__all__ = ['MimoCNN', 'MemberEncoders', 'METHOD_MIX_CFGS', 'OFFLINE_HINT']
+__all__ = ['MimoCNN', 'MemberEncoders', 'SharedHead', 'METHOD_MIX_CFGS', 'OFFLINE_HINT']
 
 # Mixer kwargs (timm_mimo.mixing.Mixer) of each method; train.py builds Mixer(num_members=M, **model.mix_cfg).
 METHOD_MIX_CFGS: Dict[str, Dict[str, Any]] = {
-    'mimo': dict(kind='linear', alpha=None),  # SPEC §1.1: κ = 1/M, i.e. summing
-    'linear_mixmo': dict(kind='linear', alpha=2.0),  # SPEC §1.2
-    'cut_mixmo': dict(kind='cutmix', alpha=2.0, prob=0.5, prob_decay=True),  # SPEC §1.3 defaults
-    'cutmix_only_mixmo': dict(kind='cutmix', alpha=2.0, prob=1.0, prob_decay=False),  # SPEC §1.9 "CutMix-only"
+    'mimo': dict(kind='linear', alpha=None),  # MIMO arXiv:2010.06610: κ = 1/M, i.e. summing
+    'linear_mixmo': dict(kind='linear', alpha=2.0),  # thesis eq. A.3
+    'cut_mixmo': dict(kind='cutmix', alpha=2.0, prob=0.5, prob_decay=True),  # thesis Alg. A.6 defaults
+    'cutmix_only_mixmo': dict(kind='cutmix', alpha=2.0, prob=1.0, prob_decay=False),  # thesis Table 4.1 "CutMix-only"
 }
-MIXMO_LOSS_CFG: Dict[str, Any] = dict(root=3.0)  # SPEC §1.4: r = 3 (MIMO has κ = 1/M, so every w_r = 1 anyway)
-ENCODER_INITS = ('independent', 'same')
+MIXMO_LOSS_CFG: Dict[str, Any] = dict(root=3.0)  # thesis eq. 3.3: r = 3 (MIMO has κ = 1/M, so every w_r = 1 anyway)
+ENCODER_INITS = ('independent', 'same', 'colinear', 'colinear_filter')
+# Decision: co-linear encoders c_m = a_m c_0 with positive factors log-uniform in [1/2, 2] (MixShare arXiv:2205.10139
+# App. C: "co-linear" kernels share features as well as identical ones; the papers give neither the factors nor
+# whether one factor per encoder or per filter, so both exist: 'colinear' one a_m per encoder, 'colinear_filter' one
+# per output filter). Positive, so every filter keeps the "type" of feature of encoder 0.
+COLINEAR_FACTOR_RANGE = (0.5, 2.0)
+HEAD_ASSIGNMENTS = ('input', 'predominant')
 INFERENCE_MODES = ('sum', 'separate')
 OFFLINE_HINT = ("to load weights from a local file instead, pass "
                 "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors')")
@@ -108,6 +115,12 @@ def _permuted_like(tensor: torch.Tensor, generator: Optional[torch.Generator] = 
     return flat[torch.randperm(flat.numel(), generator=generator, device='cpu').to(flat.device)].view_as(tensor)
 
 
+def _colinear_factors(shape: Tuple[int, ...]) -> torch.Tensor:
+    """Positive factors log-uniform in ``COLINEAR_FACTOR_RANGE`` (torch's global RNG, like every init)."""
+    low, high = (math.log(v) for v in COLINEAR_FACTOR_RANGE)
+    return torch.exp(low + (high - low) * torch.rand(shape))
+
+
 class MemberEncoders(nn.Module):
     """M encoders ``c_m``: copies of a stem conv's geometry held as one weight ``(M·O, C/g, kh, kw)``.
 
@@ -119,14 +132,23 @@ class MemberEncoders(nn.Module):
         num_members: M.
         encoder_init: ``'independent'``: encoder 0 keeps ``conv``'s initial weights and every other encoder gets a
             random permutation of them (an independent draw from the same init distribution, whatever the backbone's
-            init scheme is); ``'same'``: M identical copies (MixShare's kernel alignment, "same init").
+            init scheme is); ``'same'``: M identical copies (MixShare's kernel alignment, thesis Alg. A.7);
+            ``'colinear'``: ``c_m = a_m c_0`` with one positive factor per encoder, ``'colinear_filter'``: one per
+            output filter (MixShare arXiv:2205.10139 App. C), ``a_0 = 1``.
         pretrained: Every encoder is ``conv / M`` so that ``Σ_m c_m = conv`` (a pretrained stem is reproduced).
+        tied: One encoder shared by all members (the MixMo Table 3.4 "1 encoder" ablation): ``c_m = c`` for every m,
+            one weight ``(O, C/g, kh, kw)``; ``encoder_init`` is then irrelevant and must stay ``'independent'``.
     """
 
-    def __init__(self, conv: nn.Conv2d, num_members: int, encoder_init: str = 'independent', pretrained: bool = False):
+    def __init__(self, conv: nn.Conv2d, num_members: int, encoder_init: str = 'independent', pretrained: bool = False,
+                 tied: bool = False):
         super().__init__()
         if encoder_init not in ENCODER_INITS:
             raise ValueError(f'encoder_init must be one of {ENCODER_INITS}, got {encoder_init!r}')
+        if tied and encoder_init != 'independent':
+            raise ValueError(f'a tied (shared) encoder has no per-member init; got encoder_init={encoder_init!r} '
+                             "(leave it 'independent' or untie the encoders)")
+        self.tied = tied
         self.num_members = num_members
         self.in_channels = conv.in_channels
         self.out_channels = conv.out_channels
@@ -139,29 +161,46 @@ class MemberEncoders(nn.Module):
         self.padding_mode = conv.padding_mode
         self._reversed_padding = getattr(conv, '_reversed_padding_repeated_twice', None)
 
-        weights = self._member_copies(conv.weight, encoder_init, pretrained)
+        factors = None
+        if encoder_init in ('colinear', 'colinear_filter') and not pretrained:
+            # one factor per encoder (or per output filter), shared by the filter's weight and bias
+            size = conv.out_channels if encoder_init == 'colinear_filter' else 1
+            factors = torch.cat([torch.ones(1, size), _colinear_factors((num_members - 1, size))]).expand(
+                num_members, conv.out_channels)
+        weights = self._member_copies(conv.weight, encoder_init, pretrained, factors)
         self.weight = nn.Parameter(torch.cat(weights, dim=0))
         self.bias: Optional[nn.Parameter] = None
         if conv.bias is not None:
-            self.bias = nn.Parameter(torch.cat(self._member_copies(conv.bias, encoder_init, pretrained), dim=0))
+            self.bias = nn.Parameter(torch.cat(self._member_copies(conv.bias, encoder_init, pretrained, factors),
+                                               dim=0))
 
-    def _member_copies(self, tensor: torch.Tensor, encoder_init: str, pretrained: bool) -> List[torch.Tensor]:
+    def _member_copies(self, tensor: torch.Tensor, encoder_init: str, pretrained: bool,
+                       factors: Optional[torch.Tensor]) -> List[torch.Tensor]:
         tensor = tensor.detach()
+        copies = 1 if self.tied else self.num_members
         if pretrained:
-            return [tensor / self.num_members] * self.num_members
-        if encoder_init == 'same':
-            return [tensor.clone() for _ in range(self.num_members)]
-        return [tensor.clone()] + [_permuted_like(tensor) for _ in range(self.num_members - 1)]
+            return [tensor / self.num_members] * copies
+        if factors is not None:
+            return [tensor * factors[m].view(-1, *([1] * (tensor.ndim - 1))) for m in range(copies)]
+        if encoder_init == 'same' or self.tied:
+            return [tensor.clone() for _ in range(copies)]
+        return [tensor.clone()] + [_permuted_like(tensor) for _ in range(copies - 1)]
 
     @property
     def member_weight(self) -> torch.Tensor:
-        """``(M, O, C/g, kh, kw)`` view of the encoders' weights."""
+        """``(M, O, C/g, kh, kw)`` view of the encoders' weights (M views of one weight when tied)."""
+        if self.tied:
+            return self.weight.unsqueeze(0).expand(self.num_members, *self.weight.shape)
         return self.weight.view(self.num_members, self.out_channels, *self.weight.shape[1:])
 
     @property
     def member_bias(self) -> Optional[torch.Tensor]:
         """``(M, O)`` view of the encoders' biases (``None`` without bias)."""
-        return None if self.bias is None else self.bias.view(self.num_members, self.out_channels)
+        if self.bias is None:
+            return None
+        if self.tied:
+            return self.bias.unsqueeze(0).expand(self.num_members, self.out_channels)
+        return self.bias.view(self.num_members, self.out_channels)
 
     def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         """Spatial output size of the stem conv for an input of spatial ``size`` (the mixing grid)."""
@@ -190,7 +229,7 @@ class MemberEncoders(nn.Module):
                              f'got {tuple(x.shape)}')
 
     def forward_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """``Σ_m c_m(x)`` as one conv with the summed weights (SPEC §1.1 inference)."""
+        """``Σ_m c_m(x)`` as one conv with the summed weights (MIMO / MixMo inference)."""
         self._check_channels(x, self.in_channels, '(B, C, H, W)')
         bias = None if self.bias is None else self.member_bias.sum(0)
         return self._conv(x, self.member_weight.sum(0), bias, self.groups)
@@ -221,9 +260,9 @@ class MemberEncoders(nn.Module):
         return torch.stack([self._member_conv(member_inputs, m) for m in range(self.num_members)], dim=1)
 
     def forward_mixed(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """``M · Σ_m mask_m ⊙ c_m(x_m)`` (SPEC §1.2, §1.3, §1.5) on a packed ``(B, M·C, H, W)`` input."""
+        """``M · Σ_m mask_m ⊙ c_m(x_m)`` (thesis eq. 3.2, A.3, A.4) on a packed ``(B, M·C, H, W)`` input."""
         member_inputs = self._member_inputs(x)
-        # SPEC §1.2/§1.3: the factor M keeps the train-time scale equal to the inference-time sum Σ_m c_m(x)
+        # thesis eq. 3.2 / A.3: the factor M keeps the train-time scale equal to the inference-time sum Σ_m c_m(x)
         scaled_masks = masks.unsqueeze(2) * self.num_members
         mixed = None
         for m in range(self.num_members):
@@ -241,9 +280,10 @@ class MemberEncoders(nn.Module):
     def forward_separate(self, x: torch.Tensor) -> torch.Tensor:
         """``(B·M, C, H, W)`` rows ordered (sample, member), the image repeated per member -> ``M · c_m(x)`` each.
 
-        [AMBIG] SPEC §1.9 "separate" inference: member m sees only its own encoding. Decision: scale it by M, which is
-        exactly what a binary (cut) training batch feeds the network where member m owns a position
-        (``M · 1 · c_m(x_m)``), so separate inference matches the scale the core network was trained on.
+        Decision ("separate" inference, thesis Table 4.1; papers silent on the scale): member m sees only its own
+        encoding, scaled by M, which is exactly what a binary (cut) training batch feeds the network where member m
+        owns a position (``M · 1 · c_m(x_m)``), so separate inference matches the scale the core network was
+        trained on.
         """
         self._check_channels(x, self.in_channels, '(B·M, C, H, W)')
         if x.shape[0] % self.num_members:
@@ -268,7 +308,7 @@ class MemberEncoders(nn.Module):
     def extra_repr(self) -> str:
         return (f'num_members={self.num_members}, in_channels={self.in_channels}, out_channels={self.out_channels}, '
                 f'kernel_size={self.kernel_size}, stride={self.stride}, groups={self.groups}, '
-                f'bias={self.bias is not None}')
+                f'bias={self.bias is not None}' + (', tied=True' if self.tied else ''))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -312,16 +352,26 @@ class MimoCNN(MimoContract, nn.Module):
         num_members: M.
         method: Sets ``mix_cfg``: ``'mimo'``, ``'linear_mixmo'``, ``'cut_mixmo'`` or ``'cutmix_only_mixmo'``.
         mix_cfg: Overrides merged into the method's Mixer kwargs.
-        loss_cfg: ``MimoLoss`` kwargs (default ``dict(root=3.0)``, SPEC §1.4).
-        encoder_init: ``'independent'`` or ``'same'`` (see :class:`MemberEncoders`).
-        inference: ``'sum'``: one pass on ``Σ_m c_m(x)`` (SPEC §1.1); ``'separate'``: M passes, member m on
-            ``M · c_m(x)`` (SPEC §1.9).
+        loss_cfg: ``MimoLoss`` kwargs (default ``dict(root=3.0)``, thesis eq. 3.3).
+        encoder_init: ``'independent'``, ``'same'``, ``'colinear'`` or ``'colinear_filter'`` (see
+            :class:`MemberEncoders`); the heads are independent draws in every case (thesis Alg. A.7).
+        inference: ``'sum'``: one pass on ``Σ_m c_m(x)`` (MIMO / MixMo); ``'separate'``: M passes, member m on
+            ``M · c_m(x)`` (thesis Table 4.1).
+        tied_encoder: One encoder for all inputs (MixMo arXiv:2103.06132 Table 3.4 of the thesis, "1 encoder").
+            With ``head_assignment='input'`` the inputs are then exchangeable (same encoder, symmetric κ, random
+            roles), which is the table's random input-to-head association (⊖).
+        tied_heads: One dense head for all members ("1 classifier"): every member slot holds its logits, so the
+            MixMo loss with ``root=1`` (the default ``loss_cfg`` then) is the cross-entropy on interpolated labels
+            ``Σ_m κ_m y_m`` (times M).
+        head_assignment: ``'input'``: head m predicts input m; ``'predominant'``: head 0 predicts the input with the
+            largest κ, head 1 the next one, ... (Table 3.4's ⊗). Training only; inference averages all heads.
         pretrained_backbone: Load the backbone's timm checkpoint, then copy its stem into every encoder scaled by 1/M
             and its classifier into every head, so that at init the model computes exactly the backbone's logits.
         pretrained_cfg_overlay: Passed to the backbone's ``timm.create_model`` (e.g. ``dict(file=...)`` offline).
         cache_dir: Passed to the backbone's ``timm.create_model``.
         **backbone_kwargs: For ``timm.create_model`` of the backbone (``num_classes``, ``in_chans``, ``drop_rate``...).
     """
+    METHOD_MIX_CFGS = METHOD_MIX_CFGS  # the methods this class implements (a subclass brings its own)
 
     def __init__(
             self,
@@ -332,6 +382,9 @@ class MimoCNN(MimoContract, nn.Module):
             loss_cfg: Optional[Dict[str, Any]] = None,
             encoder_init: str = 'independent',
             inference: str = 'sum',
+            tied_encoder: bool = False,
+            tied_heads: bool = False,
+            head_assignment: str = 'input',
             pretrained_backbone: bool = False,
             pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
             cache_dir: Optional[str] = None,
@@ -340,10 +393,15 @@ class MimoCNN(MimoContract, nn.Module):
         super().__init__()
         if not isinstance(num_members, int) or num_members < 1:
             raise ValueError(f'num_members (M) must be a positive integer, got {num_members!r}')
-        if method not in METHOD_MIX_CFGS:
-            raise ValueError(f'method must be one of {tuple(METHOD_MIX_CFGS)}, got {method!r}')
+        if method not in self.METHOD_MIX_CFGS:
+            raise ValueError(f'method must be one of {tuple(self.METHOD_MIX_CFGS)}, got {method!r}')
         if inference not in INFERENCE_MODES:
             raise ValueError(f'inference must be one of {INFERENCE_MODES}, got {inference!r}')
+        if head_assignment not in HEAD_ASSIGNMENTS:
+            raise ValueError(f'head_assignment must be one of {HEAD_ASSIGNMENTS}, got {head_assignment!r}')
+        if tied_heads and head_assignment != 'input':
+            raise ValueError(f'head_assignment={head_assignment!r} needs one head per member; got tied_heads=True '
+                             "(keep head_assignment='input' with a single head)")
         if isinstance(backbone, str):
             backbone = create_backbone(backbone, pretrained_backbone, pretrained_cfg_overlay, cache_dir,
                                        **backbone_kwargs)
@@ -352,18 +410,26 @@ class MimoCNN(MimoContract, nn.Module):
         self.num_members = num_members
         self.method = method
         self.inference = inference
-        self.mix_cfg = dict(METHOD_MIX_CFGS[method], **(mix_cfg or {}))
-        self.loss_cfg = dict(MIXMO_LOSS_CFG if loss_cfg is None else loss_cfg)
+        self.head_assignment = head_assignment
+        self.encoder_init = encoder_init
+        self.mix_cfg = dict(self.METHOD_MIX_CFGS[method], **(mix_cfg or {}))
+        if loss_cfg is None:
+            # a single head trained with w = M κ (root 1) is the cross-entropy on interpolated labels
+            loss_cfg = dict(MIXMO_LOSS_CFG, root=1.0) if tied_heads else MIXMO_LOSS_CFG
+        self.loss_cfg = dict(loss_cfg)
 
         self.encoder_path = _module_path(backbone, 'first_conv')
         self.classifier_path = _module_path(backbone, 'classifier')
         conv = _get_module(backbone, self.encoder_path, 'first_conv', nn.Conv2d)
         classifier = _get_module(backbone, self.classifier_path, 'classifier', nn.Linear)
-        _set_module(backbone, self.encoder_path, MemberEncoders(conv, num_members, encoder_init, pretrained_backbone))
-        if pretrained_backbone:
+        _set_module(backbone, self.encoder_path, MemberEncoders(conv, num_members, encoder_init, pretrained_backbone,
+                                                                tied=tied_encoder))
+        if tied_heads:
+            heads = SharedHead.from_linear(classifier, num_members)
+        elif pretrained_backbone:
             heads = MemberHeads.from_linear(classifier, num_members)
         else:
-            heads = _independent_heads(classifier, num_members, encoder_init)
+            heads = _independent_heads(classifier, num_members)
         _set_module(backbone, self.classifier_path, heads)
         self.backbone = backbone
         self.backbone_name = backbone.pretrained_cfg.get('architecture')
@@ -461,6 +527,19 @@ class MimoCNN(MimoContract, nn.Module):
             return self._member_diagonal(out).mean(dim=1)
         return out if pre_logits else out.mean(dim=1)
 
+    def forward_features_multi(self, xs: torch.Tensor) -> torch.Tensor:
+        """Core features of M *different* inputs combined as at inference: ``C(Σ_m c_m(x_m))``.
+
+        ``xs``: ``(B, M, C, H, W)``. Used by the feature-variance analysis (MixShare arXiv:2205.10139 App. D); no
+        mask and no unmixing (the encoders get ``M · Σ_m (1/M) c_m(x_m)``).
+        """
+        if not isinstance(xs, torch.Tensor) or xs.ndim != 5 or xs.shape[1] != self.num_members:
+            shape = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
+            raise ValueError(f'expected inputs of shape (B, M={self.num_members}, C, H, W), got {shape}')
+        grid = MimoCNN.mix_grid(self, tuple(xs.shape[-2:]))
+        masks = torch.full((xs.shape[0], self.num_members, *grid), 1.0 / self.num_members, device=xs.device)
+        return self._run(self._packed(xs), _EncoderCall('mixed', masks=masks), self.backbone.forward_features)
+
     def forward_members(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x)
         if self.inference == 'separate':
@@ -470,10 +549,42 @@ class MimoCNN(MimoContract, nn.Module):
 
     def forward_mixed(self, xs: torch.Tensor, plan: MixPlan) -> torch.Tensor:
         batch_size = xs.shape[0]
-        packed = xs.reshape(batch_size, -1, *xs.shape[-2:])  # (B, M·C, H, W): a view of a contiguous batch
-        masks = plan.masks.to(device=xs.device)
-        out = self._run(packed, _EncoderCall('mixed', masks=masks), self.backbone)
-        return self._check_member_logits(out, batch_size)
+        if self.head_assignment == 'input':
+            out = self._run(self._packed(xs), self._mixed_call(plan, xs), self.backbone)
+            return self._check_member_logits(out, batch_size)
+        features = self._run(self._packed(xs), self._mixed_call(plan, xs), self.backbone.forward_features)
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        return self.member_logits(pooled.unsqueeze(1).expand(-1, self.num_members, -1), plan)
+
+    @staticmethod
+    def _packed(xs: torch.Tensor) -> torch.Tensor:
+        """``(B, M, C, H, W)`` -> ``(B, M·C, H, W)``: a view of a contiguous batch."""
+        return xs.reshape(xs.shape[0], -1, *xs.shape[-2:])
+
+    def _mixed_call(self, plan: MixPlan, xs: torch.Tensor) -> _EncoderCall:
+        """The encoders' call for the mixed batch ``xs``: the plan's masks on the encoder grid."""
+        return _EncoderCall('mixed', masks=plan.masks.to(device=xs.device))
+
+    def head_index(self, plan: MixPlan) -> Optional[torch.Tensor]:
+        """``(B, M)`` index of the head that predicts input m (``None``: head m, the default assignment)."""
+        if self.head_assignment == 'input':
+            return None
+        # 'predominant': the head of input m is the rank of κ_m, largest first (ties by input index)
+        order = plan.kappas.argsort(dim=1, descending=True, stable=True)
+        ranks = torch.empty_like(order).scatter_(1, order, torch.arange(self.num_members).expand_as(order).contiguous())
+        return ranks
+
+    def member_logits(self, features: torch.Tensor, plan: MixPlan) -> torch.Tensor:
+        """``(B, M, F)`` pooled features of the M inputs -> ``(B, M, K)`` logits, input m read by its head."""
+        head_index = self.head_index(plan)
+        if head_index is None:
+            return self.heads(features)
+        heads = self.heads
+        every_head = torch.einsum('bmf,hkf->bmhk', features, heads.weight)
+        if heads.bias is not None:
+            every_head = every_head + heads.bias
+        index = head_index.to(features.device)[:, :, None, None].expand(-1, -1, 1, every_head.shape[-1])
+        return every_head.gather(2, index).squeeze(2)
 
     def _check_member_logits(self, out: torch.Tensor, batch_size: int) -> torch.Tensor:
         if out.ndim != 3 or out.shape[:2] != (batch_size, self.num_members):
@@ -489,17 +600,51 @@ def _prefix_matcher(matcher: Any) -> Any:
     return [(r'^backbone\.' + pattern.removeprefix('^'), *rest) for pattern, *rest in matcher]
 
 
-def _independent_heads(classifier: nn.Linear, num_members: int, encoder_init: str) -> MemberHeads:
+def _independent_heads(classifier: nn.Linear, num_members: int) -> MemberHeads:
     """Heads for training from scratch: head 0 is the backbone's initial classifier, the others random permutations
-    of it (the same init distribution as the backbone's own), or identical copies for ``encoder_init='same'``."""
+    of it (the same init distribution as the backbone's own), whatever the encoders' init: thesis Alg. A.7 aligns
+    only the encoders, the dense layers are "randomly initialized"."""
     heads = MemberHeads.from_linear(classifier, num_members)
-    if encoder_init == 'independent':
-        with torch.no_grad():
-            for m in range(1, num_members):
-                heads.weight[m].copy_(_permuted_like(classifier.weight))
-                if heads.bias is not None:
-                    heads.bias[m].copy_(_permuted_like(classifier.bias))
+    with torch.no_grad():
+        for m in range(1, num_members):
+            heads.weight[m].copy_(_permuted_like(classifier.weight))
+            if heads.bias is not None:
+                heads.bias[m].copy_(_permuted_like(classifier.bias))
     return heads
+
+
+class SharedHead(MemberHeads):
+    """One dense head whose logits fill all M member slots (the "1 classifier" rows of the thesis' Table 3.4).
+
+    Stored as a one-member :class:`MemberHeads` (``weight: (1, K, F)``); ``(B, F)`` or ``(B, M, F)`` features give
+    ``(B, M, K)``, every member slot read through the same weights.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, num_members: int, bias: bool = True):
+        super().__init__(in_features, num_classes, 1, bias)
+        self.num_outputs = num_members
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, num_members: int) -> 'SharedHead':
+        head = cls(linear.in_features, linear.out_features, num_members, bias=linear.bias is not None)
+        with torch.no_grad():
+            head.weight[0].copy_(linear.weight)
+            if linear.bias is not None:
+                head.bias[0].copy_(linear.bias)
+        return head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            x = x.unsqueeze(1).expand(-1, self.num_outputs, -1)
+        if x.ndim != 3 or x.shape[1] != self.num_outputs or x.shape[2] != self.in_features:
+            raise ValueError(f'expected features of shape (B, {self.in_features}) or (B, M={self.num_outputs}, '
+                             f'{self.in_features}), got {tuple(x.shape)}')
+        if self.num_classes == 0:
+            return x
+        return F.linear(x, self.weight[0], None if self.bias is None else self.bias[0])
+
+    def extra_repr(self) -> str:
+        return f'in_features={self.in_features}, num_classes={self.num_classes}, shared by {self.num_outputs} members'
 
 
 def create_backbone(name: str, pretrained: bool = False, pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
@@ -537,11 +682,12 @@ def _backbone_to_mimo(state_dict: Dict[str, torch.Tensor], model: MimoCNN) -> Di
     out = {f'backbone.{k}': v for k, v in state_dict.items()}
     for suffix in ('weight', 'bias'):
         key = f'backbone.{model.encoder_path}.{suffix}'
-        if key in out:  # SPEC §1.1: Σ_m c_m = c when every c_m = c / M
-            out[key] = out[key].repeat(num_members, *([1] * (out[key].ndim - 1))) / num_members
+        if key in out:  # MixMo arXiv:2103.06132 Sec. 3: Σ_m c_m = c when every c_m = c / M
+            copies = 1 if model.encoders.tied else num_members
+            out[key] = out[key].repeat(copies, *([1] * (out[key].ndim - 1))) / num_members
         key = f'backbone.{model.classifier_path}.{suffix}'
         if key in out:
-            out[key] = out[key].unsqueeze(0).repeat(num_members, *([1] * out[key].ndim))
+            out[key] = out[key].unsqueeze(0).repeat(model.heads.weight.shape[0], *([1] * out[key].ndim))
     return out
 
 
@@ -654,19 +800,22 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def mimo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
-    """MIMO (Havasi et al., SPEC §1.1) on any timm CNN: ``timm.create_model('mimo', backbone='resnet18')``."""
+    """MIMO (Havasi et al., arXiv:2010.06610) on any timm CNN: ``timm.create_model('mimo', backbone='resnet18')``."""
     return _create_generic('mimo', pretrained, kwargs)
 
 
 @register_model
 def linear_mixmo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
-    """Linear-MixMo (SPEC §1.2) on any timm CNN: ``timm.create_model('linear_mixmo', backbone='resnet18')``."""
+    """Linear-MixMo (thesis eq. A.3) on any timm CNN: ``timm.create_model('linear_mixmo', backbone='resnet18')``."""
     return _create_generic('linear_mixmo', pretrained, kwargs)
 
 
 @register_model
 def cut_mixmo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
-    """Cut-MixMo (SPEC §1.3) on any timm CNN: ``timm.create_model('cut_mixmo', backbone='resnet50', num_members=3)``."""
+    """Cut-MixMo (arXiv:2103.06132) on any timm CNN.
+
+    ``timm.create_model('cut_mixmo', backbone='resnet50', num_members=3)``.
+    """
     return _create_generic('cut_mixmo', pretrained, kwargs)
 
 
