@@ -345,3 +345,19 @@ def test_validate_cli_ood_corruptions_and_reliability_diagram(trained_runs, digi
     assert out['c_mean_top1'] == pytest.approx((out['c_contrast_top1'] + out['c_motion_blur_top1']) / 2)
     with open(png, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_lower_is_better_columns_are_the_decreasing_metrics():
+    """train.py picks model_best with DECREASING_METRICS: a sharper, right predictor must win on every column."""
+    from timm_mimo.cli.evaluate import DECREASING_METRICS, metric_columns
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.arange(40) % 10
+    noise = torch.randn(40, 2, 10, generator=generator, dtype=torch.float64)
+    right = torch.nn.functional.one_hot(targets, 10).double()[:, None]
+    good = metric_columns(noise + 6 * right, targets)  # right on almost every image
+    bad = metric_columns(noise + 1 * right, targets)
+    compared = ('top1', 'loss', 'nll_c', 'ece', 'brier', 'aurc', 'top1_prob', 'nll_prob', 'member_top1')
+    assert {'brier', 'aurc'} <= set(DECREASING_METRICS) <= set(good)
+    for key in compared:
+        assert good[key] != bad[key], key
+        assert (good[key] < bad[key]) == (key in DECREASING_METRICS), (key, good[key], bad[key])

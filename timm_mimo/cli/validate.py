@@ -410,10 +410,10 @@ def check_corruptible(dataset: Any) -> None:
     """Refuse, before the evaluation, a split whose images the corruptions cannot take (too small, not PIL)."""
     image = dataset[0][0]
     size = getattr(image, 'size', None)
+    found = f'{size[0]}x{size[1]} px' if isinstance(size, tuple) else f'a {type(image).__name__}, not a PIL image'
     if not isinstance(size, tuple) or min(size) < MIN_CORRUPTION_SIZE:
         raise CliError(f'--corruptions needs images of at least {MIN_CORRUPTION_SIZE} px per side; the split\'s first '
-                       f'image is {size if isinstance(size, tuple) else type(image).__name__} (use a data set of '
-                       'larger images)')
+                       f'image is {found} (use a data set of larger images)')
 
 
 def write_results(path: str, results: Dict[str, Any], results_format: str = 'csv') -> None:
