@@ -213,7 +213,7 @@ def test_reliability_bins_reproduce_torchmetrics_ece_and_diagram_png(tmp_path):
 
 MODEL_FLAGS = ['--num-classes', '10', '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std', '0.5',
                '--workers', '0', '--sched', 'multistep', '--decay-milestones', '5', '--epochs', '1', '-b', '64',
-               '--lr', '0.05', '--crop-pad', '1', '--log-interval', '1000']
+               '--lr', '0.05', '--warmup-epochs', '0', '--crop-pad', '1', '--log-interval', '1000']
 
 
 @pytest.fixture(scope='module')
