@@ -357,9 +357,6 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     results: Dict[str, Any] = OrderedDict(model=name, checkpoint=checkpoint, num_images=len(dataset),
                                           num_members=model.num_members if is_mimo(model) else 1)
     results.update(metric_columns(member_logits, targets))
-    if args.reliability_diagram:
-        save_reliability_diagram(member_logits.double().mean(dim=1).softmax(dim=-1), targets,
-                                 args.reliability_diagram, title=name)
     if ood_set is not None:
         results.update(ood_folder_metrics(eval_model, member_logits, ood_set, device, args.batch_size, args.workers,
                                           autocast_dtype, args.channels_last))
@@ -371,6 +368,9 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
                 autocast_dtype=autocast_dtype, channels_last=args.channels_last))
         except (ValueError, TypeError) as exc:
             raise CliError(f'--corruptions: {one_line(exc)}') from None
+    if args.reliability_diagram:  # written once every evaluation has succeeded
+        save_reliability_diagram(member_logits.double().mean(dim=1).softmax(dim=-1), targets,
+                                 args.reliability_diagram, title=name)
     return results
 
 
