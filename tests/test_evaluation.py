@@ -213,7 +213,7 @@ def test_reliability_bins_reproduce_torchmetrics_ece_and_diagram_png(tmp_path):
 
 MODEL_FLAGS = ['--num-classes', '10', '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std', '0.5',
                '--workers', '0', '--sched', 'multistep', '--decay-milestones', '5', '--epochs', '1', '-b', '64',
-               '--lr', '0.05', '--crop-pad', '1', '--log-interval', '1000']
+               '--lr', '0.05', '--warmup-epochs', '0', '--crop-pad', '1', '--log-interval', '1000']
 
 
 @pytest.fixture(scope='module')
@@ -286,3 +286,78 @@ def test_checkpoint_ensemble_module_is_evaluated_like_a_mimo_model(trained_runs,
          if k not in ('num_networks', 'subnet_top1')}, abs=1e-5)
     with pytest.raises(ValueError, match='disagree on the class count'):
         CheckpointEnsemble([networks[0], timm.create_model('wrn28_2', depth=10, widen_factor=1, num_classes=3)])
+
+
+def _run_validate(argv, capsys):
+    from timm_mimo.cli import validate
+    code = validate.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured
+
+
+def test_validate_cli_ensemble_checkpoints_match_the_library(trained_runs, digits_dir, tmp_path, capsys):
+    """--ensemble-checkpoints with a run's args.yaml as --config (its data flags; its model flags unused)."""
+    paths = [trained_runs / run / 'last.pth.tar' for run in ('single', 'mixmo')]
+    results = tmp_path / 'ensemble.json'
+    _run_validate(['--config', trained_runs / 'single' / 'args.yaml', '--ensemble-checkpoints', *paths,
+                   '--workers', '0', '-b', '100', '--results-file', results], capsys)
+    import json
+    out = json.load(open(results))
+    networks = [model_from_checkpoint(str(path)) for path in paths]
+    expected = checkpoint_ensemble_metrics(networks, _digits_val_loader(digits_dir), CPU)
+    assert out['model'] == 'ensemble' and out['checkpoint'] == ' '.join(map(str, paths))
+    assert out['num_images'] == 300 and out['num_members'] == 2
+    for key in ('top1', 'top5', 'loss', 'nll_c', 'ece', 'brier', 'aurc', 'top1_m0', 'top1_m1', 'd_re'):
+        assert out[key] == pytest.approx(expected[key], abs=1e-4), key
+
+
+@needs_corruptions
+def test_validate_cli_ood_corruptions_and_reliability_diagram(trained_runs, digit_folders, tmp_path, capsys):
+    """One validate run on 32 px digits: OOD against inverted digits, 2 corruptions x 1 severity on 4 images, PNG."""
+    from timm.data import resolve_data_config
+
+    from timm_mimo.data import create_image_transform
+    checkpoint = trained_runs / 'mixmo' / 'last.pth.tar'
+    png, results = tmp_path / 'plots' / 'reliability.png', tmp_path / 'val.json'
+    data_flags = ['--img-size', '8', '--in-chans', '1', '--mean', '0.5', '--std', '0.5']
+    _run_validate(['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
+                   '--num-classes', '10', *data_flags, '--checkpoint', checkpoint, '--data-dir', digit_folders,
+                   '--split', 'test', '--workers', '0', '-b', '5', '--ood-dir', digit_folders / 'ood',
+                   '--corruptions', 'contrast', 'motion_blur', '--corruption-severities', '3',
+                   '--corruption-images', '4', '--reliability-diagram', png, '--results-file', results], capsys)
+    import json
+    out = json.load(open(results))
+    # the same evaluation through the library, with the CLI's transform
+    model = model_from_checkpoint(str(checkpoint)).eval()
+    transform = create_image_transform(resolve_data_config(dict(img_size=8, in_chans=1, mean=[0.5], std=[0.5]),
+                                                           model=model), False)
+    in_set = ImageDataset(str(digit_folders / 'test'), transform=transform)
+    in_logits, targets = collect_member_logits(model, DataLoader(in_set, batch_size=12), CPU)
+    assert out['num_images'] == 12 and out['top1'] == pytest.approx(ensemble_metrics(in_logits, targets)['top1'])
+    ood = ood_folder_metrics(model, in_logits, open_ood_folder(str(digit_folders / 'ood'), (1, 8, 8), transform), CPU)
+    assert out['ood_num_images'] == 10
+    assert {k: out[k] for k in ood} == pytest.approx(ood, abs=1e-4)
+    corrupted = corruption_metrics(model, ImageDataset(str(digit_folders / 'test')), transform, CPU,
+                                   corruptions=['contrast', 'motion_blur'], severities=[3], num_images=4)
+    assert out['c_num_images'] == 4
+    assert {k: out[k] for k in corrupted} == pytest.approx(corrupted, abs=1e-4)
+    assert out['c_mean_top1'] == pytest.approx((out['c_contrast_top1'] + out['c_motion_blur_top1']) / 2)
+    with open(png, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_lower_is_better_columns_are_the_decreasing_metrics():
+    """train.py picks model_best with DECREASING_METRICS: a sharper, right predictor must win on every column."""
+    from timm_mimo.cli.evaluate import DECREASING_METRICS, metric_columns
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.arange(40) % 10
+    noise = torch.randn(40, 2, 10, generator=generator, dtype=torch.float64)
+    right = torch.nn.functional.one_hot(targets, 10).double()[:, None]
+    good = metric_columns(noise + 6 * right, targets)  # right on almost every image
+    bad = metric_columns(noise + 1 * right, targets)
+    compared = ('top1', 'loss', 'nll_c', 'ece', 'brier', 'aurc', 'top1_prob', 'nll_prob', 'member_top1')
+    assert {'brier', 'aurc'} <= set(DECREASING_METRICS) <= set(good)
+    for key in compared:
+        assert good[key] != bad[key], key
+        assert (good[key] < bad[key]) == (key in DECREASING_METRICS), (key, good[key], bad[key])

@@ -122,6 +122,28 @@ def _stray_kept(tmp):
     assert os.path.exists(os.path.join(run, 'checkpoint-1.pth.tar'))  # the rotation ran past it
 
 
+def _ensemble(*extra):
+    """validate with --ensemble-checkpoints and the data flags only (no --model)."""
+    return lambda tmp, data: ['--data-dir', data, '--workers', '0', '-b', '100', '--in-chans', '1', '--img-size', '8',
+                              '--mean', '0.5', '--std', '0.5', *[e(tmp, data) if callable(e) else e for e in extra]]
+
+
+def _run_checkpoint(tmp, data):
+    """A train.py-like run folder: run2/last.pth.tar (no EMA weights) with the run's args.yaml beside it."""
+    run = os.path.join(tmp, 'run2')
+    os.makedirs(run, exist_ok=True)
+    torch.save(dict(state_dict=_cut_mixmo().state_dict(), arch='cut_mixmo'), os.path.join(run, 'last.pth.tar'))
+    with open(os.path.join(run, 'args.yaml'), 'w') as f:
+        yaml.safe_dump(dict(model='cut_mixmo', model_kwargs=dict(backbone='wrn28_2', depth=10, widen_factor=1),
+                            num_classes=10, in_chans=1), f)
+
+
+def _folder_without_images(tmp, data):
+    os.makedirs(os.path.join(tmp, 'noimages', 'sub'), exist_ok=True)
+    with open(os.path.join(tmp, 'noimages', 'sub', 'readme.txt'), 'w') as f:
+        f.write('no images here')
+
+
 def _results_written(tmp):
     assert os.path.getsize(os.path.join(tmp, 'new', 'folder', 'val.csv')) > 0
 
@@ -196,6 +218,45 @@ CASES = [
     Case('stray checkpoint-final in the run folder', 'train',
          _train('--checkpoint-hist', '1', '--epochs', '2', '--resume', _path('out', 'stray', 'last.pth.tar'),
                 run='stray'), setup=_stray_final_checkpoint, code=0, check=_stray_kept),
+    # evaluation beyond the test split
+    Case('ood dir missing', 'validate', _validate('--checkpoint', _path('m2.pth.tar'), '--ood-dir', _path('nowhere')),
+         ['--ood-dir', 'nowhere', 'does not exist'], setup=_checkpoint('m2.pth.tar')),
+    Case('ood dir without images', 'validate',
+         _validate('--checkpoint', _path('m2.pth.tar'), '--ood-dir', _path('noimages')),
+         ['--ood-dir', 'noimages', 'holds no images'], setup=_folder_without_images),
+    Case('unknown corruption', 'validate', _validate('--checkpoint', _path('m2.pth.tar'), '--corruptions', 'rain'),
+         ["--corruptions 'rain'", 'gaussian_noise']),
+    Case('corruption severity 6', 'validate',
+         _validate('--corruptions', 'fog', '--corruption-severities', '6'), ['--corruption-severities', "6"]),
+    Case('repeated corruption', 'validate', _validate('--corruptions', 'fog', 'fog'), ['--corruptions', 'once']),
+    Case('corruption images without corruptions', 'validate', _validate('--corruption-images', '5'),
+         ['--corruption-images', 'needs --corruptions']),
+    Case('corruption images 0', 'validate', _validate('--corruptions', '--corruption-images', '0'),
+         ['--corruption-images 0', '>= 1']),
+    Case('corruptions on 8 px images', 'validate',
+         _validate('--checkpoint', _path('m2.pth.tar'), '--corruptions', 'fog'), ['--corruptions', '32 px'],
+         setup=_checkpoint('m2.pth.tar')),
+    Case('reliability diagram not a png', 'validate', _validate('--reliability-diagram', _path('diagram.pdf')),
+         ['--reliability-diagram', 'diagram.pdf', '.png']),
+    Case('reliability diagram in an unwritable folder', 'validate',
+         _validate('--checkpoint', _path('m2.pth.tar'), '--reliability-diagram', _path('afile', 'diagram.png')),
+         ['--reliability-diagram', 'diagram.png', 'cannot be written'], setup=_write('afile', b'x')),
+    Case('ensemble with --checkpoint', 'validate',
+         _ensemble('--ensemble-checkpoints', _path('run2', 'last.pth.tar'), '--checkpoint', _path('m2.pth.tar')),
+         ['--checkpoint', '--ensemble-checkpoints'], setup=_run_checkpoint),
+    Case('ensemble with --model', 'validate', _validate('--ensemble-checkpoints', _path('run2', 'last.pth.tar')),
+         ['--model', '--ensemble-checkpoints'], setup=_run_checkpoint),
+    Case('ensemble checkpoint missing', 'validate', _ensemble('--ensemble-checkpoints', _path('missing.pth.tar')),
+         ['--ensemble-checkpoints', 'missing.pth.tar', 'does not exist']),
+    Case('ensemble of a text file', 'validate', _ensemble('--ensemble-checkpoints', _path('notes.txt')),
+         ['--ensemble-checkpoints', 'notes.txt'], setup=_write('notes.txt', b'just some notes\n')),
+    Case('ensemble use-ema without EMA weights', 'validate',
+         _ensemble('--ensemble-checkpoints', _path('run2', 'last.pth.tar'), '--use-ema'), ['--use-ema', 'no EMA'],
+         setup=_run_checkpoint),
+    Case('ensemble on 3-channel data', 'validate',
+         lambda tmp, data: ['--data-dir', data, '--workers', '0', '--img-size', '8',
+                            '--ensemble-checkpoints', os.path.join(tmp, 'run2', 'last.pth.tar')],
+         ['1 input channels', '--in-chans 1'], setup=_run_checkpoint),
     Case('missing data dir', 'train', lambda tmp, data: _train()(tmp, os.path.join(tmp, 'nowhere')),
          ['nowhere', 'does not exist']),
     Case('unknown model', 'train', _train(model=['--model', 'no_such_model']), ["'no_such_model'"]),

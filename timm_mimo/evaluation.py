@@ -36,9 +36,9 @@ from timm_mimo.metrics import (
 )
 
 __all__ = [
-    'SEVERITIES', 'common_corruptions', 'CorruptedDataset', 'corruption_metrics', 'open_ood_folder',
-    'ood_folder_metrics', 'model_from_checkpoint', 'checkpoint_ensemble_logits', 'checkpoint_ensemble_metrics',
-    'reliability_bins', 'save_reliability_diagram',
+    'SEVERITIES', 'common_corruptions', 'known_corruptions', 'CorruptedDataset', 'corruption_metrics',
+    'open_ood_folder', 'ood_folder_metrics', 'model_from_checkpoint', 'checkpoint_ensemble_logits',
+    'checkpoint_ensemble_metrics', 'reliability_bins', 'save_reliability_diagram',
 ]
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -60,6 +60,11 @@ def common_corruptions() -> Tuple[str, ...]:
     return tuple(_imagecorruptions().get_corruption_names('common'))
 
 
+def known_corruptions() -> Tuple[str, ...]:
+    """Every corruption :class:`CorruptedDataset` accepts: the 15 common ones and the library's 4 validation ones."""
+    return tuple(_imagecorruptions().get_corruption_names('all'))
+
+
 class CorruptedDataset(Dataset):
     """``dataset`` with one corruption at one severity applied to every stored image, before ``transform``.
 
@@ -79,7 +84,7 @@ class CorruptedDataset(Dataset):
     def __init__(self, dataset: Dataset, corruption: str, severity: int, transform: Optional[Callable] = None,
                  seed: int = 0):
         library = _imagecorruptions()
-        names = library.get_corruption_names('all')
+        names = known_corruptions()
         if corruption not in names:
             raise ValueError(f'unknown corruption {corruption!r}; choose from {", ".join(names)}')
         if severity not in SEVERITIES:

@@ -18,7 +18,7 @@ MetricGroup = Callable[[torch.Tensor, torch.Tensor], Dict[str, float]]
 METRIC_GROUPS: List[MetricGroup] = [ensemble_metrics]
 
 # columns where lower is better (--eval-metric picks model_best with it)
-DECREASING_METRICS = ('loss', 'nll_c', 'ece', 'nll_prob')
+DECREASING_METRICS = ('loss', 'nll_c', 'ece', 'nll_prob', 'brier', 'aurc')
 
 
 def metric_columns(member_logits: torch.Tensor, targets: torch.Tensor,

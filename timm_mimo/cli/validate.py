@@ -9,10 +9,16 @@ accepts a training run's ``args.yaml``, so the evaluation uses the run's model, 
 
 With no ``--checkpoint`` the model's pretrained weights are loaded, as timm's validate.py does (``--pretrained`` is
 implied); a model without pretrained weights is then an error rather than an evaluation of random weights.
+
+Beyond the test split (each group adds columns to the same result row): ``--ensemble-checkpoints`` evaluates a deep
+ensemble of training runs (the papers' "2 Nets" / "2 MixMos" rows), ``--ood-dir`` out-of-distribution detection
+against an image folder, ``--corruptions`` the common corruptions of Hendrycks & Dietterich (ICLR 2019) through the
+``imagecorruptions`` package, ``--reliability-diagram`` a PNG of the ensemble's calibration.
 """
 import argparse
 import csv
 import importlib
+import importlib.util
 import json
 import os
 import pickle
@@ -24,6 +30,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 import timm
 import torch
 from timm.data import resolve_data_config
+from timm.data.readers.img_extensions import get_img_extensions
 from timm.layers import set_fast_norm
 from timm.models import clean_state_dict
 from torch.utils.data import DataLoader
@@ -50,6 +57,17 @@ from timm_mimo.cli.args import (
 )
 from timm_mimo.cli.evaluate import metric_columns
 from timm_mimo.data import DataError, create_image_transform, dataset_num_classes, open_dataset
+from timm_mimo.evaluation import (
+    MIN_CORRUPTION_SIZE,
+    SEVERITIES,
+    CheckpointEnsemble,
+    corruption_metrics,
+    known_corruptions,
+    model_from_checkpoint,
+    ood_folder_metrics,
+    open_ood_folder,
+    save_reliability_diagram,
+)
 from timm_mimo.metrics import collect_member_logits, is_mimo
 
 __all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main']
@@ -105,13 +123,42 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--results-format', default='csv', type=str, choices=('csv', 'json'),
                        help='Format for results file one of (csv, json) (default: csv)')
     add_refused(group, REFUSED)
+    add_uncertainty_args(parser.add_argument_group('Uncertainty and robustness (timm_mimo)'))
     return parser
+
+
+def add_uncertainty_args(group: argparse._ArgumentGroup) -> None:
+    """Deep ensembles of checkpoints, OOD detection, common corruptions and the reliability diagram."""
+    group.add_argument('--ensemble-checkpoints', nargs='+', default=None, metavar='PATH',
+                       help='evaluate a deep ensemble of train.py checkpoints (plain or MIMO; each network rebuilt '
+                            'from the args.yaml beside its checkpoint, else from its arch) averaging the networks\' '
+                            'logits; replaces --model / --checkpoint (the model flags of a --config are not used; '
+                            'the data flags --img-size / --in-chans / --mean / --std / --crop-pad are, e.g. --config '
+                            "with a run's args.yaml)")
+    group.add_argument('--ood-dir', default='', metavar='DIR',
+                       help='out-of-distribution image folder (any layout, labels ignored): ood_* columns, AUROC / '
+                            'AUPR / FPR@95 of the test split against it from max-softmax, predictive entropy and '
+                            "the members' mutual information")
+    group.add_argument('--corruptions', nargs='*', default=None, metavar='NAME',
+                       help='evaluate under common corruptions (imagecorruptions package, ImageNet-C parameters) of '
+                            'the split: c_* columns (top1 / nll / ece per corruption, per severity, mean); the flag '
+                            'alone = the 15 common corruptions')
+    group.add_argument('--corruption-severities', nargs='+', type=int, default=None, choices=SEVERITIES,
+                       metavar='S', help='severities of --corruptions, among 1..5 (default: all five)')
+    group.add_argument('--corruption-images', type=int, default=None, metavar='N',
+                       help='corrupt a fixed-seed random subset of N images of the split (default: all of them)')
+    group.add_argument('--reliability-diagram', default='', metavar='PNG',
+                       help="write the ensemble's reliability diagram (accuracy per confidence bin) to this .png")
 
 
 VALIDATE_CHECKS = MODEL_CHECKS + [
     ('num_members', at_least(2), 'an integer >= 2'),
     ('log_freq', at_least(1), 'an integer >= 1'),
+    ('corruption_images', at_least(1), 'an integer >= 1'),
 ]
+
+# flags that build the single --model; a deep ensemble rebuilds every network from its own run instead
+ENSEMBLE_CONFLICTS = ('model', 'checkpoint', 'pretrained', 'num_classes', 'num_members', 'gp', 'model_kwargs')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -124,7 +171,53 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.data_dir = args.data
     if args.results_file and os.path.splitext(args.results_file)[1] == '.json':
         args.results_format = 'json'
+    check_uncertainty_args(parser, args)
     return args
+
+
+def _flag(parser: argparse.ArgumentParser, dest: str) -> str:
+    return next(action.option_strings[-1] for action in parser._actions if action.dest == dest)
+
+
+def check_uncertainty_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line errors for the evaluation-group flags, before any model, data or file is touched."""
+    if args.ensemble_checkpoints:
+        # a value other than the parser's default (which a --config has set) came from the command line
+        for dest in ENSEMBLE_CONFLICTS:
+            if getattr(args, dest) != parser.get_default(dest):
+                raise CliError(f'{_flag(parser, dest)} cannot be combined with --ensemble-checkpoints (every network '
+                               'is rebuilt from the args.yaml beside its checkpoint); drop one of them')
+        for path in args.ensemble_checkpoints:
+            existing_file(path, '--ensemble-checkpoints')
+    if args.ood_dir:
+        if not os.path.isdir(args.ood_dir):
+            raise CliError(f'--ood-dir {args.ood_dir!r} does not exist or is not a folder')
+        extensions = get_img_extensions(as_set=True)
+        if not any(os.path.splitext(name)[1].lower() in extensions
+                   for _, _, names in os.walk(args.ood_dir, followlinks=True) for name in names):
+            raise CliError(f'--ood-dir {args.ood_dir!r} holds no images ({", ".join(sorted(extensions))} in any '
+                           'subfolder)')
+    if args.corruptions is None:
+        for dest in ('corruption_severities', 'corruption_images'):
+            if getattr(args, dest) is not None:
+                raise CliError(f'{_flag(parser, dest)} needs --corruptions (give it alone for the 15 common ones)')
+    else:
+        try:
+            names = known_corruptions()
+        except ImportError as exc:
+            raise CliError(f'--corruptions: {exc}') from None
+        unknown = [name for name in args.corruptions if name not in names]
+        if unknown:
+            raise CliError(f'--corruptions {unknown[0]!r} is unknown; choose from {", ".join(names)}')
+        for dest in ('corruptions', 'corruption_severities'):
+            values = getattr(args, dest) or []
+            if len(set(values)) != len(values):
+                raise CliError(f'{_flag(parser, dest)} {values}: each value at most once')
+    if args.reliability_diagram:
+        if os.path.splitext(args.reliability_diagram)[1].lower() != '.png':
+            raise CliError(f'--reliability-diagram {args.reliability_diagram!r}: give a .png file name')
+        if importlib.util.find_spec('matplotlib') is None:
+            raise CliError('--reliability-diagram needs matplotlib: pip install matplotlib (or timm_mimo[plots])')
 
 
 def load_weights(model: torch.nn.Module, path: str, use_ema: bool) -> None:
@@ -181,11 +274,11 @@ def create_eval_model(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
-def prepare_results_file(path: str) -> None:
-    """Create the folder of ``--results-file`` and make sure it is writable, before the evaluation runs."""
+def prepare_output_file(path: str, flag: str = '--results-file') -> None:
+    """Create the folder of an output file (``flag``) and make sure it is writable, before the evaluation runs."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise CliError(f'--results-file {path!r} is a folder; give a file name')
+        raise CliError(f'{flag} {path!r} is a folder; give a file name')
     try:
         os.makedirs(folder, exist_ok=True)
         probe = os.path.join(folder, f'.{os.path.basename(path)}.probe')
@@ -193,7 +286,7 @@ def prepare_results_file(path: str) -> None:
             f.write('ok')
         os.remove(probe)
     except OSError as exc:
-        raise CliError(f'--results-file {path!r} cannot be written ({one_line(exc)}); pick another path') from None
+        raise CliError(f'{flag} {path!r} cannot be written ({one_line(exc)}); pick another path') from None
 
 
 def logged_batches(loader: DataLoader, log_freq: int) -> Iterator[Any]:
@@ -211,16 +304,20 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         importlib.import_module(module)
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise CliError(f'--device {args.device} requested but CUDA is not available; use --device cpu')
-    if args.results_file:
-        prepare_results_file(args.results_file)
+    for path, flag in ((args.results_file, '--results-file'), (args.reliability_diagram, '--reliability-diagram')):
+        if path:
+            prepare_output_file(path, flag)
     torch.manual_seed(args.seed)
     if args.fast_norm:
         set_fast_norm()
     device = torch.device(args.device)
-    model = create_eval_model(args).to(device)
+    model = (create_ensemble(args.ensemble_checkpoints, args.use_ema) if args.ensemble_checkpoints
+             else create_eval_model(args)).to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     data_config = resolve_data_config(vars(args), model=model)
+    if args.ensemble_checkpoints:
+        check_ensemble_input(model, data_config['input_size'][0])
     try:
         transform = create_image_transform(data_config, False, args.crop_pad)
     except (ValueError, TypeError) as exc:
@@ -231,8 +328,18 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     if num_data_classes is not None and num_data_classes > model.num_classes:
         raise CliError(f'the data has {num_data_classes} classes but the model has {model.num_classes} outputs: set '
                        f'--num-classes {num_data_classes} (and a checkpoint trained with it)')
-    if args.checkpoint:
+    if args.checkpoint and not args.ensemble_checkpoints:
         load_weights(model, args.checkpoint, args.use_ema)
+    ood_set = clean_set = None
+    try:
+        if args.ood_dir:
+            ood_set = open_ood_folder(args.ood_dir, data_config['input_size'], transform)
+        if args.corruptions is not None:
+            clean_set = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, None,
+                                     args.class_map, **reader_kwargs(args))
+            check_corruptible(clean_set)
+    except ValueError as exc:  # DataError is a ValueError
+        raise CliError(one_line(exc)) from None
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         pin_memory=args.pin_mem)
     eval_model = model
@@ -243,10 +350,70 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         autocast_dtype = torch.float16 if device.type == 'cuda' and args.amp_dtype == 'float16' else torch.bfloat16
     member_logits, targets = collect_member_logits(eval_model, logged_batches(loader, args.log_freq), device,
                                                    autocast_dtype, args.channels_last)
-    results: Dict[str, Any] = OrderedDict(model=args.model, checkpoint=args.checkpoint, num_images=len(dataset),
+    if args.ensemble_checkpoints:
+        name, checkpoint = 'ensemble', ' '.join(args.ensemble_checkpoints)
+    else:
+        name, checkpoint = args.model, args.checkpoint
+    results: Dict[str, Any] = OrderedDict(model=name, checkpoint=checkpoint, num_images=len(dataset),
                                           num_members=model.num_members if is_mimo(model) else 1)
     results.update(metric_columns(member_logits, targets))
+    if ood_set is not None:
+        results.update(ood_folder_metrics(eval_model, member_logits, ood_set, device, args.batch_size, args.workers,
+                                          autocast_dtype, args.channels_last))
+    if clean_set is not None:
+        try:
+            results.update(corruption_metrics(
+                eval_model, clean_set, transform, device, args.corruptions or None,
+                args.corruption_severities or SEVERITIES, args.corruption_images, args.batch_size, args.workers,
+                autocast_dtype=autocast_dtype, channels_last=args.channels_last))
+        except (ValueError, TypeError) as exc:
+            raise CliError(f'--corruptions: {one_line(exc)}') from None
+    if args.reliability_diagram:  # written once every evaluation has succeeded
+        save_reliability_diagram(member_logits.double().mean(dim=1).softmax(dim=-1), targets,
+                                 args.reliability_diagram, title=name)
     return results
+
+
+def create_ensemble(paths: Sequence[str], use_ema: bool) -> CheckpointEnsemble:
+    """The deep ensemble of ``--ensemble-checkpoints``: each network rebuilt from its run (see
+    :func:`timm_mimo.evaluation.model_from_checkpoint`); ``use_ema`` takes every checkpoint's EMA weights."""
+    networks = []
+    for path in paths:
+        try:
+            with quiet_warnings():
+                network = model_from_checkpoint(path)
+        except ValueError as exc:
+            raise CliError(f'--ensemble-checkpoints: {one_line(exc)}') from None
+        except Exception as exc:  # a file that is not a checkpoint: name it
+            raise CliError(f'--ensemble-checkpoints {path!r} cannot be read as a checkpoint ({type(exc).__name__}: '
+                           f'{one_line(exc, 200)})') from None
+        if use_ema:
+            load_weights(network, path, use_ema=True)  # an error, not the plain weights, when it has no EMA
+        networks.append(network)
+    try:
+        return CheckpointEnsemble(networks)
+    except ValueError as exc:
+        raise CliError(f'--ensemble-checkpoints: {one_line(exc)}') from None
+
+
+def check_ensemble_input(ensemble: CheckpointEnsemble, in_chans: int) -> None:
+    """The networks must take the data's channel count (the data flags come from the command line or --config)."""
+    channels = sorted({network.in_chans for network in ensemble.networks if hasattr(network, 'in_chans')})
+    if len(channels) > 1:
+        raise CliError(f'--ensemble-checkpoints: the networks take different input channels {channels}')
+    if channels and channels[0] != in_chans:
+        raise CliError(f'--ensemble-checkpoints: the networks take {channels[0]} input channels but the data config '
+                       f'gives {in_chans}: set --in-chans {channels[0]} (or --config with a run\'s args.yaml)')
+
+
+def check_corruptible(dataset: Any) -> None:
+    """Refuse, before the evaluation, a split whose images the corruptions cannot take (too small, not PIL)."""
+    image = dataset[0][0]
+    size = getattr(image, 'size', None)
+    found = f'{size[0]}x{size[1]} px' if isinstance(size, tuple) else f'a {type(image).__name__}, not a PIL image'
+    if not isinstance(size, tuple) or min(size) < MIN_CORRUPTION_SIZE:
+        raise CliError(f'--corruptions needs images of at least {MIN_CORRUPTION_SIZE} px per side; the split\'s first '
+                       f'image is {found} (use a data set of larger images)')
 
 
 def write_results(path: str, results: Dict[str, Any], results_format: str = 'csv') -> None:
