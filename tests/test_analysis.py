@@ -1,11 +1,14 @@
 """timm_mimo.analysis: influence, sharing rates, active filters, feature variance, plots and the command line."""
+import configparser
 import json
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
 from timm_mimo import analysis
+from timm_mimo.cli import validate
 
 
 def tiny(name: str = 'cut_mixmo', **kwargs):
@@ -174,7 +177,6 @@ DIGITS_MODEL = ['--num-classes', '10', '--in-chans', '1', '--img-size', '8', '--
 
 
 def test_validate_sharing_rates_are_the_checkpoints(tmp_path, small_digits_dir):
-    from timm_mimo.cli import validate
     model = tiny(num_classes=10, in_chans=1)
     with torch.no_grad():  # members that differ from a fresh model's, so a random re-init would not pass
         model.heads.weight[0, :, :8] *= 5.0
@@ -191,7 +193,6 @@ def test_validate_sharing_rates_are_the_checkpoints(tmp_path, small_digits_dir):
 
 
 def test_validate_sharing_rates_refuse_a_plain_model(tmp_path, small_digits_dir, capsys):
-    from timm_mimo.cli import validate
     plain = timm.create_model('test_resnet', num_classes=10, in_chans=1)
     torch.save({'state_dict': plain.state_dict()}, tmp_path / 'plain.pth.tar')
     code = validate.main(['--model', 'test_resnet', *DIGITS_MODEL, '--data-dir', str(small_digits_dir), '--checkpoint',
@@ -204,8 +205,6 @@ def test_validate_sharing_rates_refuse_a_plain_model(tmp_path, small_digits_dir,
 
 
 def test_console_script_is_the_command_line():
-    import configparser
-    from pathlib import Path
     setup = configparser.ConfigParser()
     setup.read(Path(__file__).parents[1] / 'setup.cfg')
     lines = setup['options.entry_points']['console_scripts'].strip().splitlines()
