@@ -8,7 +8,8 @@
 # The test split is only evaluated, never used to choose anything (every run reports its LAST epoch).
 # Code revision: the committed numbers (results/cifar10_mixshare.md) came from the pre-CLI train.py / validate.py of
 # commit 19d5388; every flag below has the same name and meaning in timm_mimo.cli (train.py / validate.py are now shims
-# over it), and a 2-epoch run of each row with these flags ends in bitwise-identical weights under both revisions.
+# over it), and a 2-epoch run of each kind of row with these flags ends in bitwise-identical weights under both
+# revisions (results/cifar10_mixshare_cli_check.sh).
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
