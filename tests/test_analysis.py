@@ -1,11 +1,14 @@
 """timm_mimo.analysis: influence, sharing rates, active filters, feature variance, plots and the command line."""
+import configparser
 import json
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
 from timm_mimo import analysis
+from timm_mimo.cli import validate
 
 
 def tiny(name: str = 'cut_mixmo', **kwargs):
@@ -166,3 +169,44 @@ def test_command_line_bad_input_is_one_line(tmp_path, capsys, argv, match):
     assert analysis.main(argv + ['--out', str(tmp_path / 'x')]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith('error:') and match in err and '\n' not in err
+
+
+# --- validate --sharing-rates ---------------------------------------------------------------------------------------
+
+DIGITS_MODEL = ['--num-classes', '10', '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std', '0.5']
+
+
+def test_validate_sharing_rates_are_the_checkpoints(tmp_path, small_digits_dir):
+    model = tiny(num_classes=10, in_chans=1)
+    with torch.no_grad():  # members that differ from a fresh model's, so a random re-init would not pass
+        model.heads.weight[0, :, :8] *= 5.0
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'mimo.pth.tar')
+    argv = ['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1', *DIGITS_MODEL,
+            '--data-dir', str(small_digits_dir), '--checkpoint', str(tmp_path / 'mimo.pth.tar'), '--workers', '0']
+    assert validate.main([*argv, '--sharing-rates', '--results-file', str(tmp_path / 'rates.json')]) == 0
+    results = json.loads((tmp_path / 'rates.json').read_text())
+    assert results['encoder_sharing_rate'] == analysis.encoder_sharing_rate(model)
+    assert results['classifier_sharing_rate'] == analysis.classifier_sharing_rate(model)
+    assert 0.0 < results['classifier_sharing_rate'] < 1.0 and results['num_images'] == 60 and 'top1' in results
+    assert validate.main([*argv, '--results-file', str(tmp_path / 'plain.json')]) == 0  # off by default
+    assert 'classifier_sharing_rate' not in json.loads((tmp_path / 'plain.json').read_text())
+
+
+def test_validate_sharing_rates_refuse_a_plain_model(tmp_path, small_digits_dir, capsys):
+    plain = timm.create_model('test_resnet', num_classes=10, in_chans=1)
+    torch.save({'state_dict': plain.state_dict()}, tmp_path / 'plain.pth.tar')
+    code = validate.main(['--model', 'test_resnet', *DIGITS_MODEL, '--data-dir', str(small_digits_dir), '--checkpoint',
+                          str(tmp_path / 'plain.pth.tar'), '--workers', '0', '--sharing-rates', '--results-file',
+                          str(tmp_path / 'plain.json')])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--sharing-rates: 'test_resnet' is not a MIMO model" in err and 'drop --sharing-rates' in err
+    assert not (tmp_path / 'plain.json').exists()
+
+
+def test_console_script_is_the_command_line():
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).parents[1] / 'setup.cfg')
+    lines = setup['options.entry_points']['console_scripts'].strip().splitlines()
+    scripts = dict(line.replace(' ', '').split('=') for line in lines)
+    assert scripts['timm-mimo-analysis'] == 'timm_mimo.analysis:main'

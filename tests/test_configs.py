@@ -2,7 +2,8 @@
 
 The expected values are written here from the papers, not read from the configs: MixMo arXiv:2103.06132 and the
 thesis (R. Sun, HAL tel-03952815) App. A.1.3.1 (MixMo recipes, Table 3.1 / Table 3.5 rows), App. A.1.5 / MixViT
-openreview.net/forum?id=pOq1HuMI8Dz App. H (MixViT recipes, Tables 4.2 / 4.3).
+openreview.net/forum?id=pOq1HuMI8Dz App. H (MixViT recipes, Tables 4.2 / 4.3), MixShare arXiv:2205.10139 App. A
+(MixShare recipes, Table 1 = thesis Table 3.6).
 """
 import glob
 import math
@@ -23,9 +24,13 @@ from timm_mimo.task import MimoTask
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.yaml')))
 CIFAR_MIXMO = [path for path in CONFIGS if re.search(r'(mimo|mixmo)(_cutmix)?_wrn28_10_cifar(10|100)_b\d', path)]
+MIXSHARE = [path for path in CONFIGS if os.path.basename(path).startswith('mixshare_')]
+MIXSHARE_ROWS = ('mixmo', 'unmix', 'unmix_same_init', 'partial', 'fadeout')  # MixShare Table 1, top to bottom
 # small versions of every config's network, same family and code path
 TINY_KWARGS = {
     'wrn28_10': ['depth=10', 'widen_factor=1'],
+    'wrn28_2': ['depth=10', 'widen_factor=1'],  # MixShare's WRN-28-2 / -5 and the Cut-MixMo rows beside them
+    'wrn28_5': ['depth=10', 'widen_factor=1'],
     'preact_resnet18': [],  # fixed 2-2-2-2 blocks; w = 1 is already the smallest
     'mixvit_convit': ['depth=1', 'embed_dim=48', 'num_heads=2'],
     'mixvit_cait': ['img_size=64', 'patch_size=16', 'depth=2', 'embed_dim=48', 'num_heads=2'],
@@ -44,6 +49,8 @@ def test_the_papers_recipes_are_all_there():
                 assert f'{method}_wrn28_10_{dataset}_b{b}' in names
     assert {'cut_mixmo_preact_resnet18_tinyimagenet_b2', 'mixvit_convit_cifar100',
             'mixvit_cait_xxs24_tinyimagenet'} <= names
+    # MixShare Table 1 (thesis Table 3.6): every row, WRN-28-2 and WRN-28-5, CIFAR-100, b = 2
+    assert {f'mixshare_{row}_wrn28_{w}_cifar100_b2' for row in MIXSHARE_ROWS for w in (2, 5)} <= names
 
 
 def _config(path):
@@ -86,6 +93,27 @@ def test_cifar_mixmo_configs_match_thesis_appendix_a131(path):
         assert args.mimo_cutmix == 1.0 and args.mimo_mixup is None
     else:
         assert args.mimo_cutmix is None and args.mimo_mixup is None
+
+
+@pytest.mark.parametrize('path', MIXSHARE, ids=_name)
+def test_mixshare_configs_match_mixshare_appendix_a(path):
+    args = train.parse_args(['--config', path, '--data-dir', '/data'])
+    # MixShare arXiv:2205.10139 App. A (thesis App. A.1.3.1 for MixShare): "SGD with learning rate of (0.1 / b) x
+    # (batch-size / 128), batch size 64, linear warmup over 1 epoch, decay rate 0.1 at steps {75, 150, 225}, l2
+    # regularization 3e-4 ... maximum number of epochs to 300"; b = 2 ("bar2")
+    assert args.opt == 'sgd' and args.momentum == 0.9
+    assert args.batch_size == 64 and args.batch_repeat == 2
+    assert args.lr == pytest.approx(0.1 / 2 * 64 / 128)
+    assert args.warmup_epochs == 1 and args.sched_on_updates
+    assert args.sched == 'multistep' and args.decay_milestones == [75, 150, 225] and args.decay_rate == 0.1
+    assert args.epochs == 300
+    assert args.l2 == 3e-4 and args.weight_decay == 0.0  # the papers' L2, not timm's (halved, filtered) decay
+    # "similar experimental settings on CIFAR 100 as MixMo": 4 pixels padding, random crop, horizontal flip
+    assert args.crop_pad == 4 and args.hflip == 0.5 and args.aa is None and args.reprob == 0
+    assert args.smoothing == 0.0 and args.mimo_cutmix is None and args.mimo_mixup is None
+    assert args.dataset == 'torch/cifar100' and args.num_classes == 100 and args.val_split == 'test'
+    width = re.search(r'_wrn28_([25])_cifar100_b2$', _name(path)).group(1)  # WRN-28-2 (focus) and WRN-28-5
+    assert args.model.endswith(f'_wrn28_{width}')
 
 
 def test_tiny_imagenet_mixmo_config_matches_thesis_appendix_a131():

@@ -256,13 +256,13 @@ def test_every_table_row_has_a_config_per_width():
 
 @pytest.mark.parametrize('path', MIXSHARE_CONFIGS, ids=lambda p: p.stem)
 def test_config_builds_its_row(path):
-    import train
+    """The row's model, mixer and loss; the recipe (lr, batch, L2, schedule) is checked in tests/test_configs.py."""
+    from timm_mimo.cli import train
     args = train.parse_args(['--config', str(path), '--data-dir', '/unused'])
-    assert (args.lr, args.batch_size, args.batch_repeat, args.epochs) == (0.025, 64, 2, 300)
-    assert args.decay_milestones == [75, 150, 225] and args.weight_decay == 3e-4
     with torch.device('meta'):
         model = train.create_train_model(args)
-    mixer, loss = train.mixer_kwargs(args, model), train.loss_kwargs(args, model)
+    task = train.build_task(args, model, torch.device('cpu'))  # MimoTask.from_model with the config's MIMO flags
+    mixer, loss = task.mixer_kwargs, task.loss_kwargs
     row = path.stem.split('_wrn')[0].removeprefix('mixshare_')
     expected = {
         'mixmo': (None, 'independent', 0.5, 0.0, 3.0),
@@ -274,6 +274,7 @@ def test_config_builds_its_row(path):
     assert getattr(model, 'unmixing', None) == expected[0]
     assert model.encoder_init == expected[1]
     assert (mixer['prob'], mixer.get('input_repeat', 0.0), loss['root']) == expected[2:]
+    assert (task.mixer.prob, task.input_repeat, task.criterion.root) == expected[2:]
     assert mixer.get('fadeout_epochs') == (100.0 if row == 'fadeout' else None)
     if row == 'partial':
         assert model.unmix_share == 0.25

@@ -36,6 +36,7 @@ from timm.models import clean_state_dict
 from torch.utils.data import DataLoader
 
 import timm_mimo  # noqa: F401  (registers the MIMO models)
+from timm_mimo.analysis import sharing_rates
 from timm_mimo.cli.args import (
     MODEL_CHECKS,
     ArgumentParser,
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--use-ema', dest='use_ema', action='store_true',
                        help="use the checkpoint's EMA weights (an error if it has none)")
     group.add_argument('--num-members', type=int, default=None, help='timm_mimo: M of a MIMO model')
+    group.add_argument('--sharing-rates', action='store_true', default=False,
+                       help="timm_mimo: add the members' encoder / classifier sharing rates (overlap of their "
+                            'feature-influence histograms, MixShare arXiv:2205.10139 Sec. 2) to the results; '
+                            'MIMO models only')
     group.add_argument('-b', '--batch-size', default=256, type=int, metavar='N',
                        help='mini-batch size (default: 256)')
     group = parser.add_argument_group('Device parameters')
@@ -274,6 +279,18 @@ def create_eval_model(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
+def sharing_rate_columns(model: torch.nn.Module, model_name: str) -> Dict[str, float]:
+    """``--sharing-rates``: ``encoder_sharing_rate`` (models with one encoder per member) and
+    ``classifier_sharing_rate`` of :func:`timm_mimo.analysis.sharing_rates`, in [0, 1]."""
+    if not is_mimo(model):
+        raise CliError(f'--sharing-rates: {model_name!r} is not a MIMO model (no members whose features could be '
+                       'shared); drop --sharing-rates or pick a timm_mimo model')
+    try:
+        return sharing_rates(model)
+    except ValueError as exc:
+        raise CliError(f'--sharing-rates on {model_name!r}: {one_line(exc)}') from None
+
+
 def prepare_output_file(path: str, flag: str = '--results-file') -> None:
     """Create the folder of an output file (``flag``) and make sure it is writable, before the evaluation runs."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -330,6 +347,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
                        f'--num-classes {num_data_classes} (and a checkpoint trained with it)')
     if args.checkpoint and not args.ensemble_checkpoints:
         load_weights(model, args.checkpoint, args.use_ema)
+    rates = sharing_rate_columns(model, args.model) if args.sharing_rates else {}  # before the evaluation
     ood_set = clean_set = None
     try:
         if args.ood_dir:
@@ -357,6 +375,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     results: Dict[str, Any] = OrderedDict(model=name, checkpoint=checkpoint, num_images=len(dataset),
                                           num_members=model.num_members if is_mimo(model) else 1)
     results.update(metric_columns(member_logits, targets))
+    results.update(rates)
     if ood_set is not None:
         results.update(ood_folder_metrics(eval_model, member_logits, ood_set, device, args.batch_size, args.workers,
                                           autocast_dtype, args.channels_last))
