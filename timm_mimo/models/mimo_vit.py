@@ -66,7 +66,9 @@ class MimoViT(MimoCNN):
 
 
 def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any]) -> MimoViT:
-    """Any timm ViT; ``pretrained`` as for the generic CNN names (backbone checkpoint, or a saved MIMO model)."""
+    """Any timm ViT (default: the papers' ConViT); ``pretrained`` as for the generic CNN names (backbone checkpoint,
+    or a saved MIMO model)."""
+    kwargs.setdefault('backbone', PAPER_BACKBONE)
     return mimo_cnn._create_generic(method, pretrained, kwargs, model_cls=MimoViT)
 
 
@@ -81,18 +83,18 @@ def _paper_ids() -> Dict[str, str]:
 
 
 def _generic_cfg(**kwargs: Any) -> Dict[str, Any]:
-    """Placeholder cfg of a generic name; the instance takes its backbone's cfg."""
+    """Cfg of a generic name: its default backbone's (the papers' ConViT); an instance takes its backbone's cfg."""
     return {
-        'url': '', 'num_classes': 100, 'input_size': (3, 32, 32), 'crop_pct': 1.0, 'interpolation': 'bicubic',
+        'num_classes': 100, 'input_size': (3, 32, 32), 'crop_pct': 1.0, 'interpolation': 'bicubic',
         'mean': CIFAR100_MEAN, 'std': CIFAR100_STD, 'first_conv': 'backbone.patch_embed.proj',
         'classifier': 'backbone.head', 'license': 'apache-2.0', **_paper_ids(), **kwargs,
     }
 
 
-def _convit_cfg(name: str, **kwargs: Any) -> Dict[str, Any]:
-    """The papers' ConViT on CIFAR-100 (32 px, patch 4, 8x8 tokens), as ``convit_gpsa5_ca2``."""
+def _convit_cfg(**kwargs: Any) -> Dict[str, Any]:
+    """The papers' ConViT on CIFAR-100 (32 px, patch 4, 8x8 tokens), as ``convit_gpsa5_ca2``; no published weights."""
     return {
-        'hf_hub_id': f'timm_mimo/{name}', 'num_classes': 100, 'input_size': (3, 32, 32), 'fixed_input_size': True,
+        'num_classes': 100, 'input_size': (3, 32, 32), 'fixed_input_size': True,
         'crop_pct': 1.0, 'interpolation': 'bicubic', 'mean': CIFAR100_MEAN, 'std': CIFAR100_STD,
         'first_conv': 'backbone.patch_embed.proj', 'classifier': 'backbone.head', 'license': 'apache-2.0',
         **_paper_ids(), **kwargs,
@@ -103,8 +105,7 @@ PAPER_BACKBONE = 'convit_gpsa5_ca2'
 
 default_cfgs = generate_default_cfgs({
     **{method: _generic_cfg() for method in VIT_METHODS},
-    **{f'{method}_{PAPER_BACKBONE}.cifar100': _convit_cfg(f'{method}_{PAPER_BACKBONE}.cifar100')
-       for method in VIT_METHODS},
+    **{f'{method}_{PAPER_BACKBONE}': _convit_cfg() for method in VIT_METHODS},
 })
 
 
