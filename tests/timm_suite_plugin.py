@@ -14,38 +14,41 @@ The test functions themselves are timm's, unchanged.
 """
 import fnmatch
 import os
-import pkgutil
 from typing import Any, List, Sequence, Tuple
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 import pytest  # noqa: E402
 import timm  # noqa: E402
-from timm.models._registry import _model_to_module  # noqa: E402
+from model_checks import timm_mimo_module  # noqa: E402 - imports timm_mimo, which registers the models
 
-import timm_mimo  # noqa: E402,F401 - registers the models
+# timm_mimo modules of single-input models (the papers' backbones); every other timm_mimo module holds MIMO models
+SINGLE_INPUT_MODULES = frozenset({'cifar_resnet', 'convit_ca'})
 
-OUR_MODULES = frozenset(info.name for info in pkgutil.iter_modules(timm_mimo.models.__path__)
-                        if not info.name.startswith('_'))
-
-# (timm test function, model name pattern, reason): the cases that cannot apply to a timm_mimo model.
-SKIPS: Tuple[Tuple[str, str, str], ...] = ()
+# (timm test function pattern, which timm_mimo models, reason): the cases that cannot apply, one line each.
+SKIPS: Tuple[Tuple[str, str, str], ...] = (
+    ('test_model_forward_torchscript', 'mimo', 'MIMO models are not scriptable (the forward dispatches on a MixPlan '
+     'and an encoder call record); torch.jit.trace and torch.export are the supported paths (tests/test_contract.py)'),
+    ('test_model_forward_fx_torchscript', 'mimo', 'needs torch.jit.script of an FX graph, see the TorchScript skip'),
+    ('test_model_*_fx', 'mimo', 'torch.fx symbolic tracing cannot run the shape checks of the MIMO contract '
+     '(x.ndim, member counts); torch.export captures the graph instead (tests/test_contract.py)'),
+    ('test_model_forward_features', 'mimo', 'no features_only wrapper for MIMO models: the backbone\'s own feature '
+     'API (model.backbone.forward_intermediates / forward_features) gives the shared core\'s features'),
+    ('test_model_*_pretrained', 'all', 'downloads timm backbone checkpoints from the Hub and this run is offline '
+     '(HF_HUB_OFFLINE=1); tests/test_hub.py checks every tag\'s source and the offline message'),
+)
 
 _timm_list_models = timm.list_models
 
 
-def _module_of(name: str) -> str:
-    return _model_to_module.get(name.split('.', 1)[0], '')
-
-
 def is_ours(name: str) -> bool:
     """A model name (with or without a pretrained tag) registered by a timm_mimo module."""
-    return _module_of(name) in OUR_MODULES
+    return bool(timm_mimo_module(name))
 
 
 def returns_tokens(name: str) -> bool:
     """A timm_mimo transformer: ``forward_features`` gives token features, timm's non-standard group."""
-    return is_ours(name) and 'vit' in _module_of(name)
+    return 'vit' in timm_mimo_module(name)
 
 
 def _is_non_std_list(filters: Any) -> bool:
@@ -70,9 +73,15 @@ def list_models(filter: Any = '', module: Any = '', pretrained: bool = False, ex
 timm.list_models = list_models
 
 
-def _skip_reason(test_name: str, model_name: str, skips: Sequence[Tuple[str, str, str]] = SKIPS) -> str:
-    for test, pattern, reason in skips:
-        if fnmatch.fnmatch(test_name, test) and fnmatch.fnmatch(model_name, pattern):
+def is_mimo(name: str) -> bool:
+    """A timm_mimo MIMO model (every timm_mimo module but the single-input backbones')."""
+    return is_ours(name) and timm_mimo_module(name) not in SINGLE_INPUT_MODULES
+
+
+def skip_reason(test_name: str, model_name: str, skips: Sequence[Tuple[str, str, str]] = SKIPS) -> str:
+    """The one-line reason timm's ``test_name`` does not apply to ``model_name``, '' when it does."""
+    for test, which, reason in skips:
+        if fnmatch.fnmatch(test_name, test) and (which == 'all' or is_mimo(model_name)):
             return reason
     return ''
 
@@ -91,7 +100,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
         if not isinstance(model_name, str) or not is_ours(model_name):
             deselected.append(item)  # a test of named timm models (resnet18, convnext_atto, ...), not ours
             continue
-        reason = _skip_reason(item.originalname, model_name)
+        reason = skip_reason(item.originalname, model_name)
         if reason:
             item.add_marker(pytest.mark.skip(reason=reason))
         selected.append(item)

@@ -5,14 +5,23 @@ arXiv:2103.06132 Sec. 3), ``model.forward_members(x)`` returns ``(B, M, K)``, an
 ``xs: (B, M, C, H, W)`` and a :class:`~timm_mimo.mixing.MixPlan` returns ``(B, M, K)``. A model class mixes in
 :class:`MimoContract` and implements ``forward_members`` and ``forward_mixed``; the checks on shapes live here, once.
 """
+import numbers
 import warnings
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
 from timm_mimo.mixing import MixPlan
 
-__all__ = ['MimoContract', 'check_image_batch', 'check_multi_input']
+__all__ = ['MimoContract', 'check_image_batch', 'check_multi_input', 'check_num_members']
+
+
+def check_num_members(num_members: Any) -> int:
+    """The member count M as an int; anything but a positive integer (``True``, ``2.5``, ``0``) is a ValueError."""
+    if isinstance(num_members, bool) or not isinstance(num_members, numbers.Integral) or num_members < 1:
+        raise ValueError(f'num_members (M) must be a positive integer, got {num_members!r} '
+                         f'({type(num_members).__name__}); e.g. num_members=2')
+    return int(num_members)
 
 
 def check_image_batch(x: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
-"""The MixMo papers' CIFAR-style CNNs as ordinary single-input timm models (SPEC §2.1, §2.2).
+"""The MixMo papers' CIFAR-style CNNs as ordinary single-input timm models (MixMo arXiv:2103.06132 Sec. 4; thesis
+(HAL tel-03952815) Sec. 3.3 and App. A.1.3).
 
 * WRN-28-w (Zagoruyko & Komodakis): pre-activation wide basic blocks, stem conv3x3 with 16 filters, three groups of
   ``(depth - 4) / 6`` blocks at widths 16w / 32w / 64w (the first block of groups 2 and 3 strided), final BN-ReLU,
@@ -10,7 +11,7 @@
   ``preact_resnet18_3``.
 
 Both use a 1x1 projection shortcut (on the pre-activated input) only where the shape changes. No conv has a bias.
-Decisions (SPEC marks these [NON-PAPER] / unspecified):
+Decisions (the papers are silent on these details):
 
 * Strided 3x3 convs use symmetric padding 1 (timm's convention), not the official code's TF-"SAME" right/bottom
   padding: output sizes and parameter counts are identical, only the sampling phase differs.
@@ -18,7 +19,7 @@ Decisions (SPEC marks these [NON-PAPER] / unspecified):
   models use a stride-2 stem at 64 px, so the MixMo mixing space is 64x32x32. Stride does not change the counts.
 * ``drop_rate`` is timm's classifier dropout (before the fc), not WRN's in-block dropout (the papers use none).
 
-Parameter counts against the papers (Table A.17 for 100 classes, T:1357 for 200 classes) are checked in
+Parameter counts against the papers (thesis Table A.17 for 100 classes, Table 3.5 for 200 classes) are checked in
 ``tests/test_cifar_resnet.py``.
 """
 from typing import Any, Dict, List, Optional, Tuple, Type
@@ -155,7 +156,10 @@ class CifarResNet(nn.Module):
         return global_pool_module, nn.Dropout(self.drop_rate), fc
 
     def init_weights(self) -> None:
-        """He-normal (fan-in) convs, BN γ=1 β=0, zero classifier bias (SPEC §2.1 [NON-PAPER] official init)."""
+        """He-normal (fan-in) convs, BN γ=1 β=0, zero classifier bias.
+
+        Decision: the official MixMo code's init (papers silent on the init).
+        """
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode='fan_in', nonlinearity='relu')

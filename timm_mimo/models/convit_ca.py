@@ -1,4 +1,5 @@
-"""The MixViT papers' ConViT: 5 GPSA blocks + 2 class-attention blocks (SPEC §2.4).
+"""The MixViT papers' ConViT: 5 GPSA blocks + 2 class-attention blocks (thesis (HAL tel-03952815) Sec. 4.4 and
+App. A.1.5; MixViT openreview.net/forum?id=pOq1HuMI8Dz Sec. 4).
 
 A single-input timm model, the backbone of MixViT on CIFAR / Tiny ImageNet / ImageNet-100 and its baseline. It is
 composed from timm's blocks: ConViT's gated positional self-attention ``Block`` (``use_gpsa=True``) for the feature
@@ -6,13 +7,14 @@ extraction and CaiT's ``LayerScaleBlockClassAttn`` for the two class-attention b
 the GPSA blocks. The attribute names follow timm's ``Cait`` (``patch_embed``, ``pos_embed``, ``blocks``,
 ``cls_token``, ``blocks_token_only``, ``norm``, ``head``), so MixViT splits both models the same way.
 
-Decisions on SPEC §2.4 [AMBIG] items:
-    * second stage: CaiT-style class-attention blocks ("2 CA", T:1606, Alg. A.8), not "2 SA blocks" (T:2414);
+Decisions where the papers are silent or contradictory:
+    * second stage: CaiT-style class-attention blocks ("2 CA", thesis Sec. 4.3.1 / 4.4 and Alg. A.8), not the
+      "2 SA blocks" of thesis App. A.1.5 (the majority of the sources and the pseudo-code say CA);
     * LayerScale in the CA blocks: ``ca_init_values=1.0`` (a learnable per-channel scale starting at 1, i.e. a plain
       pre-norm block at init, as the ConViT/DyTox blocks the papers build on have no LayerScale);
     * no stochastic depth by default (``drop_path_rate=0``), MLP ratio 4, no qkv bias (ConViT's defaults);
     * 12 heads: timm's GPSA ``local_init`` sets ``int(sqrt(12))**2 = 9`` heads as a 3x3 kernel, the others keep the
-      default init (as the papers note, T:2414).
+      default init (as the papers note, thesis App. A.1.5).
 """
 from functools import partial
 from typing import Any, Dict, Optional, Set, Tuple, Union

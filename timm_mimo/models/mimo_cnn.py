@@ -40,7 +40,7 @@ from timm.models import (
 
 from timm_mimo.hub import pretrained_weights
 from timm_mimo.mixing import MixPlan
-from timm_mimo.models._contract import MimoContract, check_image_batch
+from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD, PREACT_WIDTHS, preact_name
 
@@ -339,8 +339,7 @@ class MimoCNN(MimoContract, nn.Module):
             **backbone_kwargs: Any,
     ):
         super().__init__()
-        if not isinstance(num_members, int) or num_members < 1:
-            raise ValueError(f'num_members (M) must be a positive integer, got {num_members!r}')
+        num_members = check_num_members(num_members)
         if method not in METHOD_MIX_CFGS:
             raise ValueError(f'method must be one of {tuple(METHOD_MIX_CFGS)}, got {method!r}')
         if inference not in INFERENCE_MODES:

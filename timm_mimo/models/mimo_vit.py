@@ -1,4 +1,5 @@
-"""The papers' naive MIMO / MixMo vision transformers (SPEC §1.9; thesis Table 4.1, Table A.18).
+"""The papers' naive MIMO / MixMo vision transformers (thesis (HAL tel-03952815) Sec. 4.3.1, Table 4.1, Table A.18;
+MixViT openreview.net/forum?id=pOq1HuMI8Dz Table 6).
 
 M patch embeddings ``e_m`` play the role of MixMo's encoders ``c_m``: the tokens of the M inputs are mixed position by
 position (MIMO: summed; MixMo: a CutMix square on the token grid or linear mixing), then the whole backbone and M heads
@@ -18,9 +19,9 @@ Methods (``method=``), Table 4.1 rows 2–5:
 * ``'cutmix_only_mixmo_vit'``: always CutMix (p = 1) and separate inference.
 * "MixMo + same init." (Table A.18) is ``encoder_init='same'`` on any of them.
 
-[AMBIG] SPEC §1.9 / §7 item 14: the ViT transposition does not restate MixMo's factor M, p schedule, r and α. Decision:
-MixMo's defaults throughout (factor M on the mixed tokens, α = 2, p = 0.5 with the last-twelfth descent, r = 3), as
-the SPEC recommends; CutMix-only fixes p = 1 without descent (the thesis' "never sum during training").
+Decision (papers silent: the ViT transposition does not restate MixMo's factor M, p schedule, r and α): MixMo's
+defaults throughout (factor M on the mixed tokens, α = 2, p = 0.5 with the last-twelfth descent, r = 3, MixMo
+arXiv:2103.06132 Sec. 3); CutMix-only fixes p = 1 without descent (the thesis' "never sum during training").
 """
 from typing import Any, Dict, Optional, Union
 
@@ -33,7 +34,7 @@ from timm_mimo.models.mimo_cnn import MimoCNN, _create_mimo_cnn
 
 __all__ = ['MimoViT', 'VIT_METHODS']
 
-# method -> (MimoCNN method, i.e. the Mixer kwargs, and the default inference) (SPEC §1.9, Table 4.1)
+# method -> (MimoCNN method, i.e. the Mixer kwargs, and the default inference) (thesis Table 4.1)
 VIT_METHODS: Dict[str, Dict[str, str]] = {
     'mimo_vit': dict(mixing='mimo', inference='sum'),
     'mixmo_vit': dict(mixing='cut_mixmo', inference='sum'),

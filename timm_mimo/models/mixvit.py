@@ -57,7 +57,7 @@ from timm.models.convit import GPSA
 
 from timm_mimo.hub import has_pretrained_source, pretrained_weights
 from timm_mimo.mixing import MixPlan
-from timm_mimo.models._contract import MimoContract, check_image_batch
+from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.convit_ca import CIFAR100_MEAN, CIFAR100_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD
 
@@ -173,8 +173,7 @@ class MixViT(MimoContract, nn.Module):
             raise ValueError(f'source must be one of {SOURCE_KINDS}, got {source!r}')
         if mixing not in MIXING_MODES:
             raise ValueError(f'mixing must be one of {MIXING_MODES}, got {mixing!r}')
-        if num_members < 1:
-            raise ValueError(f'num_members must be >= 1, got {num_members}')
+        num_members = check_num_members(num_members)
         if not 0 <= single_member < num_members:
             raise ValueError(f'single_member must be in [0, {num_members}), got {single_member}')
         if global_pool not in ('token', ''):
@@ -586,7 +585,7 @@ def mixvit(pretrained: bool = False, backbone: str = 'convit_gpsa5_ca2', **kwarg
 
 
 def _named(variant: str, backbone: str, pretrained: bool, kwargs: Dict[str, Any]) -> MixViT:
-    return _create_mixvit(variant, pretrained, backbone=backbone, **kwargs)
+    return _create_mixvit(variant, pretrained, **dict(dict(backbone=backbone), **kwargs))  # config.json may name it
 
 
 @register_model
