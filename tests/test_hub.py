@@ -297,3 +297,29 @@ def test_hubconf_exposes_every_registered_model_through_torch_hub():
     model = torch.hub.load(str(REPO), 'cut_mixmo_wrn28_2', source='local', num_classes=7)
     assert isinstance(model, timm_mimo.MimoContract)
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_push_to_hub_uploads_weights_config_and_our_card(monkeypatch):
+    """The upload itself is huggingface_hub's; checked here: what folder it is given (no network needed)."""
+    import huggingface_hub
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None, library_name=None):
+            assert library_name == 'timm'
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            return type('RepoUrl', (), dict(repo_id=f'user/{repo_id}'))()
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            uploaded.update(repo_id=repo_id, files={p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+            return 'commit-url'
+
+    monkeypatch.setattr(huggingface_hub, 'HfApi', FakeApi)
+    model = timm.create_model('mixvit_cait_xxs24', **TINY_CAIT)
+    assert hub.push_to_hub(model, 'mixvit-tiny') == 'commit-url'
+    assert uploaded['repo_id'] == 'user/mixvit-tiny'
+    assert set(uploaded['files']) == {'model.safetensors', 'config.json', 'README.md'}
+    card = uploaded['files']['README.md'].decode()
+    assert "timm.create_model('hf-hub:user/mixvit-tiny', pretrained=True)" in card and 'import timm_mimo' in card
+    assert json.loads(uploaded['files']['config.json'])['architecture'] == 'mixvit_cait_xxs24'

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 import timm
@@ -30,20 +30,20 @@ def timm_tests_dir() -> Optional[Path]:
     return folder if (folder / 'test_models.py').is_file() else None
 
 
-def junit_counts(path: Path) -> Dict[str, int]:
-    """passed / failed / errors / skipped of a junit XML report."""
-    counts = dict(passed=0, failed=0, errors=0, skipped=0)
+def junit_results(path: Path) -> Tuple[Dict[str, int], List[str]]:
+    """passed / failed / errors / skipped counts of a junit XML report, and one line per failure or error."""
+    counts, problems = dict(passed=0, failed=0, errors=0, skipped=0), []
     for case in ET.parse(path).getroot().iter('testcase'):
-        kinds = {child.tag for child in case}
-        if 'failure' in kinds:
-            counts['failed'] += 1
-        elif 'error' in kinds:
-            counts['errors'] += 1
-        elif 'skipped' in kinds:
-            counts['skipped'] += 1
+        children = {child.tag: child for child in case}
+        for kind, key in (('failure', 'failed'), ('error', 'errors')):
+            if kind in children:
+                counts[key] += 1
+                message = ' '.join((children[kind].get('message') or children[kind].text or '').split())
+                problems.append(f'{case.get("name")}: {message[:300]}')
+                break
         else:
-            counts['passed'] += 1
-    return counts
+            counts['skipped' if 'skipped' in children else 'passed'] += 1
+    return counts, problems
 
 
 @pytest.mark.skipif(timm_tests_dir() is None, reason=(
@@ -57,13 +57,14 @@ def test_timm_test_models_passes_on_every_timm_mimo_name(tmp_path):
                PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests'), os.environ.get('PYTHONPATH', '')]))
     env.pop('GITHUB_ACTIONS', None)  # timm's test module changes its model lists on GitHub runners
     command = [sys.executable, '-m', 'pytest', str(tests / 'test_models.py'), '-p', 'timm_suite_plugin',
-               '-p', 'no:cacheprovider', '-q', '-rfE', '--tb=line', f'--junitxml={report}']
+               '-p', 'no:cacheprovider', '-q', '--disable-warnings', '--tb=short', f'--junitxml={report}']
     proc = subprocess.run(command, cwd=tests.parent, env=env, capture_output=True, text=True, timeout=1800)
-    counts = junit_counts(report) if report.is_file() else {}
-    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
+    assert report.is_file(), f'timm\'s test run wrote no report: {proc.stdout[-3000:]} {proc.stderr[-3000:]}'
+    counts, problems = junit_results(report)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ''
     print(f'timm {timm.__version__} tests/test_models.py on {len(timm_mimo_names())} timm_mimo names: {counts}; '
           f'{summary}')
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    assert counts['failed'] == counts['errors'] == 0
+    assert not problems, '\n'.join(problems[:20])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # forward, backward and a cfg test ran (not skipped) for every name
     assert counts['passed'] >= 3 * len(timm_mimo_names())

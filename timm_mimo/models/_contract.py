@@ -57,9 +57,9 @@ def check_multi_input(xs: torch.Tensor, plan: MixPlan, num_members: int, grid: T
 def single_input_training_message(model_name: str) -> str:
     """What a plain image batch in train mode does, and the command that does MIMO training instead."""
     return (f'{model_name}: a plain (B, C, H, W) batch in train mode feeds the same image to every member, which '
-            'fine-tunes the ensemble as one single-input network; it is not MIMO training. MIMO training feeds '
-            '(B, M, C, H, W) inputs mixed by a timm_mimo.Mixer plan, model(xs, plan): '
-            f'python train.py --model {model_name} ... does it')
+            'fine-tunes the ensemble as one single-input network; it is not MIMO training. For MIMO training '
+            '((B, M, C, H, W) inputs mixed by a timm_mimo.Mixer plan, model(xs, plan)) run '
+            f'python train.py --model {model_name} ...')
 
 
 class MimoContract:
@@ -92,7 +92,8 @@ class MimoContract:
             return
         self.__dict__['_warned_single_input'] = True
         name = (getattr(self, 'pretrained_cfg', None) or {}).get('architecture') or type(self).__name__
-        warnings.warn(single_input_training_message(name), UserWarning, stacklevel=3)
+        # stacklevel: this method, forward, nn.Module._call_impl, _wrapped_call_impl -> the caller's model(x) line
+        warnings.warn(single_input_training_message(name), UserWarning, stacklevel=5)
 
     def forward(self, x: torch.Tensor, plan: Optional[MixPlan] = None) -> torch.Tensor:
         """``model(x)`` -> ``(B, K)`` ensemble logits; ``model(xs, plan)`` -> ``(B, M, K)`` member logits.
