@@ -7,6 +7,7 @@
 Each entrypoint is ``timm.create_model(name, **kwargs)``; ``pretrained=True`` loads through timm's usual routes.
 """
 import functools
+import pkgutil
 
 import timm
 
@@ -20,10 +21,12 @@ def _entrypoint(model_name: str, **kwargs):
 
 
 def _export_entrypoints() -> list:
+    """One entrypoint per model registered by any ``timm_mimo.models`` module."""
+    from timm.models._registry import _model_to_module
+    modules = {info.name for info in pkgutil.iter_modules(timm_mimo.models.__path__) if not info.name.startswith('_')}
     names = []
-    for module in (timm_mimo.models.cifar_resnet, timm_mimo.models.convit_ca, timm_mimo.models.mimo_cnn,
-                   timm_mimo.models.mimo_vit, timm_mimo.models.mixvit):
-        for name in timm.list_models(module=module.__name__.rsplit('.', 1)[-1]):
+    for name in timm.list_models():
+        if _model_to_module.get(name) in modules:
             fn = functools.partial(_entrypoint, name)
             fn.__doc__ = f'timm.create_model({name!r}, **kwargs)'
             globals()[name] = fn

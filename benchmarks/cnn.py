@@ -1,13 +1,13 @@
-"""MIMO / MixMo CNN vs its plain backbone: parameters, forward FLOPs, eval and train-step throughput (issue 2).
+"""MIMO / MixMo CNN vs its plain backbone: parameters, forward FLOPs, eval and train-step throughput.
 
 For every pair, in one process, measured in alternating rounds (``interleaved_throughput``): the MIMO model and a
 backbone created with the same architecture and classes. Eval: ``model(x)`` on a ``(B, C, H, W)`` batch under
 ``no_grad`` in eval mode (MIMO: one pass on the summed encodings, M heads averaged). Train step: MIMO on a real
 multi-input batch ``(B, M, C, H, W)`` with a plan from ``Mixer(**model.mix_cfg)`` + ``MimoLoss(**model.loss_cfg)``
-+ SGD step; backbone on a plain ``(B, C, H, W)`` batch + cross-entropy + SGD step; same B. Targets (issue 2, batch 64
-on CPU): eval >= 0.97x and train step >= 0.95x the backbone's throughput. The machine may be shared: ratios are the
-meaningful figures, absolute numbers are noisy: a second, identical copy of the backbone is measured as a noise
-control (its ratio to the backbone should be 1; its spread is the measurement noise).
++ SGD step; backbone on a plain ``(B, C, H, W)`` batch + cross-entropy + SGD step; same B. Targets (the
+project's, batch 64 on CPU): eval >= 0.97x and train step >= 0.95x the backbone's throughput. The machine may be
+shared: ratios are the meaningful figures, absolute numbers are noisy: a second, identical copy of the backbone is
+measured as a noise control (its ratio to the backbone should be 1; its spread is the measurement noise).
 """
 import argparse
 import copy

@@ -1,9 +1,30 @@
-"""Checks every MIMO model must pass (DESIGN.md contract), shared by the parametrized model tests."""
+"""Checks every MIMO model must pass (the model contract of timm_mimo.models._contract), shared by the model tests."""
+import pkgutil
+import warnings
 from typing import List
 
+import timm
 import torch
+from timm.models._registry import _model_to_module
 
+import timm_mimo
 from timm_mimo import Mixer
+
+# every module of timm_mimo.models that registers models (new model files are picked up without a list here)
+TIMM_MIMO_MODULES = frozenset(info.name for info in pkgutil.iter_modules(timm_mimo.models.__path__)
+                              if not info.name.startswith('_'))
+
+
+def timm_mimo_module(name: str) -> str:
+    """The timm_mimo module that registered ``name`` (tag allowed), '' for any other model."""
+    module = _model_to_module.get(name.split('.', 1)[0], '')
+    return module if module in TIMM_MIMO_MODULES else ''
+
+
+def timm_mimo_names(include_tags: bool = False, pretrained: bool = False) -> List[str]:
+    """Every model name timm_mimo registers (with pretrained tags if asked; only tagged weights for ``pretrained``)."""
+    names = timm.list_pretrained() if pretrained else timm.list_models(include_tags=include_tags)
+    return [n for n in names if timm_mimo_module(n)]
 
 
 def parameters_without_gradient(model: torch.nn.Module) -> List[str]:
@@ -16,7 +37,9 @@ def check_mimo_contract(model: torch.nn.Module, x: torch.Tensor) -> None:
     Mixer plan gives (B, M, K); ``reset_classifier`` to 7 classes and to 0 (features) resets every head."""
     batch_size, num_members, num_classes = x.shape[0], model.num_members, model.num_classes
     model.train()
-    out = model(x)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'single-input|.*not MIMO training', UserWarning)
+        out = model(x)
     assert out.shape == (batch_size, num_classes)
     out.square().mean().backward()
     assert not parameters_without_gradient(model)

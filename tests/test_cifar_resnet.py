@@ -1,4 +1,4 @@
-"""The papers' CIFAR-style CNNs (SPEC §2.1, §2.2) as timm models."""
+"""The papers' CIFAR-style CNNs (WRN-28-w, PreActResNet-18-w; MixMo arXiv:2103.06132) as timm models."""
 import pytest
 import timm
 import torch
@@ -47,7 +47,7 @@ def meta_param_count(name: str, **kwargs) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# Table A.17 (T:2918-2936), 1-Net column, 100 classes; T:1357 for PreActResNet-18-w, 200 classes. In millions.
+# thesis (HAL tel-03952815) Table A.17, 1-Net column, 100 classes; Table 3.5 for PreActResNet-18-w, 200 classes (M).
 PAPER_WRN = {2: 1.48, 3: 3.31, 4: 5.87, 5: 9.16, 7: 17.92, 10: 36.53, 14: 71.55}
 PAPER_PREACT = {1: 11.2, 2: 44.9, 3: 100.5}
 

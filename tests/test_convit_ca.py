@@ -1,4 +1,4 @@
-"""The papers' ConViT (5 GPSA + 2 class-attention blocks) as a single-input timm model (SPEC §2.4)."""
+"""The papers' ConViT (5 GPSA + 2 class-attention blocks, thesis Sec. 4.4) as a single-input timm model."""
 import pytest
 import timm
 import torch
@@ -38,7 +38,7 @@ def test_papers_configuration(models, name):
     assert model.get_submodule(cfg['first_conv']) is model.patch_embed.proj
     assert model.get_submodule(cfg['classifier']) is model.head
     assert model.head.out_features == cfg['num_classes']
-    assert 12e6 < sum(p.numel() for p in model.parameters()) < 13e6  # "≈ 12M params" (T:1776)
+    assert 12e6 < sum(p.numel() for p in model.parameters()) < 13e6  # "12M" (thesis Table 4.5)
 
 
 @pytest.mark.parametrize('name', NAMES)

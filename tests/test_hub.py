@@ -1,59 +1,291 @@
-"""Hub round trips through local folders (``local-dir:``), ``torch.hub`` via hubconf.py, and the offline hint."""
+"""Hub round trips (``save_pretrained`` -> ``local-dir:``) for every family and constructor argument, model cards, the
+train.py checkpoint export, honest pretrained tags, the one offline message, config.json errors and torch.hub."""
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+import yaml
+from model_checks import timm_mimo_names
 
 import timm_mimo
 from timm_mimo import hub
+from timm_mimo.models.mixvit import BACKBONE_TAG_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(backbone='wrn28_2', depth=10, widen_factor=1, num_classes=5, in_chans=1)
+TINY_WRN = dict(depth=10, widen_factor=1, num_classes=5)
+TINY_CAIT = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5)
+TINY_CONVIT = dict(img_size=16, patch_size=4, embed_dim=8, num_heads=4, depth=2, local_up_to_layer=1, num_classes=6)
+TINY_PAPER_CONVIT = dict(img_size=16, embed_dim=48, num_heads=3, depth=2, depth_token_only=1, num_classes=5)
 
 
-@pytest.fixture(scope='module')
-def tiny_model() -> torch.nn.Module:
+def our_names(pretrained: bool = False):
+    """Every timm_mimo name (with its tags when ``pretrained``)."""
+    return timm_mimo_names(include_tags=True, pretrained=pretrained)
+
+
+def assert_round_trip(model: torch.nn.Module, folder: Path, x: torch.Tensor) -> dict:
+    """Save, rebuild through ``local-dir:``, compare member logits bit for bit; returns config.json."""
+    model.eval()
+    hub.save_pretrained(model, folder)
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert type(loaded) is type(model) and loaded.num_members == model.num_members
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_members(x), model.forward_members(x), rtol=0, atol=0)
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    return json.loads((folder / 'config.json').read_text())
+
+
+# ---- round trips ---------------------------------------------------------------------------------------------------
+
+def test_round_trip_generic_cnn_any_backbone_three_members(tmp_path):
     torch.manual_seed(0)
-    return timm.create_model('cut_mixmo', num_members=3, **TINY).eval()
-
-
-def test_save_pretrained_then_local_dir_rebuilds_identical_model(tmp_path, tiny_model):
-    folder = hub.save_pretrained(tiny_model, tmp_path / 'export')
-    assert (folder / 'model.safetensors').is_file()
-    config = json.loads((folder / 'config.json').read_text())
+    model = timm.create_model('cut_mixmo', backbone='wrn28_2', num_members=3, in_chans=1, **TINY_WRN)
+    config = assert_round_trip(model, tmp_path / 'cnn', torch.randn(2, 1, 16, 16))
     assert config['architecture'] == 'cut_mixmo'
     assert config['model_args']['backbone'] == 'wrn28_2' and config['model_args']['num_members'] == 3
+    again = hub.load_pretrained(tmp_path / 'cnn').eval()  # a bare folder path works too
+    assert again.num_members == 3
 
-    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
-    assert loaded.num_members == 3
-    x = torch.randn(2, 1, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.forward_members(x), tiny_model.forward_members(x), rtol=0, atol=0)
-    again = hub.load_pretrained(folder).eval()  # a bare folder path works too
-    with torch.no_grad():
-        torch.testing.assert_close(again(x), tiny_model(x), rtol=0, atol=0)
 
+def test_round_trip_generic_cnn_default_backbone_and_separate_inference(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('linear_mixmo', num_classes=4)  # default backbone: resnet18
+    model.inference = 'separate'
+    config = assert_round_trip(model, tmp_path / 'default', torch.randn(1, 3, 32, 32))
+    assert config['model_args']['backbone'] == 'resnet18' and config['model_args']['inference'] == 'separate'
+
+
+def test_round_trip_paper_cnn_name(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('mimo_preact_resnet18', widen_factor=1, num_classes=3, num_members=2)
+    config = assert_round_trip(model, tmp_path / 'paper', torch.randn(1, 3, 32, 32))
+    assert config['architecture'] == 'mimo_preact_resnet18'
+
+
+def test_round_trip_generic_mixvit_non_default_source_and_sum_inference(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('mixvit', backbone='cait_xxs24_224', source='encoding', num_members=3, **TINY_CAIT)
+    with torch.no_grad():  # random source parameters, so a lost `source` or member count changes the logits
+        model.source_attribution.weight.normal_(0, 0.5)
+    model.inference = 'sum'
+    config = assert_round_trip(model, tmp_path / 'mixvit', torch.randn(2, 3, 32, 32))
+    assert config['architecture'] == 'mixvit'
+    args = config['model_args']
+    assert args['backbone'] == 'cait_xxs24_224' and args['source'] == 'encoding' and args['inference'] == 'sum'
+
+
+def test_round_trip_generic_mixvit_default_backbone(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('mixvit', depth=1, depth_token_only=1, embed_dim=48, num_heads=3, num_classes=5)
+    model.inference = 'single'
+    model.single_member = 1
+    config = assert_round_trip(model, tmp_path / 'mixvit_default', torch.randn(2, 3, 32, 32))
+    assert config['architecture'] == 'mixvit' and config['model_args']['backbone'] == 'convit_gpsa5_ca2'
+    assert config['model_args']['single_member'] == 1
+
+
+@pytest.mark.parametrize('name, kwargs', [
+    ('mixvit_convit_gpsa5_ca2', dict(TINY_PAPER_CONVIT, num_members=3)),
+    ('mixvit_cait_xxs24', TINY_CAIT),
+])
+def test_round_trip_mixvit_paper_names(tmp_path, name, kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs)
+    model.inference = 'alternating'
+    config = assert_round_trip(model, tmp_path / name, torch.randn(1, 3, kwargs['img_size'], kwargs['img_size']))
+    assert config['architecture'] == name and config['model_args']['inference'] == 'alternating'
+
+
+@pytest.mark.parametrize('name, kwargs', [
+    ('mimo_vit', dict(TINY_CONVIT, backbone='convit_tiny')),
+    ('cutmix_only_mixmo_vit', dict(TINY_CONVIT, backbone='convit_tiny')),
+    ('mixmo_vit_convit_gpsa5_ca2', TINY_PAPER_CONVIT),
+])
+def test_round_trip_naive_vits_keep_the_inference_mode(tmp_path, name, kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs)
+    model.inference = 'sum' if model.inference == 'separate' else 'separate'
+    config = assert_round_trip(model, tmp_path / name, torch.randn(2, 3, 16, 16))
+    assert config['architecture'] == name and config['model_args']['inference'] == model.inference
+
+
+# ---- model cards and export ----------------------------------------------------------------------------------------
+
+def test_save_pretrained_writes_a_model_card(tmp_path):
+    model = timm.create_model('cut_mixmo', backbone='wrn28_2', **TINY_WRN)
+    hub.save_pretrained(model, tmp_path / 'card', model_card_kwargs=dict(
+        repo_id='someone/cut-mixmo-wrn', train_args=dict(model='cut_mixmo', dataset='torch/cifar100', lr=0.1),
+        results=dict(top1=81.5, member_top1=79.9, loss=0.71, ece=0.021)))
+    card = (tmp_path / 'card' / 'README.md').read_text()
+    from huggingface_hub import ModelCard
+    data = ModelCard.load(tmp_path / 'card' / 'README.md').data
+    assert data.library_name == 'timm'
+    assert {'timm_mimo', 'mimo', 'cut_mixmo', 'arxiv:2103.06132'} <= set(data.tags)
+    assert data.datasets == ['torch/cifar100']
+    assert 'import timm_mimo' in card and hub.INSTALL_LINE in card
+    assert "timm.create_model('hf-hub:someone/cut-mixmo-wrn', pretrained=True)" in card
+    assert 'backbone: `wrn28_2`' in card and '| member_top1 | 79.9 |' in card and '| lr | `0.1` |' in card
+
+
+def test_model_card_names_the_mixvit_paper(tmp_path):
+    model = timm.create_model('mixvit_cait_xxs24', **TINY_CAIT)
+    card = str(hub.model_card(model))
+    assert 'mixvit' in card and 'openreview.net/forum?id=pOq1HuMI8Dz' in card and 'import timm_mimo' in card
+
+
+def _train_run(tmp_path: Path, ema: bool) -> tuple:
+    """A train.py-style run folder: args.yaml and a checkpoint dict (state_dict, optionally state_dict_ema)."""
+    torch.manual_seed(0)
+    args = dict(model='cut_mixmo', model_kwargs=dict(backbone='wrn28_2', depth=10, widen_factor=1),
+                num_classes=5, num_members=2, in_chans=None, dataset='', data_dir='/data/digits', epochs=3, lr=0.05)
+    (tmp_path / 'args.yaml').write_text(yaml.safe_dump(args))
+    model = hub.model_from_train_args(args)
+    ema_model = hub.model_from_train_args(args)
+    state = dict(epoch=2, arch='cut_mixmo', state_dict={f'module.{k}': v for k, v in model.state_dict().items()})
+    if ema:
+        state['state_dict_ema'] = ema_model.state_dict()
+    torch.save(state, tmp_path / 'model_best.pth.tar')
+    (tmp_path / 'results.json').write_text(json.dumps(dict(top1=91.0, member_top1=88.5, nll_c=0.3)))
+    return model.eval(), ema_model.eval()
+
+
+def test_export_command_writes_a_loadable_folder_with_card(tmp_path):
+    model, ema_model = _train_run(tmp_path, ema=True)
+    x = torch.randn(2, 3, 16, 16)
+    for use_ema, expected in ((False, model), (True, ema_model)):
+        out = tmp_path / f'export_{use_ema}'
+        argv = ['export', '--checkpoint', str(tmp_path / 'model_best.pth.tar'), '--args', str(tmp_path / 'args.yaml'),
+                '--out', str(out), '--results', str(tmp_path / 'results.json')] + (['--use-ema'] if use_ema else [])
+        assert hub.main(argv) == 0
+        loaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.forward_members(x), expected.forward_members(x), rtol=0, atol=0)
+        card = (out / 'README.md').read_text()
+        assert '| member_top1 | 88.5 |' in card and '/data/digits' in card and '| epochs | `3` |' in card
+
+
+def test_export_use_ema_without_ema_weights_is_one_line_error(tmp_path, capsys):
+    _train_run(tmp_path, ema=False)
+    argv = ['export', '--checkpoint', str(tmp_path / 'model_best.pth.tar'), '--args', str(tmp_path / 'args.yaml'),
+            '--out', str(tmp_path / 'out'), '--use-ema']
+    assert hub.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no 'state_dict_ema'" in err and 'without --use-ema' in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_export_runs_as_a_module_command(tmp_path):
+    _train_run(tmp_path, ema=False)
+    proc = subprocess.run([sys.executable, '-m', 'timm_mimo', 'export', '--checkpoint', str(tmp_path / 'nope.tar'),
+                           '--args', str(tmp_path / 'args.yaml'), '--out', str(tmp_path / 'out')],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: checkpoint '{tmp_path / 'nope.tar'}' does not exist"]
+
+
+# ---- honest pretrained tags ----------------------------------------------------------------------------------------
+
+def test_every_pretrained_tag_is_a_timm_backbone_checkpoint():
+    """A listed tag is ``backbone_<timm tag>`` and its source is that timm checkpoint's Hub repository."""
+    tagged = our_names(pretrained=True)
+    assert tagged, 'the MixViT backbone tags should be listed'
+    for name in tagged:
+        arch, tag = name.split('.', 1)
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert tag.startswith(BACKBONE_TAG_PREFIX) and cfg.hf_hub_id and not cfg.url, name
+        owner, timm_name = cfg.hf_hub_id.split('/', 1)
+        assert owner == 'timm' and timm_name.endswith('.' + tag.removeprefix(BACKBONE_TAG_PREFIX)), name
+        timm_cfg = timm.models.get_pretrained_cfg(timm_name)
+        assert timm_cfg is not None and timm_cfg.hf_hub_id == cfg.hf_hub_id, name  # a checkpoint timm publishes
+
+
+def test_names_without_published_weights_have_no_source():
+    listed = set(our_names(pretrained=True))
+    for name in our_names():
+        if name not in listed:
+            assert not hub.has_pretrained_source(timm.models.get_pretrained_cfg(name)), name
+    assert not timm.list_pretrained('*mixmo*') and not timm.list_pretrained('mimo*')
+
+
+@pytest.mark.parametrize('name', ['cut_mixmo_wrn28_10', 'mixvit_cait_m24', 'mixmo_vit_convit_gpsa5_ca2',
+                                  'mixvit_convit_gpsa5_ca2'])
+def test_pretrained_true_without_weights_is_a_clear_error(name):
+    with pytest.raises(ValueError, match=f"no pretrained weights exist for '{name}'.*"
+                                         r"pretrained_cfg_overlay=dict\(file="):
+        timm.create_model(name, pretrained=True)
+
+
+# ---- the one offline message ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def offline(monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+
+
+def test_offline_message_for_a_vit_name_names_repository_file_and_both_ways_out(offline):
+    with pytest.raises(RuntimeError) as info:
+        timm.create_model('mixvit_cait_xs24', pretrained=True, img_size=32, depth=1)
+    message = str(info.value)
+    assert 'timm/cait_xs24_384.fb_dist_in1k' in message and 'model.safetensors' in message
+    assert "timm.create_model('mixvit_cait_xs24', pretrained=True, pretrained_cfg_overlay=dict(file=" in message
+    assert hub.download_command('timm/cait_xs24_384.fb_dist_in1k', 'model.safetensors') in message
+    assert len(message.splitlines()) == 1
+
+
+def test_offline_message_for_a_cnn_name_names_the_backbone_checkpoint(offline):
+    with pytest.raises(RuntimeError) as info:
+        timm.create_model('cut_mixmo', backbone='resnet18', pretrained=True)
+    message = str(info.value)
+    assert "backbone='resnet18'" in message and 'pretrained_cfg_overlay=dict(file=' in message
+    repo = timm.models.get_pretrained_cfg('resnet18').hf_hub_id
+    assert repo in message and hub.download_command(repo, 'model.safetensors') in message
+
+
+def test_offline_hf_hub_name_says_how_to_fetch_the_repository(offline):
+    with pytest.raises(RuntimeError) as info:
+        hub.load_pretrained('hf-hub:someone/does-not-exist-offline')
+    assert hub.download_command('someone/does-not-exist-offline') in str(info.value)
+    assert "local-dir:<folder>" in str(info.value)
+
+
+def test_download_command_uses_the_installed_hub_client():
+    command = hub.download_command('timm/resnet18.a1_in1k', 'model.safetensors', local_dir='weights')
+    assert command.split()[0] in ('hf', 'huggingface-cli')
+    assert command.endswith('download timm/resnet18.a1_in1k model.safetensors --local-dir weights')
+
+
+# ---- config.json errors, package surface, torch.hub ----------------------------------------------------------------
 
 def test_load_pretrained_refuses_folder_without_config(tmp_path):
     with pytest.raises(FileNotFoundError, match='config.json'):
         hub.load_pretrained(tmp_path)
 
 
-def test_offline_hub_download_says_how_to_load_from_a_file(monkeypatch):
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    import huggingface_hub.constants as hf_constants
-    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
-    with pytest.raises(RuntimeError, match=r'pretrained_cfg_overlay=dict\(file='):
-        hub.load_pretrained('hf-hub:timm_mimo/does-not-exist-offline')
+@pytest.mark.parametrize('text, match', [
+    ('{"architecture": "cut_mixmo",', 'is not valid JSON'),
+    ('{"num_classes": 5}', 'has no "architecture"'),
+    ('{"architecture": "not_a_model"}', "'not_a_model', which is not a registered timm model"),
+])
+def test_bad_config_json_is_an_error_naming_the_file(tmp_path, text, match):
+    (tmp_path / 'config.json').write_text(text)
+    for name in (tmp_path, f'local-dir:{tmp_path}'):
+        with pytest.raises(ValueError, match=match) as info:
+            hub.load_pretrained(name)
+        assert str(tmp_path / 'config.json') in str(info.value)
 
 
-def test_offline_hint_names_both_offline_routes():
-    hint = hub.offline_hint('cut_mixmo_wrn28_10')
-    assert "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors')" in hint
-    assert 'local-dir:' in hint
+def test_hub_is_reachable_after_import_timm_mimo():
+    assert timm_mimo.hub.save_pretrained is hub.save_pretrained
+    code = 'import timm_mimo; print(timm_mimo.hub.save_pretrained.__name__, timm_mimo.hub.push_to_hub.__name__)'
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ['save_pretrained', 'push_to_hub']
 
 
 def test_hubconf_exposes_every_registered_model_through_torch_hub():
@@ -61,9 +293,33 @@ def test_hubconf_exposes_every_registered_model_through_torch_hub():
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
     names = [name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith('_')]
-    for module in ('mimo_cnn', 'mixvit', 'cifar_resnet'):
-        registered = timm.list_models(module=module)
-        assert registered and set(registered) <= set(names)
+    assert set(n.split('.')[0] for n in our_names()) <= set(names)
     model = torch.hub.load(str(REPO), 'cut_mixmo_wrn28_2', source='local', num_classes=7)
     assert isinstance(model, timm_mimo.MimoContract)
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_push_to_hub_uploads_weights_config_and_our_card(monkeypatch):
+    """The upload itself is huggingface_hub's; checked here: what folder it is given (no network needed)."""
+    import huggingface_hub
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None, library_name=None):
+            assert library_name == 'timm'
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            return type('RepoUrl', (), dict(repo_id=f'user/{repo_id}'))()
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            uploaded.update(repo_id=repo_id, files={p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+            return 'commit-url'
+
+    monkeypatch.setattr(huggingface_hub, 'HfApi', FakeApi)
+    model = timm.create_model('mixvit_cait_xxs24', **TINY_CAIT)
+    assert hub.push_to_hub(model, 'mixvit-tiny') == 'commit-url'
+    assert uploaded['repo_id'] == 'user/mixvit-tiny'
+    assert set(uploaded['files']) == {'model.safetensors', 'config.json', 'README.md'}
+    card = uploaded['files']['README.md'].decode()
+    assert "timm.create_model('hf-hub:user/mixvit-tiny', pretrained=True)" in card and 'import timm_mimo' in card
+    assert json.loads(uploaded['files']['config.json'])['architecture'] == 'mixvit_cait_xxs24'

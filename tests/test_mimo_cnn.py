@@ -11,6 +11,7 @@ from model_checks import check_mimo_contract, encoder_output
 from safetensors.torch import save_file
 
 from timm_mimo import MimoLoss, Mixer, MixPlan
+from timm_mimo.hub import has_pretrained_source
 from timm_mimo.models import mimo_cnn
 from timm_mimo.models.mimo_cnn import MemberEncoders, MimoCNN
 
@@ -60,7 +61,7 @@ def test_full_size_structure(name):
         model = timm.create_model(name)
         backbone = timm.create_model(model.backbone_name)
     cfg = model.pretrained_cfg
-    assert cfg['architecture'] == name and cfg['hf_hub_id'] == f'timm_mimo/{name}.{cfg["tag"]}'
+    assert cfg['architecture'] == name and not has_pretrained_source(cfg)  # no published MIMO weights
     assert cfg['input_size'] == backbone.pretrained_cfg['input_size']
     assert cfg['num_classes'] == model.num_classes == backbone.num_classes
     assert cfg['mean'] == backbone.pretrained_cfg['mean'] and cfg['crop_pct'] == 1.0
@@ -187,8 +188,8 @@ def test_bad_input_raises_value_error_naming_the_shape():
         model(torch.randn(2, 2, 3, 16, 16), MixPlan.linear(torch.full((2, 2), 0.5), (8, 8)))
     with pytest.raises(ValueError, match=r'\(B, 3, H, W\)'):
         model(torch.randn(2, 1, 16, 16))
-    with pytest.raises(ValueError, match='backbone='):
-        timm.create_model('cut_mixmo')
+    with pytest.raises(ValueError, match='no pretrained weights exist'):
+        timm.create_model('cut_mixmo_wrn28_2', pretrained=True)
 
 
 def test_backbone_without_conv_stem_or_linear_classifier():
@@ -298,7 +299,7 @@ def offline(monkeypatch):
 def test_offline_hub_failure_says_how_to_load_a_file(offline):
     with pytest.raises(RuntimeError, match=r"pretrained_cfg_overlay=dict\(file="):
         timm.create_model('cut_mixmo', backbone='resnet18', pretrained=True)
-    with pytest.raises(RuntimeError, match=r"pretrained_cfg_overlay=dict\(file="):
+    with pytest.raises(ValueError, match=r"no pretrained weights exist.*pretrained_cfg_overlay=dict\(file="):
         timm.create_model('cut_mixmo_wrn28_2', pretrained=True, depth=10, widen_factor=1)
 
 

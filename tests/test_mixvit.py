@@ -83,7 +83,9 @@ def test_contract_forward_shapes(models, name):
         torch.testing.assert_close(out, members.mean(dim=1), rtol=0, atol=0)
         features = model.forward_features(x)
         assert features.shape == (2, m, model.num_prefix_tokens + model.patch_embed.num_patches, model.num_features)
-        assert model.forward_head(features, pre_logits=True).shape == (2, m, model.num_features)
+        assert model.member_pre_logits(features).shape == (2, m, model.num_features)
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True),
+                                   model.member_pre_logits(features).mean(dim=1))  # mean of the member features
         torch.testing.assert_close(model.forward_head(features), out)
         mixed = model(torch.randn(2, m, 3, IMG, IMG), _plan_one_member(2, m, 1, model.mix_grid((IMG, IMG))))
         assert mixed.shape == (2, m, k)

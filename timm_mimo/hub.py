@@ -1,30 +1,120 @@
-"""Save, push and load timm_mimo models through timm's Hugging Face Hub functions.
+"""Save, push, load and export timm_mimo models through timm's Hugging Face Hub format, with model cards.
 
-A folder written by :func:`save_pretrained` holds ``model.safetensors`` and a timm ``config.json`` (architecture,
-model args such as ``backbone`` / ``num_members``, pretrained cfg), so both of these rebuild the model offline::
+A folder written by :func:`save_pretrained` holds ``model.safetensors``, a timm ``config.json`` (architecture, model
+args such as ``backbone`` / ``num_members`` / ``inference``, pretrained cfg) and a ``README.md`` model card, so both of
+these rebuild the model offline::
 
     timm.create_model('local-dir:/path/to/folder', pretrained=True)
     timm_mimo.hub.load_pretrained('/path/to/folder')
 
-and the same folder pushed to the Hub loads with ``timm.create_model('hf-hub:<user>/<repo>', pretrained=True)``.
+and the same folder pushed with :func:`push_to_hub` loads with ``timm.create_model('hf-hub:<user>/<repo>',
+pretrained=True)`` after ``import timm_mimo``.
+
+Every failed pretrained download, wherever it happens (a registered name, a generic name's backbone, ``hf-hub:``),
+is explained by :func:`offline_message`: the repository and file the weights live in, how to load a local copy and
+the command that fetches it once the network is back.
+
+Command line (a ``train.py`` checkpoint to a Hub folder with its card)::
+
+    python -m timm_mimo export --checkpoint run/model_best.pth.tar [--use-ema] --args run/args.yaml \\
+        --out folder [--results results.json]
 """
+import argparse
 import contextlib
+import json
 import os
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
+import torch
 import torch.nn as nn
-from timm.models import create_model, push_to_hf_hub, save_for_hf
+from timm.models import create_model, save_for_hf
+from timm.models._pretrained import PretrainedCfg
 
-__all__ = ['save_pretrained', 'push_to_hub', 'load_pretrained', 'offline_hint', 'hub_errors_with_offline_hint']
+__all__ = ['save_pretrained', 'push_to_hub', 'load_pretrained', 'export_checkpoint', 'model_card',
+           'offline_message', 'no_weights_message', 'pretrained_weights', 'has_pretrained_source',
+           'hub_errors_with_offline_hint', 'download_command', 'INSTALL_LINE']
+
+INSTALL_LINE = 'pip install timm_mimo'
+WEIGHTS_FILE = 'model.safetensors'
+_SOURCE_KEYS = ('file', 'state_dict', 'url', 'hf_hub_id')
+
+# method -> (paper title, paper id): the method a model trains with, for the card's tags and citations
+METHOD_PAPERS: Dict[str, Sequence[str]] = {
+    'mimo': ('Training independent subnetworks for robust prediction (MIMO)', 'arXiv:2010.06610'),
+    'linear_mixmo': ('MixMo: Mixing Multiple Inputs for Multiple Outputs via Deep Subnetworks', 'arXiv:2103.06132'),
+    'cut_mixmo': ('MixMo: Mixing Multiple Inputs for Multiple Outputs via Deep Subnetworks', 'arXiv:2103.06132'),
+    'cutmix_only_mixmo': ('MixMo: Mixing Multiple Inputs for Multiple Outputs via Deep Subnetworks',
+                          'arXiv:2103.06132'),
+    'mixshare': ('Towards efficient feature sharing in MIMO architectures', 'arXiv:2205.10139'),
+    'mixvit': ('Reconciling feature sharing and multiple predictions with MIMO vision transformers',
+               'openreview.net/forum?id=pOq1HuMI8Dz'),
+}
+_VIT_BASELINE = ('Reconciling feature sharing and multiple predictions with MIMO vision transformers '
+                 '(naive MIMO / MixMo transformer baselines)', 'openreview.net/forum?id=pOq1HuMI8Dz')
 
 
-def offline_hint(name: str) -> str:
-    """How to load ``name``'s weights without network access."""
-    return (f'could not download pretrained weights for {name!r} (no network access, or HF_HUB_OFFLINE is set). '
-            f'Load them from a local file instead: timm.create_model({name!r}, pretrained=True, '
-            f"pretrained_cfg_overlay=dict(file='/path/to/model.safetensors')), or from a folder written by "
-            f"timm_mimo.hub.save_pretrained: timm.create_model('local-dir:/path/to/folder', pretrained=True)")
+# --------------------------------------------------------------------------------------------------------------------
+# Pretrained sources and the one offline message
+# --------------------------------------------------------------------------------------------------------------------
+
+def _cfg_get(cfg: Any, key: str) -> Any:
+    if cfg is None:
+        return None
+    return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+
+
+def has_pretrained_source(cfg: Union[PretrainedCfg, Dict[str, Any], None]) -> bool:
+    """True when a pretrained cfg names somewhere its weights come from (file, state dict, URL or Hub repo)."""
+    return any(_cfg_get(cfg, key) is not None and _cfg_get(cfg, key) != '' for key in _SOURCE_KEYS)
+
+
+def download_command(repo_id: str, filename: Optional[str] = None, local_dir: str = '<folder>') -> str:
+    """The shell command that fetches ``filename`` (or the whole repository) with the installed Hub client."""
+    from importlib.metadata import entry_points
+    cli = 'hf' if any(ep.name == 'hf' for ep in entry_points(group='console_scripts')) else 'huggingface-cli'
+    file_part = f' {filename}' if filename else ''
+    return f'{cli} download {repo_id}{file_part} --local-dir {local_dir}'
+
+
+def offline_message(name: str, cfg: Union[PretrainedCfg, Dict[str, Any], None] = None,
+                    create_call: Optional[str] = None) -> str:
+    """Why a pretrained download failed and both ways out: a local file now, the download command later.
+
+    Args:
+        name: The name the user asked for (a registered name, ``'hf-hub:<repo>'`` ...).
+        cfg: Its resolved pretrained cfg (where the weights live); not needed for ``hf-hub:`` names.
+        create_call: The ``timm.create_model(...)`` call to show with ``pretrained_cfg_overlay`` (default: ``name``).
+    """
+    if name.startswith('hf-hub:'):
+        repo_id = name.split(':', 1)[1].split('@', 1)[0]
+        return (f'could not download {name!r}: the Hugging Face Hub repository {repo_id} (config.json and '
+                f'{WEIGHTS_FILE}) cannot be reached (no network access, or HF_HUB_OFFLINE=1). Once the network is '
+                f"back: {download_command(repo_id)}, then timm.create_model('local-dir:<folder>', pretrained=True)")
+    call = create_call or f'timm.create_model({name!r}, pretrained=True'
+    hf_hub_id, url = _cfg_get(cfg, 'hf_hub_id'), _cfg_get(cfg, 'url')
+    if hf_hub_id:
+        filename = _cfg_get(cfg, 'hf_hub_filename') or WEIGHTS_FILE
+        where = f'the Hugging Face Hub repository {hf_hub_id}, file {filename}'
+        fetch = download_command(hf_hub_id, filename)
+        local = f'<folder>/{filename}'
+    else:
+        filename = Path(str(url or 'model.pth')).name
+        where = f'{url}'
+        fetch = f'curl -L -o {filename} {url}'
+        local = f'/path/to/{filename}'
+    return (f'could not download the pretrained weights of {name!r} from {where} (no network access, or '
+            f"HF_HUB_OFFLINE=1). Load a local copy: {call}, pretrained_cfg_overlay=dict(file='{local}')); "
+            f'fetch it once the network is back: {fetch}')
+
+
+def no_weights_message(name: str) -> str:
+    """``pretrained=True`` on a name whose weights nobody publishes."""
+    return (f'no pretrained weights exist for {name!r}: train it (python train.py --model {name} ...) or load a '
+            f"file you have: timm.create_model({name!r}, pretrained=True, "
+            "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'))")
 
 
 def _is_download_failure(exc: BaseException) -> bool:
@@ -47,37 +137,215 @@ def _is_download_failure(exc: BaseException) -> bool:
     return isinstance(exc, download_errors)
 
 
+def _caused_by_download_failure(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if _is_download_failure(exc):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 @contextlib.contextmanager
-def hub_errors_with_offline_hint(name: str) -> Iterator[None]:
-    """Re-raise a failed pretrained download as a ``RuntimeError`` that says how to load offline."""
+def pretrained_weights(name: str, cfg: Union[PretrainedCfg, Dict[str, Any], None], pretrained: bool = True,
+                       create_call: Optional[str] = None) -> Iterator[None]:
+    """Guard a pretrained build: refuse a cfg with no weight source, explain a failed download.
+
+    Raises:
+        ValueError: ``pretrained`` and ``cfg`` names no source (:func:`no_weights_message`).
+        RuntimeError: The download failed (:func:`offline_message`), chained to the Hub client's error.
+    """
+    if not pretrained:
+        yield
+        return
+    if not has_pretrained_source(cfg):
+        raise ValueError(no_weights_message(name))
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - only download failures are translated, the rest re-raised as is
-        if _is_download_failure(exc) or _is_download_failure(exc.__cause__ or exc):
-            raise RuntimeError(offline_hint(name)) from exc
+        if _caused_by_download_failure(exc):
+            raise RuntimeError(offline_message(name, cfg, create_call)) from exc
         raise
 
 
-def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], **model_args: Any) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` for ``local-dir:`` / ``hf-hub:`` loading.
+@contextlib.contextmanager
+def hub_errors_with_offline_hint(name: str) -> Iterator[None]:
+    """Re-raise a failed download while creating ``name`` (e.g. ``'hf-hub:...'``) with :func:`offline_message`."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - only download failures are translated
+        if _caused_by_download_failure(exc):
+            raise RuntimeError(offline_message(name)) from exc
+        raise
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model cards
+# --------------------------------------------------------------------------------------------------------------------
+
+def _is_mimo(model: nn.Module) -> bool:
+    return hasattr(model, 'num_members') and hasattr(model, 'forward_members')
+
+
+def model_method(model: nn.Module) -> str:
+    """The MIMO method a model implements (``'cut_mixmo'``, ``'mixvit'``, ``'mimo_vit'`` ...)."""
+    cls_name = type(model).__name__.lower()
+    if 'mixvit' in cls_name:
+        return 'mixvit'
+    if 'mixshare' in cls_name:
+        return 'mixshare'
+    return str(getattr(model, 'method', None) or cls_name)
+
+
+def _method_paper(method: str) -> Sequence[str]:
+    if method in METHOD_PAPERS:
+        return METHOD_PAPERS[method]
+    if method.endswith('_vit'):
+        return _VIT_BASELINE
+    return METHOD_PAPERS['cut_mixmo']
+
+
+def runtime_model_args(model: nn.Module) -> Dict[str, Any]:
+    """Construction arguments a model may have changed since ``create_model``, for config.json.
+
+    ``backbone`` and ``num_members`` are recorded even when the defaults were used (a later default cannot change a
+    saved model), and the settable inference options (``inference``, MixViT's ``single_member`` /
+    ``alternating_seed``) as they are now, so ``model.inference = 'sum'`` survives the reload.
+    """
+    args: Dict[str, Any] = {}
+    if not _is_mimo(model):
+        return args
+    args['num_members'] = int(model.num_members)
+    backbone = getattr(model, 'backbone_name', None)
+    if isinstance(backbone, str):
+        args['backbone'] = backbone
+    for key in ('inference', 'single_member', 'alternating_seed'):
+        value = getattr(model, key, None)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            args[key] = value
+    return args
+
+
+def _format_metric(value: Any) -> str:
+    return f'{value:.4g}' if isinstance(value, float) else str(value)
+
+
+def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Optional[Dict[str, Any]] = None,
+               results: Optional[Dict[str, Any]] = None, install: str = INSTALL_LINE) -> 'Any':
+    """A ``huggingface_hub.ModelCard`` for a timm_mimo model.
 
     Args:
-        model: A model made by ``timm.create_model`` (its construction arguments are recorded in config.json).
+        model: The model (its architecture, method, backbone, M and pretrained cfg fill the card).
+        repo_id: The Hub repository (for the ``hf-hub:`` line); a ``local-dir:`` line is shown without it.
+        train_args: ``train.py``'s ``args.yaml`` as a dict: the training data and recipe.
+        results: ``validate.py``'s results (JSON): ensemble / member top-1, NLL, ECE ...
+        install: The install line shown before ``import timm_mimo``.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    cfg = dict(getattr(model, 'pretrained_cfg', {}) or {})
+    architecture = cfg.get('architecture') or type(model).__name__
+    method = model_method(model) if _is_mimo(model) else architecture
+    paper_title, paper_id = _method_paper(method) if _is_mimo(model) else ('', cfg.get('paper_ids') or '')
+    tags = ['timm_mimo', 'mimo', 'image-classification', method]
+    if paper_id.startswith('arXiv:'):
+        tags.append('arxiv:' + paper_id.split(':', 1)[1])
+    train_args = dict(train_args or {})
+    dataset = train_args.get('dataset') or train_args.get('data_dir') or None
+    card_data = ModelCardData(library_name='timm', license=cfg.get('license') or 'apache-2.0',
+                              tags=list(dict.fromkeys(tags)), pipeline_tag='image-classification',
+                              datasets=[str(dataset)] if dataset else None)
+    name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:/path/to/this/folder'
+    num_params = sum(p.numel() for p in model.parameters())
+    lines = [f'# {repo_id.split("/")[-1] if repo_id else architecture}', '',
+             f'A multi-input multi-output (MIMO) ensemble in timm: `{architecture}`, method `{method}`'
+             + (f', {model.num_members} members' if _is_mimo(model) else '') + '.', '',
+             '## Usage', '', 'The model needs the `timm_mimo` package (it registers the architecture with timm):', '',
+             '```bash', install, '```', '', '```python', 'import timm', 'import timm_mimo  # registers the models',
+             '', f"model = timm.create_model('{name}', pretrained=True).eval()",
+             'logits = model(images)                   # (B, K): the ensemble (member logits averaged)',
+             'members = model.forward_members(images)  # (B, M, K): every member\'s logits', '```', '',
+             '## Model details', '', f'- architecture: `{architecture}`', f'- method: `{method}`']
+    if _is_mimo(model):
+        lines.append(f'- members (M): {model.num_members}')
+        if getattr(model, 'backbone_name', None):
+            lines.append(f'- backbone: `{model.backbone_name}` (timm)')
+        if getattr(model, 'inference', None):
+            lines.append(f'- inference: `{model.inference}`')
+    lines += [f'- parameters: {num_params / 1e6:.2f} M', f'- classes: {getattr(model, "num_classes", "?")}',
+              f'- input size: {tuple(cfg.get("input_size") or ())}']
+    if paper_title:
+        lines += [f'- paper: {paper_title}, {paper_id}']
+    if train_args:
+        lines += ['', '## Training', '', f'- data: `{dataset}`' if dataset else '- data: see the recipe below',
+                  '- recipe (`train.py` args.yaml):', '']
+        recipe = {k: v for k, v in sorted(train_args.items()) if v not in (None, '', [], {}) and not
+                  isinstance(v, dict)}
+        lines += ['| arg | value |', '|---|---|'] + [f'| {k} | `{v}` |' for k, v in recipe.items()]
+    if results:
+        lines += ['', '## Results (`validate.py`)', '', '| metric | value |', '|---|---|']
+        lines += [f'| {k} | {_format_metric(v)} |' for k, v in results.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    content = f'---\n{card_data.to_yaml()}\n---\n\n' + '\n'.join(lines) + '\n'
+    return ModelCard(content)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Save / push / load / export
+# --------------------------------------------------------------------------------------------------------------------
+
+def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike],
+                    model_card_kwargs: Optional[Dict[str, Any]] = None, **model_args: Any) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card for ``local-dir:`` / ``hf-hub:``.
+
+    Args:
+        model: A model made by ``timm.create_model`` (its construction arguments are recorded in config.json, plus
+            :func:`runtime_model_args`).
         save_directory: Folder to write (created if needed).
+        model_card_kwargs: Passed to :func:`model_card` (``repo_id``, ``train_args``, ``results``, ``install``).
         **model_args: Extra or replacement construction arguments to record.
     """
-    save_for_hf(model, str(save_directory), model_args=model_args or None, safe_serialization=True)
-    return Path(save_directory)
+    save_directory = Path(save_directory)
+    args = dict(runtime_model_args(model), **model_args)
+    save_for_hf(model, str(save_directory), model_args=args or None, safe_serialization=True)
+    model_card(model, **(model_card_kwargs or {})).save(save_directory / 'README.md')
+    return save_directory
 
 
-def push_to_hub(model: nn.Module, repo_id: str, **kwargs: Any) -> str:
-    """Push ``model`` to the Hugging Face Hub with safetensors weights (timm's ``push_to_hf_hub``)."""
-    kwargs.setdefault('safe_serialization', True)
-    return push_to_hf_hub(model, repo_id, **kwargs)
+def push_to_hub(model: nn.Module, repo_id: str, commit_message: str = 'Add model', token: Optional[str] = None,
+                private: bool = False, model_card_kwargs: Optional[Dict[str, Any]] = None, **model_args: Any) -> Any:
+    """Push the :func:`save_pretrained` folder (safetensors, config.json, model card) to ``repo_id``."""
+    from huggingface_hub import HfApi
+    api = HfApi(token=token, library_name='timm')
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    card_kwargs = dict(model_card_kwargs or {}, repo_id=repo_id)
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(model, folder, model_card_kwargs=card_kwargs, **model_args)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
 
 
-def load_pretrained(name_or_path: Union[str, os.PathLike], pretrained: bool = True,
-                    **kwargs: Any) -> nn.Module:
+def _check_config(folder: Path) -> None:
+    """A one-line error naming ``folder/config.json`` when it is missing, not JSON, or names no known model."""
+    import timm
+    config_path = folder / 'config.json'
+    if not config_path.is_file():
+        raise FileNotFoundError(f'{folder} has no config.json: write the folder with timm_mimo.hub.save_pretrained')
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f'{config_path} is not valid JSON ({exc}); write it with timm_mimo.hub.save_pretrained') \
+            from None
+    architecture = config.get('architecture') if isinstance(config, dict) else None
+    if not isinstance(architecture, str) or not architecture:
+        raise ValueError(f'{config_path} has no "architecture" (the timm model name to build); write it with '
+                         'timm_mimo.hub.save_pretrained')
+    if not timm.is_model(architecture):
+        raise ValueError(f'{config_path} names architecture {architecture!r}, which is not a registered timm model '
+                         '(import the package that registers it first)')
+
+
+def load_pretrained(name_or_path: Union[str, os.PathLike], pretrained: bool = True, **kwargs: Any) -> nn.Module:
     """Create a model from a folder (``local-dir:``), a Hub repo (``hf-hub:``) or a registered name.
 
     Args:
@@ -87,10 +355,104 @@ def load_pretrained(name_or_path: Union[str, os.PathLike], pretrained: bool = Tr
         **kwargs: Passed to ``timm.create_model``.
     """
     name = str(name_or_path)
-    if ':' not in name and Path(name).is_dir():
-        if not (Path(name) / 'config.json').is_file():
-            raise FileNotFoundError(f'{name} has no config.json: write the folder with timm_mimo.hub.save_pretrained')
+    if name.startswith('local-dir:'):
+        _check_config(Path(name.split(':', 1)[1]))
+    elif ':' not in name and Path(name).is_dir():
+        _check_config(Path(name))
         name = f'local-dir:{name}'
     with hub_errors_with_offline_hint(name):
         return create_model(name, pretrained=pretrained, **kwargs)
+
+
+def _read_mapping(path: Union[str, os.PathLike], what: str) -> Dict[str, Any]:
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{what} {str(path)!r} does not exist')
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f'{what} {str(path)!r} cannot be parsed: {" ".join(str(exc).split())[:200]}') from None
+    if not isinstance(data, dict):
+        raise ValueError(f'{what} {str(path)!r} holds a {type(data).__name__}, expected a mapping')
+    return data
+
+
+def model_from_train_args(train_args: Dict[str, Any]) -> nn.Module:
+    """The untrained model ``train.py`` built for these args (``model``, ``model_kwargs``, class / member counts)."""
+    if not train_args.get('model'):
+        raise ValueError('the train args name no model (key "model")')
+    kwargs = dict(train_args.get('model_kwargs') or {})
+    for key in ('num_classes', 'in_chans', 'num_members'):
+        if train_args.get(key) is not None:
+            kwargs[key] = train_args[key]
+    if train_args.get('input_size'):
+        kwargs['in_chans'] = train_args['input_size'][0]
+    return create_model(train_args['model'], pretrained=False, **kwargs)
+
+
+def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Union[str, os.PathLike],
+                      out: Union[str, os.PathLike], use_ema: bool = False,
+                      results: Optional[Union[str, os.PathLike]] = None, repo_id: Optional[str] = None,
+                      install: str = INSTALL_LINE) -> Path:
+    """A ``train.py`` checkpoint (``state_dict`` / ``state_dict_ema``) to a :func:`save_pretrained` folder + card.
+
+    Args:
+        checkpoint: ``model_best.pth.tar`` / ``last.pth.tar`` / ``checkpoint-<epoch>.pth.tar`` of a run.
+        train_args: The run's ``args.yaml``.
+        out: Folder to write.
+        use_ema: Export the EMA weights (refused when the checkpoint has none).
+        results: ``validate.py --results-file`` JSON for the card's metrics.
+        repo_id: Hub repository the folder is meant for (shown in the card's usage line).
+        install: Install line of the card.
+    """
+    args = _read_mapping(train_args, 'train args')
+    metrics = _read_mapping(results, 'results file') if results else None
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint {str(path)!r} does not exist')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f'checkpoint {str(path)!r} cannot be read as a weights-only torch checkpoint: '
+                         f'{" ".join(str(exc).split())[:200]}') from None
+    key = 'state_dict_ema' if use_ema else 'state_dict'
+    if not isinstance(state, dict) or key not in state:
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        hint = ' (the run had no --model-ema; export without --use-ema)' if use_ema else ''
+        raise ValueError(f'checkpoint {str(path)!r} has no {key!r}{hint}; found {found}')
+    model = model_from_train_args(args)
+    state_dict = {k.removeprefix('module.'): v for k, v in state[key].items()}
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise ValueError(f'checkpoint {str(path)!r} does not fit {args["model"]!r} built from {str(train_args)!r}: '
+                         f'{" ".join(str(exc).split())[:240]}') from None
+    card = dict(train_args=args, results=metrics, repo_id=repo_id, install=install)
+    return save_pretrained(model.eval(), out, model_card_kwargs=card)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m timm_mimo export ...``: one-line errors, exit code 2."""
+    parser = argparse.ArgumentParser(prog='python -m timm_mimo', description=__doc__.split('\n\n')[0])
+    commands = parser.add_subparsers(dest='command', required=True)
+    export = commands.add_parser('export', help='a train.py checkpoint to a Hub folder (safetensors, config, card)')
+    export.add_argument('--checkpoint', required=True, help='checkpoint written by train.py')
+    export.add_argument('--args', required=True, help="the run's args.yaml")
+    export.add_argument('--out', required=True, help='folder to write')
+    export.add_argument('--use-ema', action='store_true', help='export the EMA weights')
+    export.add_argument('--results', default=None, help='validate.py results JSON for the card')
+    export.add_argument('--repo-id', default=None, help='Hub repository the folder is meant for (card usage line)')
+    export.add_argument('--install', default=INSTALL_LINE, help='install line shown in the card')
+    args = parser.parse_args(argv)
+    try:
+        folder = export_checkpoint(args.checkpoint, args.args, args.out, use_ema=args.use_ema, results=args.results,
+                                   repo_id=args.repo_id, install=args.install)
+    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+        print(f'error: {" ".join(str(exc).split())}', file=sys.stderr)
+        return 2
+    print(f'wrote {folder} (model.safetensors, config.json, README.md); load it with '
+          f"timm.create_model('local-dir:{folder}', pretrained=True) after import timm_mimo")
+    return 0
 

@@ -1,4 +1,5 @@
-"""The MIMO training loss: member cross-entropies weighted by the mixing ratios (SPEC §1.3, §1.4, §1.10)."""
+"""The MIMO training loss: member cross-entropies weighted by the mixing ratios (thesis (HAL tel-03952815)
+Sec. 3.3.2.2; MixViT eq. 4.4)."""
 import math
 from typing import Optional
 
@@ -10,7 +11,7 @@ __all__ = ['mixing_loss_weights', 'MimoLoss']
 
 
 def mixing_loss_weights(kappas: torch.Tensor, root: float = 3.0, weight_sum: Optional[float] = None) -> torch.Tensor:
-    """The loss weight of every member from its mixing ratio (SPEC §1.4, eq. 3.3 and A.1).
+    """The loss weight of every member from its mixing ratio (thesis eq. 3.3 and A.1).
 
     ``w_r(κ_m) = M · κ_m^{1/r} / Σ_j κ_j^{1/r}``; for M = 2 this is ``2 κ^{1/r} / (κ^{1/r} + (1-κ)^{1/r})``.
     ``root=1`` gives ``M κ`` (linear label weighting), ``root=inf`` gives 1 for every member (no reweighting).
@@ -31,7 +32,7 @@ def mixing_loss_weights(kappas: torch.Tensor, root: float = 3.0, weight_sum: Opt
     num_members = kappas.shape[1]
     total = float(num_members) if weight_sum is None else float(weight_sum)
     if math.isinf(root):
-        # r -> inf: κ^{1/r} -> 1 for κ > 0, so every present member weighs the same (SPEC §1.4)
+        # r -> inf: κ^{1/r} -> 1 for κ > 0, so every present member weighs the same (thesis Sec. 3.3.2.2)
         powered = (kappas > 0).to(kappas.dtype)
     else:
         powered = kappas.clamp_min(0).pow(1.0 / root)
@@ -42,7 +43,7 @@ def mixing_loss_weights(kappas: torch.Tensor, root: float = 3.0, weight_sum: Opt
 
 
 class MimoLoss(nn.Module):
-    """``mean_b Σ_m w_r(κ_bm) · CE(y_bm, logits_bm)`` (SPEC §1.3 eq. 3.1, §1.4 eq. A.2).
+    """``mean_b Σ_m w_r(κ_bm) · CE(y_bm, logits_bm)`` (thesis eq. 3.1, eq. A.2).
 
     Args:
         root: r of :func:`mixing_loss_weights` (3 for MixMo; 1 for MixShare and MixViT; ``inf`` for none).

@@ -1,6 +1,6 @@
 """Mixing plans for MIMO training: masks, mixing ratios and their schedules.
 
-Randomness lives here, outside the models (DESIGN.md): a :class:`Mixer` samples a :class:`MixPlan` from the batch size,
+Randomness lives here, outside the models: a :class:`Mixer` samples a :class:`MixPlan` from the batch size,
 the number of members M, the model's mixing grid and the training progress in [0, 1]. The model is deterministic given
 ``(xs, plan)``, so tests build plans by hand (``MixPlan.from_masks``) and check the arithmetic exactly.
 """
@@ -93,7 +93,7 @@ class MixPlan:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Schedules (SPEC §1.3, §1.10, §8)
+# Schedules (thesis Sec. 3.3.2.1 and Alg. A.6; MixViT: thesis Sec. 4.3.2)
 # --------------------------------------------------------------------------------------------------------------------
 
 # The last twelfth of training is where the MixMo p schedule decays and the MixViT single-source schedule grows.
@@ -115,20 +115,21 @@ def progress(epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
 
 
 def mix_probability(p: float, progress: float, decay: bool = True) -> float:
-    """The probability ``p_e`` that a batch uses the binary mask (SPEC §1.3, Alg. A.6 T:2575–2583).
+    """The probability ``p_e`` that a batch uses the binary mask (thesis (HAL tel-03952815) Alg. A.6).
 
-    ``p_e = p`` until 11/12 of training, then linear descent to 0 at the end (fractional epochs, [NON-PAPER] code).
+    ``p_e = p`` until 11/12 of training, then linear descent to 0 at the end (fractional epochs, as the official code).
     """
     if not decay or progress <= SCHEDULE_START:
         return p
-    # SPEC §1.3: p_e = p · (E − epoch) / (E / 12), in fractions of training
+    # thesis Alg. A.6: p_e = p · (E − epoch) / (E / 12), in fractions of training
     return p * max(0.0, (1.0 - progress) / (1.0 - SCHEDULE_START))
 
 
 def single_source_probability(progress: float) -> float:
-    """MixViT end-of-training probability that a batch takes all tokens from one input (SPEC §1.10, §8).
+    """MixViT end-of-training probability that a batch takes all tokens from one input (thesis Sec. 4.3.2).
 
-    ``q = clip((progress − 11/12) · 12, 0, 1)``: 0 until 11/12 of training, 1 at the end ([AMBIG] final value 1).
+    ``q = clip((progress − 11/12) · 12, 0, 1)``: 0 until 11/12 of training, 1 at the end (Decision, papers
+    silent: ends at 1).
     """
     return min(1.0, max(0.0, (progress - SCHEDULE_START) / (1.0 - SCHEDULE_START)))
 
@@ -153,7 +154,8 @@ def fadeout_relax(epoch: float, fadeout_epochs: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Mixing ratios: Beta(α, α) for M = 2 is Dirichlet_2(α), both from generator-driven Gamma variates (SPEC §0, §1.2)
+# Mixing ratios: Beta(α, α) for M = 2 is Dirichlet_2(α), both from generator-driven Gamma variates
+# (arXiv:2103.06132 Sec. 3)
 # --------------------------------------------------------------------------------------------------------------------
 
 def sample_gamma(concentration: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -195,10 +197,10 @@ def sample_gamma(concentration: torch.Tensor, generator: Optional[torch.Generato
 
 def sample_mixing_ratios(batch_size: int, num_members: int, alpha: Optional[float],
                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Per-sample mixing ratios κ ``(B, M)`` summing to 1 (SPEC §0, §1.2; per sample as in Alg. A.6).
+    """Per-sample mixing ratios κ ``(B, M)`` summing to 1 (arXiv:2103.06132 Sec. 3; per sample, thesis Alg. A.6).
 
     ``Dirichlet_M(α)`` as normalised Gamma(α) variates, which for M = 2 is ``κ ~ Beta(α, α)``, ``1 − κ``.
-    ``alpha=None`` fixes κ = 1/M for every member (MIMO summing, SPEC §1.1).
+    ``alpha=None`` fixes κ = 1/M for every member (MIMO summing, arXiv:2010.06610).
     """
     if alpha is None:
         return torch.full((batch_size, num_members), 1.0 / num_members)
@@ -207,7 +209,7 @@ def sample_mixing_ratios(batch_size: int, num_members: int, alpha: Optional[floa
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Binary masks: (B, H, W) 0/1, value 1 where the "box" member is taken; area ≈ κ, re-measured later (SPEC §1.6)
+# Binary masks: (B, H, W) 0/1, value 1 where the "box" member is taken; area ≈ κ, re-measured later (thesis App. A.5.1)
 # --------------------------------------------------------------------------------------------------------------------
 
 def _uniform(shape: Tuple[int, ...], generator: Optional[torch.Generator], low: float = 0.0,
@@ -226,7 +228,7 @@ def _rank_top_fraction(scores: torch.Tensor, fractions: torch.Tensor) -> torch.T
 
 
 def cutmix_box_masks(kappas: torch.Tensor, centers: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """CutMix boxes of area ratio κ around given centres, clipped at the borders (SPEC §1.3, T:2825).
+    """CutMix boxes of area ratio κ around given centres, clipped at the borders (thesis eq. 3.2, App. A.5.1).
 
     The box is ``round(H √κ) × round(W √κ)`` cells (edge R·√κ on a square map) covering rows
     ``[cy − h // 2, cy − h // 2 + h)`` and likewise columns, then clipped to the grid, so the unclipped area is
@@ -253,7 +255,7 @@ def cutmix_box_bounds(kappas: torch.Tensor, centers: torch.Tensor,
                       grid: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clipped half-open CutMix box bounds ``(top, bottom, left, right)``, each ``(B,)`` (:func:`cutmix_box_masks`)."""
     height, width = grid
-    # SPEC §1.3: square of edge R·√κ, centre given, clipped at the borders
+    # thesis Sec. 3.3.2.1: square of edge R·√κ, centre given, clipped at the borders
     root = kappas.double().clamp(0, 1).sqrt()
     box_h = torch.round(height * root).long()
     box_w = torch.round(width * root).long()
@@ -271,12 +273,12 @@ def _random_centers(batch_size: int, grid: Tuple[int, int], generator: Optional[
 
 def random_cutmix_masks(kappas: torch.Tensor, grid: Tuple[int, int],
                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """CutMix boxes with centres uniform over the grid cells (SPEC §1.3)."""
+    """CutMix boxes with centres uniform over the grid cells (thesis Sec. 3.3.2.1)."""
     return cutmix_box_masks(kappas, _random_centers(kappas.shape[0], grid, generator), grid)
 
 
 def concat_masks(kappas: torch.Tensor, grid: Tuple[int, int], split: str) -> torch.Tensor:
-    """Concatenation masks of area ratio κ (SPEC §1.6, T:2823).
+    """Concatenation masks of area ratio κ (thesis Table 3.3, App. A.5.1).
 
     ``split='hconcat'``: a vertical line splits the map, the left ``round(κ W)`` columns are 1 (horizontal
     concatenation, Summers & Dinneen). ``split='vconcat'``: a horizontal line, the top ``round(κ H)`` rows are 1.
@@ -293,7 +295,7 @@ def concat_masks(kappas: torch.Tensor, grid: Tuple[int, int], split: str) -> tor
 
 
 def patchup_block_size(grid: Tuple[int, int]) -> int:
-    """PatchUp block size: 7 ([NON-PAPER] code, on MixMo's 32×32 mixing maps) scaled to the grid.
+    """PatchUp block size: 7 (the official MixMo code, on MixMo's 32×32 mixing maps) scaled to the grid.
 
     ``min(7, 2 · ⌊7 · min(H, W) / 64⌋ + 1)`` keeps an odd block of about 7/32 of the map edge: 7 at ≥ 32, 3 at 16,
     1 at 8 (token grids), so a single block never covers most of a small map.
@@ -303,9 +305,9 @@ def patchup_block_size(grid: Tuple[int, int]) -> int:
 
 def patchup_masks(kappas: torch.Tensor, grid: Tuple[int, int], generator: Optional[torch.Generator] = None,
                   block_size: Optional[int] = None) -> torch.Tensor:
-    """PatchUp-2D masks (SPEC §1.6, T:2823): a Bernoulli(γ) canvas, each 1 grows into a block of ``block_size``.
+    """PatchUp-2D masks (thesis App. A.5.1): a Bernoulli(γ) canvas, each 1 grows into a block of ``block_size``.
 
-    ``γ = κ · H W / (bs² (H − bs + 1)(W − bs + 1))`` (the [NON-PAPER] ``κ W² / (bs² (W − bs + 1)²)`` on non-square
+    ``γ = κ · H W / (bs² (H − bs + 1)(W − bs + 1))`` (the official code's ``κ W² / (bs² (W − bs + 1)²)`` on non-square
     grids), blocks by ``max_pool2d(canvas, bs, stride 1, pad bs // 2)``. One 2-D mask shared by all channels.
     """
     height, width = grid
@@ -313,19 +315,19 @@ def patchup_masks(kappas: torch.Tensor, grid: Tuple[int, int], generator: Option
     if block % 2 != 1 or block < 1:
         raise ValueError(f'PatchUp block size must be a positive odd integer, got {block}')
     block = min(block, 2 * ((min(height, width) - 1) // 2) + 1)
-    # SPEC §1.6: γ recalibrated from κ so that the expected covered area is about κ
+    # Decision (thesis App. A.5.1 gives no γ): γ recalibrated from κ so that the expected covered area is about κ
     gamma = kappas.double() * height * width / (block ** 2 * (height - block + 1) * (width - block + 1))
     canvas = (torch.rand(kappas.shape[0], 1, height, width, generator=generator, dtype=torch.float64)
               < gamma.clamp(0, 1)[:, None, None, None]).float()
     return F.max_pool2d(canvas, block, stride=1, padding=block // 2)[:, 0]
 
 
-FMIX_DECAY_POWER = 3.0  # [NON-PAPER] FMix default δ (SPEC §1.6)
+FMIX_DECAY_POWER = 3.0  # FMix's default δ (Harris et al., arXiv:2002.12047)
 
 
 def fmix_masks(kappas: torch.Tensor, grid: Tuple[int, int], generator: Optional[torch.Generator] = None,
                decay_power: float = FMIX_DECAY_POWER) -> torch.Tensor:
-    """FMix masks (SPEC §1.6, T:2823–2825): the top-κ fraction of low-pass filtered Gaussian noise.
+    """FMix masks (thesis App. A.5.1): the top-κ fraction of low-pass filtered Gaussian noise.
 
     Complex Gaussian spectrum scaled by ``1 / max(f, 1 / max(H, W))^δ`` (f the radial frequency in cycles per
     cell), back to space with ``torch.fft.irfft2``; the ``round(κ H W)`` largest values are 1.
@@ -343,12 +345,12 @@ def fmix_masks(kappas: torch.Tensor, grid: Tuple[int, int], generator: Optional[
     return _rank_top_fraction(noise, kappas)
 
 
-COWMASK_PROPORTION_RANGE = (0.2, 0.8)  # [NON-PAPER] mask proportion p ~ U(0.2, 0.8), overrides κ (SPEC §1.6)
-COWMASK_SIGMA_RANGE = (4.0, 16.0)  # [NON-PAPER] σ log-uniform in [4, 16] on a 32-cell map (SPEC §1.6)
+COWMASK_PROPORTION_RANGE = (0.2, 0.8)  # CowMask's proportion p ~ U(0.2, 0.8), overrides κ
+COWMASK_SIGMA_RANGE = (4.0, 16.0)  # CowMask's σ log-uniform in [4, 16] on a 32-cell map
 
 
 def cowmask_masks(batch_size: int, grid: Tuple[int, int], generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """CowMask masks (SPEC §1.6, T:2825): Gaussian-filtered noise thresholded at the proportion p.
+    """CowMask masks (thesis App. A.5.1): Gaussian-filtered noise thresholded at the proportion p.
 
     p ~ U(0.2, 0.8) per sample overrides κ; σ is log-uniform in [4, 16] times ``min(H, W) / 32`` (the range is
     given for 32×32 maps; scaling keeps the spot size relative to the map). The filter is applied in Fourier space
@@ -377,7 +379,7 @@ def _pair(value: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
 
 def majority_vote_tokens(pixel_masks: torch.Tensor, patch_size: Union[int, Tuple[int, int]],
                          tie_break: torch.Tensor) -> torch.Tensor:
-    """MixViT "Corrected CutMix": binarise a pixel mask per P×P patch by majority vote (SPEC §1.10, T:2410–2412).
+    """MixViT "Corrected CutMix": binarise a pixel mask per P×P patch by majority vote (thesis App. A.1.5).
 
     A patch goes to input 0 (value 1) when more than half its pixels are 1, to input 1 (value 0) when fewer; ties
     (exactly half) follow one coin per sample: ``tie_break[b]`` True gives all tied patches of sample b to input 0.
@@ -416,7 +418,7 @@ def _interval_overlaps(start: torch.Tensor, stop: torch.Tensor, num_cells: int, 
 
 def majority_cutmix_masks(kappas: torch.Tensor, grid: Tuple[int, int], patch_size: Union[int, Tuple[int, int]],
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Pixel CutMix box on the ``grid × patch_size`` pixel grid, binarised per patch (SPEC §1.10).
+    """Pixel CutMix box on the ``grid × patch_size`` pixel grid, binarised per patch (thesis App. A.1.5).
 
     Same result as :func:`majority_vote_tokens` on :func:`cutmix_box_masks`, without building the pixel mask: the
     box is a rectangle, so the masked pixels of patch (i, j) are (row overlap of i) × (column overlap of j).
@@ -427,17 +429,17 @@ def majority_cutmix_masks(kappas: torch.Tensor, grid: Tuple[int, int], patch_siz
                                                  pixel_grid)
     counts = (_interval_overlaps(top, bottom, grid[0], patch_h)[:, :, None]
               * _interval_overlaps(left, right, grid[1], patch_w)[:, None, :])
-    # SPEC §1.10: one coin flip per input pair (sample) decides all its tied patches
+    # thesis App. A.1.5: one coin flip per input pair (sample) decides all its tied patches
     tie_break = torch.rand(kappas.shape[0], generator=generator) < 0.5
     return _majority(counts, patch_h * patch_w, tie_break)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Member roles: cut-in-mix for M > 2 and the outside swap (SPEC §1.3, §1.5)
+# Member roles: cut-in-mix for M > 2 and the outside swap (thesis Sec. 3.3.2.3, App. A.5.2)
 # --------------------------------------------------------------------------------------------------------------------
 
 def cut_in_mix_masks(box_masks: torch.Tensor, kappas: torch.Tensor, box_member: torch.Tensor) -> torch.Tensor:
-    """Member masks from one binary mask per sample (SPEC §1.5 eq. A.4; M = 2 is eq. 3.2).
+    """Member masks from one binary mask per sample (thesis eq. A.4; M = 2 is eq. 3.2).
 
     Member ``k = box_member[b]`` takes the box; the others share its complement linearly with
     ``κ_i / (1 − κ_k)`` (computed as ``κ_i / Σ_{j≠k} κ_j``; equal shares when that sum is 0). Sums to 1 over members.
@@ -461,7 +463,7 @@ def cut_in_mix_masks(box_masks: torch.Tensor, kappas: torch.Tensor, box_member: 
 
 
 def swap_member_roles(masks: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
-    """Batch-level role permutation: member m gets the mask of ``permutation[m]`` (SPEC §1.3 "outside" swap).
+    """Batch-level role permutation: member m gets the mask of ``permutation[m]`` (the MixMo code's "outside" swap).
 
     For M = 2 the permutation (1, 0) is the flip ``1_M ← 1 − 1_M``, κ ← 1 − κ.
     """
@@ -469,7 +471,7 @@ def swap_member_roles(masks: torch.Tensor, permutation: torch.Tensor) -> torch.T
 
 
 class Mixer:
-    """Samples a :class:`MixPlan` per training batch (SPEC §1.2–1.6, §1.10).
+    """Samples a :class:`MixPlan` per training batch (thesis Sec. 3.3.2, App. A.5; MixViT Sec. 4.3.2).
 
     MixMo (Cut-MixMo): ``Mixer(2, 'cutmix', alpha=2, prob=0.5)``; Linear-MixMo: ``kind='linear'``; MIMO:
     ``kind='linear', alpha=None``; MixShare: ``prob=1``; MixViT: ``kind='cutmix_majority', alpha=0.5, prob=1,
@@ -481,13 +483,14 @@ class Mixer:
         alpha: κ ~ Beta(α, α) for M = 2, Dirichlet_M(α) for M > 2. ``None`` fixes κ = 1/M (MIMO summing).
         prob: p, the probability that a batch uses the binary ``kind`` instead of linear mixing (MixMo: 0.5,
             MixShare / MixViT: 1.0).
-        prob_decay: Linear descent of p to 0 over the last twelfth of training (SPEC §1.3).
+        prob_decay: Linear descent of p to 0 over the last twelfth of training (thesis Alg. A.6).
         outside_swap: Batch-level random role permutation of the members (for M = 2 the "outside" flip
-            ``1_M <- 1 - 1_M``, SPEC §1.3).
-        pair_only: M > 2 MixViT scheme: cut-mix two of the M inputs, the others get κ = 0 (SPEC §1.10); the pair's κ
+            ``1_M <- 1 - 1_M``, the MixMo code).
+        pair_only: M > 2 MixViT scheme: cut-mix two of the M inputs, the others get κ = 0 (Decision, papers
+            silent); the pair's κ
             is Beta(α, α). No effect for M = 2.
         single_source_end: MixViT end-of-training schedule: with a probability growing 0 -> 1 over the last twelfth,
-            a batch takes all tokens from one random input (SPEC §1.10). Independent of ``prob_decay``: MixViT sets
+            a batch takes all tokens from one random input (thesis 4.3.2). Independent of ``prob_decay``: MixViT sets
             ``prob_decay=False`` so that its batches stay binary.
         patch_size: Pixels per grid cell for ``'cutmix_majority'`` (majority vote inside each patch).
         input_repeat: ρ, the share of batch positions where the training loop feeds the same image to all M inputs
@@ -567,10 +570,11 @@ class Mixer:
 
     def sample_kappas(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample κ ``(B, M)``, the member k that takes the binary mask ``(B,)``, and the ``(B, M)`` weights by
-        which the other members share the mask's complement (SPEC §1.2, §1.5, §1.10)."""
+        which the other members share the mask's complement (thesis eq. 3.2, eq. A.4)."""
         num_members, gen = self.num_members, self.generator
         if self.pair_only and num_members > 2:
-            # SPEC §1.10 M > 2: two random members per sample share Beta(α, α) ratios, the others κ = 0; the partner
+            # Decision (papers silent) MixViT M > 2: two random members per sample share Beta(α, α) ratios, the
+            # others κ = 0; the partner
             # takes the whole complement of the box
             pair = torch.rand(batch_size, num_members, generator=gen).argsort(dim=1)[:, :2]
             pair_kappas = sample_mixing_ratios(batch_size, 2, self.alpha, gen)
@@ -578,13 +582,13 @@ class Mixer:
             return kappas, pair[:, 0], F.one_hot(pair[:, 1], num_members).float()
         kappas = sample_mixing_ratios(batch_size, num_members, self.alpha, gen)
         if num_members == 2:
-            # SPEC §1.3: the box is input 0's (κ = share of input 0); the outside swap randomises roles per batch
+            # thesis eq. 3.2: the box is input 0's (κ = share of input 0); the outside swap randomises roles per batch
             return kappas, torch.zeros(batch_size, dtype=torch.long), kappas
-        # SPEC §1.5 eq. A.4: k ~ U{0..M−1} per sample, the others share the rest as κ_i / (1 − κ_k)
+        # thesis eq. A.4: k ~ U{0..M−1} per sample, the others share the rest as κ_i / (1 − κ_k)
         return kappas, torch.randint(num_members, (batch_size,), generator=gen), kappas
 
     def binary_masks(self, kappas: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-        """``(B, H, W)`` 0/1 masks of area ≈ ``kappas`` ``(B,)`` for this mixer's kind (SPEC §1.3, §1.6, §1.10)."""
+        """``(B, H, W)`` 0/1 masks of area ≈ ``kappas`` ``(B,)`` for this mixer's kind (thesis App. A.5.1, A.1.5)."""
         gen = self.generator
         if self.kind == 'cutmix':
             return random_cutmix_masks(kappas, grid, gen)
@@ -634,25 +638,26 @@ class Mixer:
     def _sample(self, batch_size: int, grid: Tuple[int, int], progress: float) -> MixPlan:
         gen, num_members = self.generator, self.num_members
         if self.single_source_end and self._coin(single_source_probability(progress)):
-            # SPEC §1.10 end-of-training: [AMBIG] decided per BATCH (like MixMo's batch-level 1_binary switch), the
+            # thesis Sec. 4.3.2 end of training, Decision (papers silent): per BATCH (like MixMo's batch-level
+            # 1_binary switch), the
             # source drawn uniformly PER SAMPLE; κ ∈ {0, 1}, so only that member's head gets a loss. With pair_only
             # the source is drawn among all M inputs.
             source = torch.randint(num_members, (batch_size,), generator=gen)
             return MixPlan.linear(F.one_hot(source, num_members).float(), grid)
         kappas, box_member, rest_weights = self.sample_kappas(batch_size)
-        binary = self._coin(self.binary_probability(progress))  # SPEC §1.3: 1_binary ~ Ber(p_e) per batch
+        binary = self._coin(self.binary_probability(progress))  # thesis Alg. A.6: 1_binary ~ Ber(p_e) per batch
         if binary:
             box_kappas = kappas.gather(1, box_member[:, None])[:, 0]
             masks = cut_in_mix_masks(self.binary_masks(box_kappas, grid), rest_weights, box_member)
         else:
-            masks = None  # linear batch: same κ, constant masks (SPEC §1.3)
+            masks = None  # linear batch: same κ, constant masks (thesis Alg. A.6)
         if self.outside_swap:
-            # SPEC §1.3 "outside" swap: a batch-level random permutation of member roles ([NON-PAPER] code shuffles
-            # the (mask, λ) pairs); for M = 2 it is the flip 1_M <- 1 - 1_M with probability 1/2. [AMBIG] MixViT
-            # mentions no flip; kept on by default (SPEC §1.10 recommendation) so input 0 is not always the box.
+            # the MixMo code's "outside" swap: a batch-level random permutation of member roles (the code shuffles
+            # the (mask, λ) pairs); for M = 2 it is the flip 1_M <- 1 - 1_M with probability 1/2. Decision: MixViT
+            # mentions no flip; kept on by default (papers silent) so input 0 is not always the box.
             permutation = torch.randperm(num_members, generator=gen)
             kappas = kappas[:, permutation]
             masks = None if masks is None else swap_member_roles(masks, permutation)
         if masks is None:
             return MixPlan.linear(kappas, grid)
-        return MixPlan.from_masks(masks)  # SPEC §1.6: κ re-measured as the mask mean
+        return MixPlan.from_masks(masks)  # thesis App. A.5.1: κ re-measured as the mask mean

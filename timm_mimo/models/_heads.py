@@ -1,5 +1,6 @@
-"""M dense heads ``d_m`` in one module (DESIGN.md: "M copies of the classifier")."""
-from typing import Optional
+"""M dense heads ``d_m`` in one module: MIMO's M classifiers (Havasi et al., arXiv:2010.06610; MixMo arXiv:2103.06132
+Fig. 2), one per member, on the shared features."""
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -13,16 +14,23 @@ class MemberHeads(nn.Module):
 
     A ``(B, F)`` input (every member sees the same feature) runs as one ``F -> M·K`` matmul; a ``(B, M, F)`` input
     (a feature per member: MixViT's class tokens, unmixed features) runs member-wise. Output is ``(B, M, K)``.
-    ``num_classes=0`` makes the heads the identity on features (timm's ``reset_classifier(0)``).
+    ``num_classes=0`` makes the heads the identity on features (timm's ``reset_classifier(0)``): a ``(B, F)`` input
+    comes out as M views ``(B, M, F)``, anything else (member features, unpooled maps) unchanged; such heads hold no
+    parameters (like timm's ``nn.Identity`` classifier).
     """
 
-    def __init__(self, in_features: int, num_classes: int, num_members: int, bias: bool = True):
+    def __init__(self, in_features: int, num_classes: int, num_members: int, bias: bool = True,
+                 device: Any = None, dtype: Any = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.in_features = in_features
         self.num_classes = num_classes
         self.num_members = num_members
-        self.weight = nn.Parameter(torch.empty(num_members, num_classes, in_features))
-        self.bias = nn.Parameter(torch.empty(num_members, num_classes)) if bias else None
+        self.weight: Optional[nn.Parameter] = None
+        self.bias: Optional[nn.Parameter] = None
+        if num_classes > 0:
+            self.weight = nn.Parameter(torch.empty(num_members, num_classes, in_features, **dd))
+            self.bias = nn.Parameter(torch.empty(num_members, num_classes, **dd)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -30,7 +38,8 @@ class MemberHeads(nn.Module):
         if self.num_classes == 0:
             return
         for m in range(self.num_members):
-            linear = nn.Linear(self.in_features, self.num_classes, bias=self.bias is not None)
+            linear = nn.Linear(self.in_features, self.num_classes, bias=self.bias is not None,
+                               device=self.weight.device, dtype=self.weight.dtype)
             with torch.no_grad():
                 self.weight[m].copy_(linear.weight)
                 if self.bias is not None:
@@ -39,7 +48,8 @@ class MemberHeads(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, num_members: int) -> 'MemberHeads':
         """M heads that each equal ``linear`` (a pretrained classifier copied into every member)."""
-        heads = cls(linear.in_features, linear.out_features, num_members, bias=linear.bias is not None)
+        heads = cls(linear.in_features, linear.out_features, num_members, bias=linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
             heads.weight.copy_(linear.weight.detach().unsqueeze(0).expand_as(heads.weight))
             if linear.bias is not None:

@@ -1,4 +1,5 @@
-"""The MixMo papers' CIFAR-style CNNs as ordinary single-input timm models (SPEC §2.1, §2.2).
+"""The MixMo papers' CIFAR-style CNNs as ordinary single-input timm models (MixMo arXiv:2103.06132 Sec. 4; thesis
+(HAL tel-03952815) Sec. 3.3 and App. A.1.3).
 
 * WRN-28-w (Zagoruyko & Komodakis): pre-activation wide basic blocks, stem conv3x3 with 16 filters, three groups of
   ``(depth - 4) / 6`` blocks at widths 16w / 32w / 64w (the first block of groups 2 and 3 strided), final BN-ReLU,
@@ -10,7 +11,7 @@
   ``preact_resnet18_3``.
 
 Both use a 1x1 projection shortcut (on the pre-activated input) only where the shape changes. No conv has a bias.
-Decisions (SPEC marks these [NON-PAPER] / unspecified):
+Decisions (the papers are silent on these details):
 
 * Strided 3x3 convs use symmetric padding 1 (timm's convention), not the official code's TF-"SAME" right/bottom
   padding: output sizes and parameter counts are identical, only the sampling phase differs.
@@ -18,7 +19,7 @@ Decisions (SPEC marks these [NON-PAPER] / unspecified):
   models use a stride-2 stem at 64 px, so the MixMo mixing space is 64x32x32. Stride does not change the counts.
 * ``drop_rate`` is timm's classifier dropout (before the fc), not WRN's in-block dropout (the papers use none).
 
-Parameter counts against the papers (Table A.17 for 100 classes, T:1357 for 200 classes) are checked in
+Parameter counts against the papers (thesis Table A.17 for 100 classes, Table 3.5 for 200 classes) are checked in
 ``tests/test_cifar_resnet.py``.
 """
 from typing import Any, Dict, List, Optional, Tuple, Type
@@ -26,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import create_classifier
+from timm.layers import create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 __all__ = ['CifarResNet', 'WideBasicBlock', 'PreActBasicBlock']
@@ -36,9 +37,9 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
-def conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution, padding 1, no bias."""
-    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False)
+def conv3x3(in_chs: int, out_chs: int, stride: int = 1, **dd: Any) -> nn.Conv2d:
+    """3x3 convolution, padding 1, no bias (``dd``: ``device`` / ``dtype``)."""
+    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False, **dd)
 
 
 class PreActBasicBlock(nn.Module):
@@ -49,17 +50,18 @@ class PreActBasicBlock(nn.Module):
     A WRN "wide basic" block is this block with wider channels, hence :class:`WideBasicBlock` is an alias.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, device: Any = None, dtype: Any = None):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_chs)
+        dd = dict(device=device, dtype=dtype)
+        self.bn1 = nn.BatchNorm2d(in_chs, **dd)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv1 = conv3x3(in_chs, out_chs, stride)
-        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.conv1 = conv3x3(in_chs, out_chs, stride, **dd)
+        self.bn2 = nn.BatchNorm2d(out_chs, **dd)
         self.act2 = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(out_chs, out_chs)
+        self.conv2 = conv3x3(out_chs, out_chs, **dd)
         self.shortcut: Optional[nn.Conv2d] = None
         if stride != 1 or in_chs != out_chs:
-            self.shortcut = nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False)
+            self.shortcut = nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.act1(self.bn1(x))
@@ -72,9 +74,10 @@ class PreActBasicBlock(nn.Module):
 WideBasicBlock = PreActBasicBlock
 
 
-def make_stage(block: Type[nn.Module], in_chs: int, out_chs: int, num_blocks: int, stride: int) -> nn.Sequential:
+def make_stage(block: Type[nn.Module], in_chs: int, out_chs: int, num_blocks: int, stride: int,
+               **dd: Any) -> nn.Sequential:
     """``num_blocks`` blocks, the first one strided and changing the width."""
-    blocks = [block(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1) for i in range(num_blocks)]
+    blocks = [block(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1, **dd) for i in range(num_blocks)]
     return nn.Sequential(*blocks)
 
 
@@ -90,6 +93,8 @@ class CifarResNet(nn.Module):
         stem_stride: Stride of the stem conv (default 1 for WRN, 2 for PreActResNet, see module docstring).
         drop_rate: Dropout before the classifier.
         global_pool: timm pooling type (``'avg'``, ``'max'``, ``'avgmax'``, ``''`` for none).
+        device: Device of the parameters (timm's factory passes it, e.g. ``'meta'``).
+        dtype: Dtype of the parameters.
     """
 
     def __init__(
@@ -102,8 +107,11 @@ class CifarResNet(nn.Module):
             stem_stride: Optional[int] = None,
             drop_rate: float = 0.0,
             global_pool: str = 'avg',
+            device: Any = None,
+            dtype: Any = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if arch == 'wrn':
             if depth < 4 or (depth - 4) % 6:
                 raise ValueError(f'WRN depth must be 6n + 4 (e.g. 10, 16, 28), got {depth}')
@@ -126,28 +134,32 @@ class CifarResNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        self.conv_stem = nn.Conv2d(in_chans, stem_chs, kernel_size=3, stride=stem_stride, padding=1, bias=False)
+        self.conv_stem = nn.Conv2d(in_chans, stem_chs, kernel_size=3, stride=stem_stride, padding=1, bias=False, **dd)
         stages: List[nn.Module] = []
         self.feature_info: List[Dict[str, Any]] = [dict(num_chs=stem_chs, reduction=stem_stride, module='conv_stem')]
         in_chs, reduction = stem_chs, stem_stride
         for i, (width, num_blocks, stride) in enumerate(zip(widths, blocks_per_stage, strides)):
-            stages.append(make_stage(PreActBasicBlock, in_chs, width, num_blocks, stride))
+            stages.append(make_stage(PreActBasicBlock, in_chs, width, num_blocks, stride, **dd))
             in_chs, reduction = width, reduction * stride
             self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
         # pre-activation nets end with the BN-ReLU that the last block did not apply
-        self.norm = nn.BatchNorm2d(in_chs)
+        self.norm = nn.BatchNorm2d(in_chs, **dd)
         self.act = nn.ReLU(inplace=True)
         self.num_features = self.head_hidden_size = in_chs
-        self.global_pool, self.head_drop, self.fc = self._make_head(num_classes, global_pool)
+        self.global_pool, self.head_drop, self.fc = self._make_head(num_classes, global_pool, **dd)
         self.init_weights()
 
-    def _make_head(self, num_classes: int, global_pool: str) -> Tuple[nn.Module, nn.Module, nn.Module]:
-        global_pool_module, fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+    def _make_head(self, num_classes: int, global_pool: str, **dd: Any) -> Tuple[nn.Module, nn.Module, nn.Module]:
+        global_pool_module, fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
+        self.head_hidden_size = self.num_features * global_pool_module.feat_mult()
         return global_pool_module, nn.Dropout(self.drop_rate), fc
 
     def init_weights(self) -> None:
-        """He-normal (fan-in) convs, BN γ=1 β=0, zero classifier bias (SPEC §2.1 [NON-PAPER] official init)."""
+        """He-normal (fan-in) convs, BN γ=1 β=0, zero classifier bias.
+
+        Decision: the official MixMo code's init (papers silent on the init).
+        """
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode='fan_in', nonlinearity='relu')
@@ -172,7 +184,9 @@ class CifarResNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         pool_type = self.global_pool.pool_type if global_pool is None else global_pool
-        self.global_pool, self.head_drop, self.fc = self._make_head(num_classes, pool_type)
+        self.global_pool, self.head_drop, self.fc = self._make_head(num_classes, pool_type, **get_device_dtype(self))
+        for module in (self.global_pool, self.head_drop, self.fc):
+            module.train(self.training)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_stem(x)

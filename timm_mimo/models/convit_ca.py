@@ -1,4 +1,5 @@
-"""The MixViT papers' ConViT: 5 GPSA blocks + 2 class-attention blocks (SPEC §2.4).
+"""The MixViT papers' ConViT: 5 GPSA blocks + 2 class-attention blocks (thesis (HAL tel-03952815) Sec. 4.4 and
+App. A.1.5; MixViT openreview.net/forum?id=pOq1HuMI8Dz Sec. 4).
 
 A single-input timm model, the backbone of MixViT on CIFAR / Tiny ImageNet / ImageNet-100 and its baseline. It is
 composed from timm's blocks: ConViT's gated positional self-attention ``Block`` (``use_gpsa=True``) for the feature
@@ -6,13 +7,14 @@ extraction and CaiT's ``LayerScaleBlockClassAttn`` for the two class-attention b
 the GPSA blocks. The attribute names follow timm's ``Cait`` (``patch_embed``, ``pos_embed``, ``blocks``,
 ``cls_token``, ``blocks_token_only``, ``norm``, ``head``), so MixViT splits both models the same way.
 
-Decisions on SPEC §2.4 [AMBIG] items:
-    * second stage: CaiT-style class-attention blocks ("2 CA", T:1606, Alg. A.8), not "2 SA blocks" (T:2414);
+Decisions where the papers are silent or contradictory:
+    * second stage: CaiT-style class-attention blocks ("2 CA", thesis Sec. 4.3.1 / 4.4 and Alg. A.8), not the
+      "2 SA blocks" of thesis App. A.1.5 (the majority of the sources and the pseudo-code say CA);
     * LayerScale in the CA blocks: ``ca_init_values=1.0`` (a learnable per-channel scale starting at 1, i.e. a plain
       pre-norm block at init, as the ConViT/DyTox blocks the papers build on have no LayerScale);
     * no stochastic depth by default (``drop_path_rate=0``), MLP ratio 4, no qkv bias (ConViT's defaults);
     * 12 heads: timm's GPSA ``local_init`` sets ``int(sqrt(12))**2 = 9`` heads as a 3x3 kernel, the others keep the
-      default init (as the papers note, T:2414).
+      default init (as the papers note, thesis App. A.1.5).
 """
 from functools import partial
 from typing import Any, Dict, Optional, Set, Tuple, Union
@@ -20,7 +22,14 @@ from typing import Any, Dict, Optional, Set, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import PatchEmbed, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import (
+    PatchEmbed,
+    calculate_drop_path_rates,
+    get_device_dtype,
+    resample_abs_pos_embed,
+    to_2tuple,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.cait import LayerScaleBlockClassAttn
 from timm.models.convit import Block as GpsaBlock
@@ -55,6 +64,8 @@ class ConVitCA(nn.Module):
         proj_drop_rate: Dropout after attention / MLP projections.
         attn_drop_rate: Attention dropout.
         drop_path_rate: Stochastic depth, increasing linearly over the GPSA blocks (none on the CA blocks, as CaiT).
+        device: Device of the parameters (timm's factory passes it, e.g. ``'meta'``).
+        dtype: Dtype of the parameters.
     """
 
     def __init__(
@@ -77,8 +88,11 @@ class ConVitCA(nn.Module):
             proj_drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            device: Any = None,
+            dtype: Any = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if global_pool not in ('', 'token', 'avg'):
             raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
@@ -89,33 +103,34 @@ class ConVitCA(nn.Module):
         self.num_prefix_tokens = 1
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, **dd)
         grid = self.patch_embed.grid_size
         if grid[0] != grid[1]:
             # GPSA's relative positions (timm ``GPSA.get_rel_indices``) assume a square token grid
             raise ValueError(f'GPSA needs a square token grid, got {grid[0]}x{grid[1]} for img_size={img_size}, '
                              f'patch_size={patch_size}')
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim, **dd))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
 
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)  # linear in depth (timm's rule)
         self.blocks = nn.Sequential(*[
             GpsaBlock(
                 dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate, drop_path=dpr[i], norm_layer=norm_layer, use_gpsa=True,
-                locality_strength=locality_strength)
+                locality_strength=locality_strength, **dd)
             for i in range(depth)])
         self.blocks_token_only = nn.ModuleList([
             LayerScaleBlockClassAttn(
                 dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                norm_layer=norm_layer, init_values=ca_init_values)
+                norm_layer=norm_layer, init_values=ca_init_values, **dd)
             for _ in range(depth_token_only)])
-        self.norm = norm_layer(embed_dim)
+        self.norm = norm_layer(embed_dim, **dd)
         reduction = self.patch_embed.feat_ratio()
         self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f'blocks.{i}') for i in range(depth)]
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
@@ -158,7 +173,9 @@ class ConVitCA(nn.Module):
             if global_pool not in ('', 'token', 'avg'):
                 raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
             self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        dd = get_device_dtype(self)
+        self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
 
     def forward_patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding, positional embedding and the GPSA blocks: ``(B, C, H, W)`` -> ``(B, N, D)``."""

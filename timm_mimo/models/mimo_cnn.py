@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Conv2dSame, pad_same
+from timm.layers import Conv2dSame, get_device_dtype, pad_same
 from timm.models import (
     build_model_with_cfg,
     generate_default_cfgs,
@@ -39,12 +39,13 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
+from timm_mimo.hub import pretrained_weights
 from timm_mimo.mixing import MixPlan
-from timm_mimo.models._contract import MimoContract, check_image_batch
+from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD, PREACT_WIDTHS, preact_name
 
-__all__ = ['MimoCNN', 'MemberEncoders', 'SharedHead', 'METHOD_MIX_CFGS', 'OFFLINE_HINT']
+__all__ = ['MimoCNN', 'MemberEncoders', 'SharedHead', 'METHOD_MIX_CFGS', 'GENERIC_BACKBONE']
 
 # Mixer kwargs (timm_mimo.mixing.Mixer) of each method; train.py builds Mixer(num_members=M, **model.mix_cfg).
 METHOD_MIX_CFGS: Dict[str, Dict[str, Any]] = {
@@ -62,8 +63,7 @@ ENCODER_INITS = ('independent', 'same', 'colinear', 'colinear_filter')
 COLINEAR_FACTOR_RANGE = (0.5, 2.0)
 HEAD_ASSIGNMENTS = ('input', 'predominant')
 INFERENCE_MODES = ('sum', 'separate')
-OFFLINE_HINT = ("to load weights from a local file instead, pass "
-                "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors')")
+GENERIC_BACKBONE = 'resnet18'  # the backbone of the generic names (mimo, linear_mixmo, cut_mixmo) when none is given
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -325,14 +325,15 @@ def _module_path(backbone: nn.Module, key: str) -> str:
     return path
 
 
-def _get_module(backbone: nn.Module, path: str, key: str, expected: type) -> nn.Module:
+def _get_module(backbone: nn.Module, path: str, key: str, expected: Union[type, Tuple[type, ...]]) -> nn.Module:
     try:
         module = backbone.get_submodule(path)
     except AttributeError as e:
         raise ValueError(f"pretrained_cfg[{key!r}] = {path!r} is not a submodule of {type(backbone).__name__}") from e
     if not isinstance(module, expected):
+        names = ' or '.join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
         raise ValueError(f"pretrained_cfg[{key!r}] = {path!r} is a {type(module).__name__}, MimoCNN needs a "
-                         f'{expected.__name__} there')
+                         f'{names} there')
     return module
 
 
@@ -341,7 +342,7 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_path) if parent_path else root, name, module)
 
 
-_WEIGHT_SOURCES = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
+_WEIGHT_SOURCES = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag')
 
 
 class MimoCNN(MimoContract, nn.Module):
@@ -391,8 +392,7 @@ class MimoCNN(MimoContract, nn.Module):
             **backbone_kwargs: Any,
     ):
         super().__init__()
-        if not isinstance(num_members, int) or num_members < 1:
-            raise ValueError(f'num_members (M) must be a positive integer, got {num_members!r}')
+        num_members = check_num_members(num_members)
         if method not in self.METHOD_MIX_CFGS:
             raise ValueError(f'method must be one of {tuple(self.METHOD_MIX_CFGS)}, got {method!r}')
         if inference not in INFERENCE_MODES:
@@ -421,10 +421,14 @@ class MimoCNN(MimoContract, nn.Module):
         self.encoder_path = _module_path(backbone, 'first_conv')
         self.classifier_path = _module_path(backbone, 'classifier')
         conv = _get_module(backbone, self.encoder_path, 'first_conv', nn.Conv2d)
-        classifier = _get_module(backbone, self.classifier_path, 'classifier', nn.Linear)
+        classifier = _get_module(backbone, self.classifier_path, 'classifier', (nn.Linear, nn.Identity))
         _set_module(backbone, self.encoder_path, MemberEncoders(conv, num_members, encoder_init, pretrained_backbone,
                                                                 tied=tied_encoder))
-        if tied_heads:
+        if isinstance(classifier, nn.Identity):  # num_classes=0: no heads, the features are the output (timm's rule)
+            num_features = getattr(backbone, 'head_hidden_size', backbone.num_features)
+            heads = (SharedHead if tied_heads else MemberHeads)(
+                num_features, 0, num_members, device=conv.weight.device, dtype=conv.weight.dtype)
+        elif tied_heads:
             heads = SharedHead.from_linear(classifier, num_members)
         elif pretrained_backbone:
             heads = MemberHeads.from_linear(classifier, num_members)
@@ -478,7 +482,9 @@ class MimoCNN(MimoContract, nn.Module):
         return self.heads
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """New M heads with ``num_classes`` outputs (0: heads pass features through); pooling as the backbone does."""
+        """New M heads with ``num_classes`` outputs (0: no heads, ``model(x)`` gives the pre-logits features);
+        ``global_pool`` as the backbone takes it (``None`` keeps the current pooling, ``''`` none)."""
+        dd = get_device_dtype(self)
         in_features = self.heads.in_features
         if global_pool is None:
             self.backbone.reset_classifier(num_classes)
@@ -487,7 +493,10 @@ class MimoCNN(MimoContract, nn.Module):
         new = self.backbone.get_submodule(self.classifier_path)
         if isinstance(new, nn.Linear):
             in_features = new.in_features
-        _set_module(self.backbone, self.classifier_path, MemberHeads(in_features, num_classes, self.num_members))
+        head_cls = SharedHead if isinstance(self.heads, SharedHead) else MemberHeads  # a tied head stays tied
+        heads = head_cls(in_features, num_classes, self.num_members, **dd)
+        _set_module(self.backbone, self.classifier_path, heads.train(self.training))
+        self.head_hidden_size = getattr(self.backbone, 'head_hidden_size', self.num_features)
 
     def mix_grid(self, img_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
         """The encoder output grid for inputs of ``img_size`` (the stem conv's geometry)."""
@@ -519,11 +528,17 @@ class MimoCNN(MimoContract, nn.Module):
         return self._run(x, _EncoderCall('plain'), self.backbone.forward_features)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pooled features (``(B, F)``; ``(B, M, F)`` for separate inference) or the ``(B, K)`` ensemble logits."""
+        """The ``(B, K)`` ensemble logits, or with ``pre_logits`` the pooled features ``(B, head_hidden_size)``.
+
+        Decision: pre-logits are the MEAN of the member features (timm's DeiT averages its two tokens the same way),
+        so ``head_hidden_size`` is the backbone's whatever M is. With ``inference='sum'`` all members read one feature
+        vector, so the mean is that vector; with ``'separate'`` it averages the M passes.
+        """
+        pre_logits = pre_logits or self.num_classes == 0  # no heads: the features are the output, as in timm
         out = self.backbone.forward_head(x, pre_logits=pre_logits)
         if self.inference == 'separate':
             if pre_logits:
-                return out.view(-1, self.num_members, *out.shape[1:])
+                return out.view(-1, self.num_members, *out.shape[1:]).mean(dim=1)
             return self._member_diagonal(out).mean(dim=1)
         return out if pre_logits else out.mean(dim=1)
 
@@ -620,8 +635,9 @@ class SharedHead(MemberHeads):
     ``(B, M, K)``, every member slot read through the same weights.
     """
 
-    def __init__(self, in_features: int, num_classes: int, num_members: int, bias: bool = True):
-        super().__init__(in_features, num_classes, 1, bias)
+    def __init__(self, in_features: int, num_classes: int, num_members: int, bias: bool = True,
+                 device: Any = None, dtype: Any = None):
+        super().__init__(in_features, num_classes, 1, bias, device=device, dtype=dtype)
         self.num_outputs = num_members
 
     @classmethod
@@ -649,15 +665,19 @@ class SharedHead(MemberHeads):
 
 def create_backbone(name: str, pretrained: bool = False, pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
                     cache_dir: Optional[str] = None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` with timm's own pretrained loading; an unreachable Hub says how to load from a file."""
-    try:
+    """``timm.create_model`` with timm's own pretrained loading.
+
+    ``pretrained=True`` on a backbone without weights is refused (timm would fall back to a random init), and a failed
+    download says where the checkpoint lives and how to load it from a file (:func:`timm_mimo.hub.offline_message`).
+    """
+    cfg = None
+    if pretrained:
+        base, _, tag = name.partition('.')
+        cfg = resolve_pretrained_cfg(base, pretrained_cfg=tag or None, pretrained_cfg_overlay=pretrained_cfg_overlay)
+    call = f"timm.create_model(<mimo name>, backbone={name!r}, pretrained=True"
+    with pretrained_weights(name, cfg, pretrained, create_call=call):
         return timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=pretrained_cfg_overlay,
                                  cache_dir=cache_dir, **kwargs)
-    except OSError as e:  # huggingface_hub / urllib errors offline are OSErrors (incl. FileNotFoundError)
-        if not pretrained:
-            raise
-        raise RuntimeError(f'could not fetch the pretrained weights of {name!r} ({type(e).__name__}: {e}); '
-                           f'{OFFLINE_HINT}') from e
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MimoCNN) -> Dict[str, torch.Tensor]:
@@ -709,17 +729,12 @@ def _check_matches(state_dict: Dict[str, torch.Tensor], model: MimoCNN) -> None:
 
 def _create_mimo_cnn(variant: str, pretrained: bool = False, model_cls: Optional[type] = None,
                      **kwargs: Any) -> MimoCNN:
-    """A registered paper model: ``pretrained=True`` loads a MIMO (or single-input backbone) checkpoint."""
-    overlay = kwargs.get('pretrained_cfg_overlay') or {}
-    try:
-        model = build_model_with_cfg(model_cls or MimoCNN, variant, pretrained,
-                                     pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
-    except OSError as e:
-        if not pretrained or overlay.get('file') or overlay.get('state_dict') is not None:
-            raise
-        raise RuntimeError(f'could not fetch the pretrained weights of {variant!r} ({type(e).__name__}: {e}); '
-                           f'{OFFLINE_HINT}') from e
-    return model
+    """A registered paper model: ``pretrained=True`` loads a MIMO (or single-input backbone) checkpoint; a name
+    without published weights refuses it (unless ``pretrained_cfg_overlay`` gives a file)."""
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    with pretrained_weights(variant, cfg, pretrained):
+        return build_model_with_cfg(model_cls or MimoCNN, variant, pretrained,
+                                    pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any], model_cls: Optional[type] = None) -> MimoCNN:
@@ -730,8 +745,6 @@ def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any], model
     the weights are this MIMO model's own, loaded through timm's ``load_pretrained`` and :func:`checkpoint_filter_fn`.
     """
     model_cls = model_cls or MimoCNN
-    if 'backbone' not in kwargs:
-        raise ValueError(f"timm.create_model({method!r}) needs backbone=<timm model name>, e.g. backbone='resnet18'")
     pretrained_cfg = kwargs.pop('pretrained_cfg', None)
     if pretrained_cfg is None:
         return model_cls(method=method, pretrained_backbone=pretrained, **kwargs)
@@ -741,12 +754,9 @@ def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any], model
     model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, **{k: v for k, v in cfg.items()
                                                                             if v is not None})
     if pretrained:
-        try:
+        with pretrained_weights(method, cfg):
             load_pretrained(model, cfg, num_classes=model.num_classes, in_chans=model.in_chans,
                             filter_fn=checkpoint_filter_fn, cache_dir=cache_dir)
-        except OSError as e:
-            raise RuntimeError(f'could not fetch the pretrained weights of {method!r} ({type(e).__name__}: {e}); '
-                               f'{OFFLINE_HINT}') from e
     return model
 
 
@@ -755,11 +765,14 @@ def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any], model
 # --------------------------------------------------------------------------------------------------------------------
 
 def _generic_cfg(**kwargs: Any) -> Dict[str, Any]:
-    """Placeholder cfg of a generic name; the instance takes its backbone's cfg."""
+    """Cfg of a generic name: its default backbone's (resnet18); an instance takes its own backbone's cfg.
+
+    No weight source: ``pretrained=True`` on a generic name loads the backbone's timm checkpoint instead.
+    """
     return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'crop_pct': 0.875, 'interpolation': 'bilinear',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD, 'first_conv': 'backbone.conv1',
-        'classifier': 'backbone.fc', 'license': 'apache-2.0', **_paper_ids(), **kwargs,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'crop_pct': 0.875,
+        'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'backbone.conv1', 'classifier': 'backbone.fc', 'license': 'apache-2.0', **_paper_ids(), **kwargs,
     }
 
 
@@ -768,18 +781,20 @@ def _paper_ids() -> Dict[str, str]:
                 paper_name='MixMo: Mixing Multiple Inputs for Multiple Outputs via Deep Subnetworks')
 
 
-def _wrn_cfg(name: str, **kwargs: Any) -> Dict[str, Any]:
+def _wrn_cfg(**kwargs: Any) -> Dict[str, Any]:
+    """CIFAR-100 WRN-28-w (no published MIMO weights: no weight source, nothing in ``timm.list_pretrained()``)."""
     return {
-        'hf_hub_id': f'timm_mimo/{name}', 'num_classes': 100, 'input_size': (3, 32, 32), 'pool_size': (8, 8),
+        'num_classes': 100, 'input_size': (3, 32, 32), 'pool_size': (8, 8),
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR100_MEAN, 'std': CIFAR100_STD,
         'first_conv': 'backbone.conv_stem', 'classifier': 'backbone.fc', 'license': 'apache-2.0', **_paper_ids(),
         **kwargs,
     }
 
 
-def _preact_cfg(name: str, **kwargs: Any) -> Dict[str, Any]:
+def _preact_cfg(**kwargs: Any) -> Dict[str, Any]:
+    """Tiny ImageNet PreActResNet-18-w (no published MIMO weights: no weight source)."""
     return {
-        'hf_hub_id': f'timm_mimo/{name}', 'num_classes': 200, 'input_size': (3, 64, 64), 'pool_size': (4, 4),
+        'num_classes': 200, 'input_size': (3, 64, 64), 'pool_size': (4, 4),
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'backbone.conv_stem', 'classifier': 'backbone.fc', 'license': 'apache-2.0', **_paper_ids(),
         **kwargs,
@@ -791,31 +806,32 @@ PAPER_WRN_WIDTHS = (2, 4, 5, 7, 10, 14)
 
 default_cfgs = generate_default_cfgs({
     **{method: _generic_cfg() for method in PAPER_METHODS},
-    **{f'{method}_wrn28_{w}.cifar100': _wrn_cfg(f'{method}_wrn28_{w}.cifar100')
-       for method in PAPER_METHODS for w in PAPER_WRN_WIDTHS},
-    **{f'{method}_{preact_name(w)}.tiny_imagenet': _preact_cfg(f'{method}_{preact_name(w)}.tiny_imagenet')
-       for method in PAPER_METHODS for w in PREACT_WIDTHS},
+    **{f'{method}_wrn28_{w}': _wrn_cfg() for method in PAPER_METHODS for w in PAPER_WRN_WIDTHS},
+    **{f'{method}_{preact_name(w)}': _preact_cfg() for method in PAPER_METHODS for w in PREACT_WIDTHS},
 })
 
 
 @register_model
 def mimo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
-    """MIMO (Havasi et al., arXiv:2010.06610) on any timm CNN: ``timm.create_model('mimo', backbone='resnet18')``."""
+    """MIMO (Havasi et al., arXiv:2010.06610) on any timm CNN (default resnet18):
+    ``timm.create_model('mimo', backbone='resnet50')``."""
+    kwargs.setdefault('backbone', GENERIC_BACKBONE)
     return _create_generic('mimo', pretrained, kwargs)
 
 
 @register_model
 def linear_mixmo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
-    """Linear-MixMo (thesis eq. A.3) on any timm CNN: ``timm.create_model('linear_mixmo', backbone='resnet18')``."""
+    """Linear-MixMo (arXiv:2103.06132) on any timm CNN (default resnet18):
+    ``timm.create_model('linear_mixmo', backbone='resnet50')``."""
+    kwargs.setdefault('backbone', GENERIC_BACKBONE)
     return _create_generic('linear_mixmo', pretrained, kwargs)
 
 
 @register_model
 def cut_mixmo(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
-    """Cut-MixMo (arXiv:2103.06132) on any timm CNN.
-
-    ``timm.create_model('cut_mixmo', backbone='resnet50', num_members=3)``.
-    """
+    """Cut-MixMo (arXiv:2103.06132) on any timm CNN (default resnet18):
+    ``timm.create_model('cut_mixmo', backbone='resnet50', num_members=3)``."""
+    kwargs.setdefault('backbone', GENERIC_BACKBONE)
     return _create_generic('cut_mixmo', pretrained, kwargs)
 
 

@@ -1,4 +1,5 @@
-"""The papers' naive MIMO / MixMo vision transformers (SPEC §1.9; thesis Table 4.1, Table A.18).
+"""The papers' naive MIMO / MixMo vision transformers (thesis (HAL tel-03952815) Sec. 4.3.1, Table 4.1, Table A.18;
+MixViT openreview.net/forum?id=pOq1HuMI8Dz Table 6).
 
 M patch embeddings ``e_m`` play the role of MixMo's encoders ``c_m``: the tokens of the M inputs are mixed position by
 position (MIMO: summed; MixMo: a CutMix square on the token grid or linear mixing), then the whole backbone and M heads
@@ -18,9 +19,9 @@ Methods (``method=``), Table 4.1 rows 2–5:
 * ``'cutmix_only_mixmo_vit'``: always CutMix (p = 1) and separate inference.
 * "MixMo + same init." (Table A.18) is ``encoder_init='same'`` on any of them.
 
-[AMBIG] SPEC §1.9 / §7 item 14: the ViT transposition does not restate MixMo's factor M, p schedule, r and α. Decision:
-MixMo's defaults throughout (factor M on the mixed tokens, α = 2, p = 0.5 with the last-twelfth descent, r = 3), as
-the SPEC recommends; CutMix-only fixes p = 1 without descent (the thesis' "never sum during training").
+Decision (papers silent: the ViT transposition does not restate MixMo's factor M, p schedule, r and α): MixMo's
+defaults throughout (factor M on the mixed tokens, α = 2, p = 0.5 with the last-twelfth descent, r = 3, MixMo
+arXiv:2103.06132 Sec. 3); CutMix-only fixes p = 1 without descent (the thesis' "never sum during training").
 """
 from typing import Any, Dict, Optional, Union
 
@@ -33,7 +34,7 @@ from timm_mimo.models.mimo_cnn import MimoCNN, _create_mimo_cnn
 
 __all__ = ['MimoViT', 'VIT_METHODS']
 
-# method -> (MimoCNN method, i.e. the Mixer kwargs, and the default inference) (SPEC §1.9, Table 4.1)
+# method -> (MimoCNN method, i.e. the Mixer kwargs, and the default inference) (thesis Table 4.1)
 VIT_METHODS: Dict[str, Dict[str, str]] = {
     'mimo_vit': dict(mixing='mimo', inference='sum'),
     'mixmo_vit': dict(mixing='cut_mixmo', inference='sum'),
@@ -66,7 +67,9 @@ class MimoViT(MimoCNN):
 
 
 def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any]) -> MimoViT:
-    """Any timm ViT; ``pretrained`` as for the generic CNN names (backbone checkpoint, or a saved MIMO model)."""
+    """Any timm ViT (default: the papers' ConViT); ``pretrained`` as for the generic CNN names (backbone checkpoint,
+    or a saved MIMO model)."""
+    kwargs.setdefault('backbone', PAPER_BACKBONE)
     return mimo_cnn._create_generic(method, pretrained, kwargs, model_cls=MimoViT)
 
 
@@ -81,18 +84,18 @@ def _paper_ids() -> Dict[str, str]:
 
 
 def _generic_cfg(**kwargs: Any) -> Dict[str, Any]:
-    """Placeholder cfg of a generic name; the instance takes its backbone's cfg."""
+    """Cfg of a generic name: its default backbone's (the papers' ConViT); an instance takes its backbone's cfg."""
     return {
-        'url': '', 'num_classes': 100, 'input_size': (3, 32, 32), 'crop_pct': 1.0, 'interpolation': 'bicubic',
+        'num_classes': 100, 'input_size': (3, 32, 32), 'crop_pct': 1.0, 'interpolation': 'bicubic',
         'mean': CIFAR100_MEAN, 'std': CIFAR100_STD, 'first_conv': 'backbone.patch_embed.proj',
         'classifier': 'backbone.head', 'license': 'apache-2.0', **_paper_ids(), **kwargs,
     }
 
 
-def _convit_cfg(name: str, **kwargs: Any) -> Dict[str, Any]:
-    """The papers' ConViT on CIFAR-100 (32 px, patch 4, 8x8 tokens), as ``convit_gpsa5_ca2``."""
+def _convit_cfg(**kwargs: Any) -> Dict[str, Any]:
+    """The papers' ConViT on CIFAR-100 (32 px, patch 4, 8x8 tokens), as ``convit_gpsa5_ca2``; no published weights."""
     return {
-        'hf_hub_id': f'timm_mimo/{name}', 'num_classes': 100, 'input_size': (3, 32, 32), 'fixed_input_size': True,
+        'num_classes': 100, 'input_size': (3, 32, 32), 'fixed_input_size': True,
         'crop_pct': 1.0, 'interpolation': 'bicubic', 'mean': CIFAR100_MEAN, 'std': CIFAR100_STD,
         'first_conv': 'backbone.patch_embed.proj', 'classifier': 'backbone.head', 'license': 'apache-2.0',
         **_paper_ids(), **kwargs,
@@ -103,8 +106,7 @@ PAPER_BACKBONE = 'convit_gpsa5_ca2'
 
 default_cfgs = generate_default_cfgs({
     **{method: _generic_cfg() for method in VIT_METHODS},
-    **{f'{method}_{PAPER_BACKBONE}.cifar100': _convit_cfg(f'{method}_{PAPER_BACKBONE}.cifar100')
-       for method in VIT_METHODS},
+    **{f'{method}_{PAPER_BACKBONE}': _convit_cfg() for method in VIT_METHODS},
 })
 
 

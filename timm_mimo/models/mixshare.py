@@ -43,6 +43,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm_mimo.mixing import MixPlan
 from timm_mimo.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD
 from timm_mimo.models.mimo_cnn import (
+    GENERIC_BACKBONE,
     MIXMO_LOSS_CFG,
     MimoCNN,
     _create_generic,
@@ -249,14 +250,18 @@ def _mixshare_wrn_cfg(**kwargs: Any) -> Dict[str, Any]:
 
 default_cfgs = generate_default_cfgs({
     'mixshare': _generic_cfg(**_mixshare_ids()),
-    'mixshare_wrn28_2.cifar100': _mixshare_wrn_cfg(),
-    'mixshare_wrn28_5.cifar100': _mixshare_wrn_cfg(),
+    'mixshare_wrn28_2': _mixshare_wrn_cfg(),
+    'mixshare_wrn28_5': _mixshare_wrn_cfg(),
 })
 
 
 @register_model
 def mixshare(pretrained: bool = False, **kwargs: Any) -> MixShareCNN:
-    """MixShare on any timm CNN: ``timm.create_model('mixshare', backbone='resnet18', unmixing='partial')``."""
+    """MixShare on any timm CNN (default resnet18).
+
+    ``timm.create_model('mixshare', backbone='resnet50', unmixing='partial')``.
+    """
+    kwargs.setdefault('backbone', GENERIC_BACKBONE)
     return _create_generic('mixshare', pretrained, kwargs, model_cls=MixShareCNN)
 
 

@@ -66,14 +66,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, create_model, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint_seq,
+    create_model,
+    generate_default_cfgs,
+    register_model,
+    resolve_pretrained_cfg,
+)
 from timm.models._registry import get_pretrained_cfg, is_model_in_modules, list_pretrained
 from timm.models.cait import Cait
 from timm.models.convit import GPSA
 from timm.models.vision_transformer import VisionTransformer, global_pool_nlc
 
+from timm_mimo.hub import has_pretrained_source, pretrained_weights
 from timm_mimo.mixing import MixPlan
-from timm_mimo.models._contract import MimoContract, check_image_batch
+from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.convit_ca import CIFAR100_MEAN, CIFAR100_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD
 
@@ -105,14 +113,16 @@ class SourceAttribution(nn.Module):
         init: ``'trunc_normal'`` (std .02, biases of encoders zero) or ``'zeros'``.
     """
 
-    def __init__(self, dim: int, num_members: int, encoding: bool = False, init: str = 'trunc_normal'):
+    def __init__(self, dim: int, num_members: int, encoding: bool = False, init: str = 'trunc_normal',
+                 device: Any = None, dtype: Any = None):
         super().__init__()
         if init not in ('trunc_normal', 'zeros'):
             raise ValueError(f"source_init must be 'trunc_normal' or 'zeros', got {init!r}")
+        dd = dict(device=device, dtype=dtype)
         self.dim = dim
         self.num_members = num_members
-        self.bias = nn.Parameter(torch.zeros(num_members, dim))
-        self.weight = nn.Parameter(torch.zeros(num_members, dim, dim)) if encoding else None
+        self.bias = nn.Parameter(torch.zeros(num_members, dim, **dd))
+        self.weight = nn.Parameter(torch.zeros(num_members, dim, dim, **dd)) if encoding else None
         if init == 'trunc_normal':
             trunc_normal_(self.weight if encoding else self.bias, std=.02)
 
@@ -198,8 +208,7 @@ class MixViT(MimoContract, nn.Module):
             raise ValueError(f'source must be one of {SOURCE_KINDS}, got {source!r}')
         if mixing not in MIXING_MODES:
             raise ValueError(f'mixing must be one of {MIXING_MODES}, got {mixing!r}')
-        if num_members < 1:
-            raise ValueError(f'num_members must be >= 1, got {num_members}')
+        num_members = check_num_members(num_members)
         if not 0 <= single_member < num_members:
             raise ValueError(f'single_member must be in [0, {num_members}), got {single_member}')
         if member_blocks is not None and (isinstance(member_blocks, bool) or not isinstance(member_blocks, int)
@@ -251,7 +260,9 @@ class MixViT(MimoContract, nn.Module):
         self.mixing = mixing
         self.single_member = single_member
         self.alternating_seed = alternating_seed
+        # forward_features is (B, S, 1 + N, D): the feature axis is the last (timm's tests read ``feature_dim``)
         self.num_features = self.head_hidden_size = self.embed_dim = net.embed_dim
+        self.feature_dim = -1  # forward_features is channel-last: (B, S, T, D)
         # tokens before the patch tokens in forward_features: CaiT / ConViT's class token, a ViT's prefix tokens
         self.num_prefix_tokens = 1 if self.late_class_token else self.num_shared_prefix_tokens
         self.in_chans = net.patch_embed.proj.in_channels
@@ -263,18 +274,15 @@ class MixViT(MimoContract, nn.Module):
         self.blocks = net.blocks
         self.cls_token = net.cls_token
         self.norm = net.norm
+        like = net.patch_embed.proj.weight  # timm's factory may pass device / dtype (a ViT may have no class token)
+        dd = dict(device=like.device, dtype=like.dtype)
         self.source_attribution = None if source == 'none' else SourceAttribution(
-            net.embed_dim, num_members, encoding=source.endswith('encoding'), init=source_init)
+            net.embed_dim, num_members, encoding=source.endswith('encoding'), init=source_init, **dd)
         self.head_drop = net.head_drop
-        self.head = MemberHeads(net.embed_dim, num_classes, num_members)
+        self.head = MemberHeads(net.embed_dim, num_classes, num_members, **dd)
         if self.dist_token is not None:  # distilled DeiT: a class-token head and a distillation-token head per member
-            self.head_dist = MemberHeads(net.embed_dim, num_classes, num_members)
+            self.head_dist = MemberHeads(net.embed_dim, num_classes, num_members, **dd)
         self._init_heads()
-        # timm's factory arguments device= / dtype= reach the backbone; MixViT's own parameters follow them
-        factory = {k: backbone_kwargs[k] for k in ('device', 'dtype') if backbone_kwargs.get(k) is not None}
-        for module in (self.source_attribution, self.head, self.head_dist):
-            if module is not None and factory:
-                module.to(**factory)
         self.inference = inference
 
     @staticmethod
@@ -381,9 +389,10 @@ class MixViT(MimoContract, nn.Module):
             raise ValueError(f"MixViT heads read the class token: global_pool must be 'token', got {global_pool!r}")
         self.num_classes = num_classes
         like = self.patch_embed.proj.weight  # device / dtype of the model (a ViT may have no class token)
-        self.head = MemberHeads(self.embed_dim, num_classes, self.num_members).to(like.device, like.dtype)
+        dd = dict(device=like.device, dtype=like.dtype)
+        self.head = MemberHeads(self.embed_dim, num_classes, self.num_members, **dd)
         if self.head_dist is not None:
-            self.head_dist = MemberHeads(self.embed_dim, num_classes, self.num_members).to(like.device, like.dtype)
+            self.head_dist = MemberHeads(self.embed_dim, num_classes, self.num_members, **dd)
         self._init_heads()
         for head in (self.head, self.head_dist):
             if head is not None:
@@ -562,10 +571,19 @@ class MixViT(MimoContract, nn.Module):
         return logits
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``pre_logits``: the pooled features of every token set ``(B, S, D)``; else the ensemble logits ``(B, K)``."""
-        if pre_logits:
-            return self._pooled(x)
+        """The ensemble logits ``(B, K)``, or with ``pre_logits`` the pooled features ``(B, D)``.
+
+        Decision: pre-logits are the MEAN of the S pooled token sets (S = M member sets for parallel inference), as
+        timm's DeiT averages its class and distillation tokens, so ``head_hidden_size`` = D whatever M is.
+        ``member_pre_logits`` gives the ``(B, S, D)`` features themselves.
+        """
+        if pre_logits or self.num_classes == 0:
+            return self.member_pre_logits(x).mean(dim=1)
         return self.member_logits(x).mean(dim=1)
+
+    def member_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features of every token set of ``forward_features`` output: ``(B, S, T, D)`` -> ``(B, S, D)``."""
+        return self._pooled(x)
 
     def forward_members(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's logits on the same images: ``(B, C, H, W)`` -> ``(B, M, K)``."""
@@ -630,7 +648,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MixViT) -> 
             num_prefix = model.pos_embed.shape[1] - model.patch_embed.num_patches  # a ViT's pos_embed covers them
             v = resample_abs_pos_embed(
                 v, new_size=model.patch_embed.grid_size, num_prefix_tokens=num_prefix, verbose=True)
-        elif k.split('.')[0] in ('head', 'head_dist') and getattr(model, k.split('.')[0]) is not None:
+        elif k.split('.')[0] in ('head', 'head_dist') and getattr(model, k.split('.')[0]) is not None \
+                and model.num_classes > 0:
             member_param = getattr(getattr(model, k.split('.')[0]), k.split('.')[1])
             if v.ndim == member_param.ndim - 1:
                 v = v.unsqueeze(0).repeat(model.num_members, *([1] * v.ndim))
@@ -642,22 +661,22 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MixViT) -> 
 
 
 def _create_mixvit(variant: str, pretrained: bool = False, **kwargs: Any) -> MixViT:
+    """Build a MixViT; ``pretrained=True`` loads its cfg's checkpoint (a timm backbone's, or a saved MixViT).
+
+    A cfg without weights refuses ``pretrained=True`` and a failed download says where the checkpoint lives
+    (:func:`timm_mimo.hub.pretrained_weights`).
+    """
     if kwargs.get('features_only', False):
-        raise RuntimeError('features_only is not supported by MixViT')
-    try:
+        raise RuntimeError(f'{variant}: features_only is not supported by MixViT (its features are M token sets); '
+                           'use forward_features / forward_head(pre_logits=True)')
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    with pretrained_weights(variant, cfg, pretrained):
         return build_model_with_cfg(MixViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
-    except (OSError, ConnectionError) as e:
-        if not pretrained:
-            raise
-        raise RuntimeError(
-            f'could not fetch the pretrained weights of {variant} ({e}); offline, load them from a local file: '
-            f"timm.create_model('{variant}', pretrained=True, "
-            "pretrained_cfg_overlay=dict(file='path/to/backbone.safetensors'))") from e
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
         'crop_pct': 1.0, 'interpolation': 'bicubic', 'fixed_input_size': True,
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
@@ -667,46 +686,60 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 
 _CAIT_PAPER = 'arXiv:2103.17239'
 _CONVIT_PAPER = 'arXiv:2103.10697'
+BACKBONE_TAG_PREFIX = 'backbone_'
+
+
+def backbone_tag(timm_tag: str) -> str:
+    """The tag of a MixViT initialised from a timm backbone checkpoint: ``backbone_<timm tag>`` (e.g.
+    ``mixvit_cait_xxs24.backbone_fb_dist_in1k``), so the name says it is the backbone's init, not a trained
+    ensemble."""
+    return BACKBONE_TAG_PREFIX + timm_tag
+
+
+def _backbone_entries(variant: str, timm_name: str, **kwargs: Any) -> Dict[str, Dict[str, Any]]:
+    """The cfg entry of ``variant`` whose weights are the timm checkpoint ``timm_name`` (``<arch>.<tag>``)."""
+    tag = backbone_tag(timm_name.split('.', 1)[1])
+    return {f'{variant}.{tag}': _cfg(hf_hub_id=f'timm/{timm_name}', **kwargs)}
+
+
+# Tags: only where weights exist (timm's backbone checkpoints, tagged backbone_<timm tag>); the papers' ConViT,
+# CaiT-M-24 and the generic name have no published weights and so no weight source (not in timm.list_pretrained()).
 default_cfgs = generate_default_cfgs({
-    # the generic entry takes the backbone's cfg; this one is its default backbone's (convit_gpsa5_ca2)
-    'mixvit.untrained': _cfg(
+    # the generic entry takes its backbone's cfg; this one is its default backbone's (convit_gpsa5_ca2)
+    'mixvit': _cfg(
         num_classes=100, input_size=(3, 32, 32), mean=CIFAR100_MEAN, std=CIFAR100_STD, paper_ids=_CONVIT_PAPER),
-    'mixvit_convit_tiny.fb_in1k': _cfg(
-        hf_hub_id='timm/convit_tiny.fb_in1k', crop_pct=0.875, paper_ids=_CONVIT_PAPER),
-    'mixvit_convit_small.fb_in1k': _cfg(
-        hf_hub_id='timm/convit_small.fb_in1k', crop_pct=0.875, paper_ids=_CONVIT_PAPER),
-    'mixvit_convit_base.fb_in1k': _cfg(
-        hf_hub_id='timm/convit_base.fb_in1k', crop_pct=0.875, paper_ids=_CONVIT_PAPER),
-    'mixvit_cait_xxs24.fb_dist_in1k': _cfg(
-        hf_hub_id='timm/cait_xxs24_224.fb_dist_in1k', paper_ids=_CAIT_PAPER),
-    'mixvit_cait_xs24.fb_dist_in1k': _cfg(
-        hf_hub_id='timm/cait_xs24_384.fb_dist_in1k', input_size=(3, 384, 384),
-        paper_ids=_CAIT_PAPER),
-    'mixvit_cait_s24.fb_dist_in1k': _cfg(
-        hf_hub_id='timm/cait_s24_224.fb_dist_in1k', paper_ids=_CAIT_PAPER),
-    'mixvit_cait_m24.untrained': _cfg(
-        paper_ids=_CAIT_PAPER),
-    'mixvit_convit_gpsa5_ca2.untrained': _cfg(
-        num_classes=100, input_size=(3, 32, 32), mean=CIFAR100_MEAN, std=CIFAR100_STD,
+    **_backbone_entries('mixvit_convit_tiny', 'convit_tiny.fb_in1k', crop_pct=0.875, paper_ids=_CONVIT_PAPER),
+    **_backbone_entries('mixvit_convit_small', 'convit_small.fb_in1k', crop_pct=0.875, paper_ids=_CONVIT_PAPER),
+    **_backbone_entries('mixvit_convit_base', 'convit_base.fb_in1k', crop_pct=0.875, paper_ids=_CONVIT_PAPER),
+    **_backbone_entries('mixvit_cait_xxs24', 'cait_xxs24_224.fb_dist_in1k', paper_ids=_CAIT_PAPER),
+    **_backbone_entries('mixvit_cait_xs24', 'cait_xs24_384.fb_dist_in1k', input_size=(3, 384, 384),
+                        paper_ids=_CAIT_PAPER),
+    **_backbone_entries('mixvit_cait_s24', 'cait_s24_224.fb_dist_in1k', paper_ids=_CAIT_PAPER),
+    'mixvit_cait_m24': _cfg(paper_ids=_CAIT_PAPER),
+    'mixvit_convit_gpsa5_ca2': _cfg(
+        num_classes=100, input_size=(3, 32, 32), mean=CIFAR100_MEAN, std=CIFAR100_STD, paper_ids=_CONVIT_PAPER),
+    'mixvit_convit_gpsa5_ca2_64': _cfg(
+        num_classes=200, input_size=(3, 64, 64), mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD,
         paper_ids=_CONVIT_PAPER),
-    'mixvit_convit_gpsa5_ca2_64.untrained': _cfg(
-        num_classes=200, input_size=(3, 64, 64), mean=TINY_IMAGENET_MEAN,
-        std=TINY_IMAGENET_STD, paper_ids=_CONVIT_PAPER),
-    'mixvit_convit_gpsa5_ca2_224.untrained': _cfg(
-        num_classes=100, crop_pct=0.875, paper_ids=_CONVIT_PAPER),
+    'mixvit_convit_gpsa5_ca2_224': _cfg(num_classes=100, crop_pct=0.875, paper_ids=_CONVIT_PAPER),
 })
 
 
 def _backbone_cfg(backbone: str) -> Optional[Dict[str, Any]]:
-    """The pretrained cfg of a timm backbone, as a MixViT cfg (same weights, input size, normalisation)."""
+    """The pretrained cfg of a timm backbone, as the generic MixViT's cfg (same weights, input size, normalisation).
+
+    ``architecture`` is ``'mixvit'`` (what config.json must name to rebuild this model), the tag says the weights
+    are the backbone's (``backbone_<timm tag>``).
+    """
     if backbone in _EXTRA_BACKBONES:
-        return _cfg(paper_ids=_CAIT_PAPER)
+        return _cfg(architecture='mixvit', paper_ids=_CAIT_PAPER)
     cfg = get_pretrained_cfg(backbone)
     if cfg is None:
         return None
+    tag = backbone_tag(cfg.tag) if cfg.tag and has_pretrained_source(cfg) else None
     # the architecture is the generic entry (a saved model's config.json rebuilds a MixViT, not the bare backbone)
-    return {**cfg.to_dict(), 'architecture': 'mixvit', 'tag': f'backbone_{cfg.tag}' if cfg.tag else None,
-            'first_conv': 'patch_embed.proj', 'classifier': _classifier_keys(cfg.classifier)}
+    return {**cfg.to_dict(), 'architecture': 'mixvit', 'tag': tag, 'first_conv': 'patch_embed.proj',
+            'classifier': _classifier_keys(cfg.classifier)}
 
 
 def _classifier_keys(backbone_classifier: Any) -> Any:
@@ -726,7 +759,7 @@ def mixvit(pretrained: bool = False, backbone: str = 'convit_gpsa5_ca2', **kwarg
 
 
 def _named(variant: str, backbone: str, pretrained: bool, kwargs: Dict[str, Any]) -> MixViT:
-    return _create_mixvit(variant, pretrained, backbone=backbone, **kwargs)
+    return _create_mixvit(variant, pretrained, **dict(dict(backbone=backbone), **kwargs))  # config.json may name it
 
 
 @register_model
