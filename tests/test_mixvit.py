@@ -555,8 +555,9 @@ def test_vit_distilled_heads():
         dist_logits = torch.einsum('bmd,mkd->bmk', features[:, :, 1], model.head_dist.weight) + model.head_dist.bias
         expected = (cls_logits + dist_logits) / 2
         torch.testing.assert_close(model.forward_members(x), expected)
+        torch.testing.assert_close(model.member_pre_logits(features), (features[:, :, 0] + features[:, :, 1]) / 2)
         torch.testing.assert_close(model.forward_head(features, pre_logits=True),
-                                   (features[:, :, 0] + features[:, :, 1]) / 2)
+                                   ((features[:, :, 0] + features[:, :, 1]) / 2).mean(dim=1))
     assert model.get_classifier() == (model.head, model.head_dist)
     model.reset_classifier(7)
     assert model.head.weight.shape == model.head_dist.weight.shape == (2, 7, 32)
