@@ -374,7 +374,7 @@ def _parse_kwargs(items: Sequence[str]) -> Dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='python -m timm_mimo.analysis',
+    parser = argparse.ArgumentParser(prog='timm-mimo-analysis',
                                      description='Feature sharing analysis of a timm_mimo model (rates, plots).')
     parser.add_argument('--config', default='', help="a training run's args.yaml (model, model_kwargs, data flags)")
     parser.add_argument('--model', default=None, help='timm model name')
