@@ -251,6 +251,8 @@ def test_model_from_checkpoint_rebuilds_the_run(trained_runs, tmp_path):
         model_from_checkpoint(str(tmp_path / 'single.pth.tar'), num_classes=10, in_chans=1)  # WRN-28-2, not 10-1
     with pytest.raises(ValueError, match='does not exist'):
         model_from_checkpoint(str(tmp_path / 'none.pth.tar'))
+    with pytest.raises(ValueError, match='no EMA weights'):  # never a silent fall-back to the plain weights
+        model_from_checkpoint(str(checkpoint), use_ema=True)
 
 
 def test_checkpoint_ensemble_of_a_single_and_a_mimo_network(trained_runs, digits_dir):

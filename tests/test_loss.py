@@ -1,4 +1,4 @@
-"""Exact tests of timm_mimo.loss: w_r and the MIMO loss on hand-computed batches (thesis eq. 3.3 / A.2, Alg. A.6; MixViT eq. 1)."""
+"""Exact tests of timm_mimo.loss: w_r and the MIMO loss by hand (thesis eq. 3.3 / A.2, Alg. A.6; MixViT eq. 1)."""
 import math
 
 import pytest

@@ -25,6 +25,7 @@ from timm.data import ImageDataset
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
+from timm_mimo.hub import train_model_kwargs
 from timm_mimo.metrics import (
     ECE_BINS,
     collect_member_logits,
@@ -242,17 +243,16 @@ def model_from_checkpoint(checkpoint: str, model_name: Optional[str] = None, use
     if not os.path.isfile(checkpoint):
         raise ValueError(f'checkpoint {checkpoint!r} does not exist')
     config = _run_config(checkpoint)
-    kwargs = dict(config.get('model_kwargs') or {})
-    for key in ('num_classes', 'in_chans', 'num_members'):
-        if config.get(key) is not None:
-            kwargs[key] = config[key]
-    if config.get('input_size'):
-        kwargs['in_chans'] = config['input_size'][0]
-    kwargs.update(model_kwargs)
+    kwargs = dict(train_model_kwargs(config), **model_kwargs)
     name = model_name or config.get('model')
-    if not name:
+    state = None
+    if not name or use_ema:
         state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    if not name:
         name = state.get('arch') if isinstance(state, dict) else None
+    if use_ema and not (isinstance(state, dict) and 'state_dict_ema' in state):
+        raise ValueError(f'checkpoint {checkpoint!r} holds no EMA weights (state_dict_ema): drop use_ema / --use-ema '
+                         'or train with --model-ema')
     if not name:
         raise ValueError(f'checkpoint {checkpoint!r} names no architecture and has no args.yaml beside it; '
                          'pass the model name')

@@ -379,17 +379,22 @@ def _read_mapping(path: Union[str, os.PathLike], what: str) -> Dict[str, Any]:
     return data
 
 
-def model_from_train_args(train_args: Dict[str, Any]) -> nn.Module:
-    """The untrained model ``train.py`` built for these args (``model``, ``model_kwargs``, class / member counts)."""
-    if not train_args.get('model'):
-        raise ValueError('the train args name no model (key "model")')
+def train_model_kwargs(train_args: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``timm.create_model`` kwargs ``train.py`` used for a run's args (``model_kwargs``, class / member counts)."""
     kwargs = dict(train_args.get('model_kwargs') or {})
     for key in ('num_classes', 'in_chans', 'num_members'):
         if train_args.get(key) is not None:
             kwargs[key] = train_args[key]
     if train_args.get('input_size'):
         kwargs['in_chans'] = train_args['input_size'][0]
-    return create_model(train_args['model'], pretrained=False, **kwargs)
+    return kwargs
+
+
+def model_from_train_args(train_args: Dict[str, Any]) -> nn.Module:
+    """The untrained model ``train.py`` built for these args (``model``, ``model_kwargs``, class / member counts)."""
+    if not train_args.get('model'):
+        raise ValueError('the train args name no model (key "model")')
+    return create_model(train_args['model'], pretrained=False, **train_model_kwargs(train_args))
 
 
 def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Union[str, os.PathLike],
