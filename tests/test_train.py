@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 import yaml
 
@@ -259,3 +260,20 @@ def test_plateau_state_keeps_the_patience_counter():
     train.load_scheduler_state(resumed, state)
     resumed.step(3, 0.5)
     assert resumed_opt.param_groups[0]['lr'] == 0.5
+
+
+def test_pretrained_path_loads_a_backbone_file_into_the_mimo_model(tmp_path):
+    """``--pretrained-path FILE`` (timm's flag, implying ``--pretrained``): the backbone's body and stem from the file
+    (the stem split over the M encoders), the classifier left fresh as in timm."""
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    backbone = timm.create_model('wrn28_2', depth=10, widen_factor=1, num_classes=10)
+    save_file(backbone.state_dict(), str(tmp_path / 'wrn.safetensors'))
+    args = train.parse_args(['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
+                             '--num-classes', '10', '--pretrained-path', str(tmp_path / 'wrn.safetensors'),
+                             '--data-dir', str(tmp_path)])
+    model = train.create_train_model(args)
+    state = model.state_dict()
+    body = {k: v for k, v in backbone.state_dict().items() if not k.startswith(('conv_stem.', 'fc.'))}
+    assert all(torch.equal(state[f'backbone.{k}'], v) for k, v in body.items())
+    torch.testing.assert_close(model.encoders.member_weight.sum(dim=0), backbone.conv_stem.weight)

@@ -493,10 +493,10 @@ def create_train_model(args: argparse.Namespace) -> nn.Module:
             kwargs[key] = getattr(args, dest)
     if args.input_size is not None:
         kwargs['in_chans'] = args.input_size[0]
-    if args.pretrained_path:
+    if args.pretrained_path:  # timm's meaning: the backbone's weights from a file, the classifier left fresh
         kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path, num_classes=-1)
-    try:
-        model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    try:  # --pretrained-path implies --pretrained (it is never silently ignored)
+        model = timm.create_model(args.model, pretrained=args.pretrained or bool(args.pretrained_path), **kwargs)
     except TypeError as exc:
         if 'num_members' in str(exc):
             raise CliError(f'--num-members given but {args.model!r} is not a MIMO model') from None
