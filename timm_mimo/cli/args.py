@@ -221,18 +221,21 @@ def _default_device() -> str:
 def add_data_args(parser: argparse.ArgumentParser, group: argparse._ArgumentGroup) -> None:
     """Dataset options common to training and validation (the split flags differ and are added by each script)."""
     parser.add_argument('data', nargs='?', metavar='DIR', const=None,
-                        help='path to dataset (positional is *deprecated*, use --data-dir)')
-    group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir)')
+                        help='dataset root folder (deprecated positional form of --data-dir)')
+    group.add_argument('--data-dir', metavar='DIR', help='dataset root folder')
     group.add_argument('--dataset', metavar='NAME', default='',
-                       help='dataset type + name ("<type>/<name>") (default: ImageFolder or ImageTar if empty)')
+                       help='dataset as "<type>/<name>", e.g. "torch/cifar10" (default: an image folder or tar under '
+                            '--data-dir)')
     group.add_argument('--dataset-download', action='store_true', default=False,
-                       help='Allow download of dataset for torch/ and tfds/ datasets that support it.')
+                       help='let torch/ and tfds/ datasets fetch their files when missing')
     group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
-                       help='path to class to idx mapping file (default: "")')
-    group.add_argument('--input-key', default=None, type=str, help='Dataset key for input images.')
-    group.add_argument('--target-key', default=None, type=str, help='Dataset key for target labels.')
+                       help='file mapping class names to label indices (default: none, classes taken from the data)')
+    group.add_argument('--input-key', default=None, type=str,
+                       help='name of the image field in dataset records (hfds/, wds/, ...)')
+    group.add_argument('--target-key', default=None, type=str,
+                       help='name of the label field in dataset records (hfds/, wds/, ...)')
     group.add_argument('--dataset-trust-remote-code', action='store_true', default=False,
-                       help="Allow huggingface dataset import to execute code downloaded from the dataset's repo.")
+                       help='let a Hugging Face dataset run code from its own repository when loaded')
     add_refused(group, [Refused(('--input-img-mode',), 'the image mode follows the model: "L" for --in-chans 1, '
                                 '"RGB" for 3', default=None, type=str)])
 
@@ -240,36 +243,40 @@ def add_data_args(parser: argparse.ArgumentParser, group: argparse._ArgumentGrou
 def add_model_args(group: argparse._ArgumentGroup) -> None:
     """Model and input options common to training and validation."""
     group.add_argument('--model', default='resnet50', type=str, metavar='MODEL',
-                       help='Name of model (timm or timm_mimo) (default: "resnet50")')
+                       help='registered model name, timm or timm_mimo (default: resnet50)')
     group.add_argument('--pretrained', action='store_true', default=False,
-                       help='Start with pretrained version of specified network (if avail)')
+                       help='initialise --model from its published pretrained weights')
     group.add_argument('--num-classes', type=int, default=None, metavar='N',
-                       help='number of label classes (Model default if None)')
+                       help="number of classes of the classifier head (default: the model's own)")
     group.add_argument('--gp', default=None, type=str, metavar='POOL',
-                       help='Global pool type, one of (fast, avg, max, avgmax, avgmaxc). Model default if None.')
+                       help="global pooling before the head, e.g. avg, max, avgmax, catavgmax, fast (default: the "
+                            "model's own)")
     group.add_argument('--img-size', type=int, default=None, metavar='N',
-                       help='Image size (default: None => model default)')
+                       help="square input resolution in pixels (default: the model's own)")
     group.add_argument('--in-chans', type=int, default=None, metavar='N',
-                       help='Image input channels (default: None => 3)')
+                       help='number of input image channels (default: 3)')
     group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N',
-                       help='Input all image dimensions (d h w, e.g. --input-size 3 224 224), uses model default if '
-                            'empty')
+                       help='full input shape C H W, e.g. 3 224 224; takes precedence over --img-size / --in-chans '
+                            "(default: the model's own)")
     group.add_argument('--crop-pct', default=None, type=float, metavar='N',
-                       help='Input image center crop percent (for validation only)')
+                       help="evaluation centre-crop fraction, in (0, 1] (default: the model's own)")
     group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
-                       help='Override mean pixel value of dataset')
+                       help="per-channel normalisation mean (default: the model's own)")
     group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
-                       help='Override std deviation of dataset')
+                       help="per-channel normalisation standard deviation (default: the model's own)")
     group.add_argument('--interpolation', default='', type=str, metavar='NAME',
-                       help='Image resize interpolation type (overrides model)')
+                       help="resize interpolation, e.g. bilinear or bicubic (default: the model's own)")
     group.add_argument('--channels-last', action='store_true', default=False,
-                       help='Use channels_last memory layout')
-    group.add_argument('--fast-norm', default=False, action='store_true', help='enable experimental fast-norm')
+                       help='keep the model and its inputs in the channels_last (NHWC) memory format')
+    group.add_argument('--fast-norm', default=False, action='store_true',
+                       help="use timm's experimental fast normalisation kernels")
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
-                       help='extra model kwargs as key=value (e.g. backbone=wrn28_2 depth=10 for a MIMO model)')
-    group.add_argument('--torchcompile-mode', type=str, default=None, help='torch.compile mode (default: None).')
+                       help='additional model constructor arguments, key=value (e.g. backbone=wrn28_2 depth=10 for a '
+                            'MIMO model)')
+    group.add_argument('--torchcompile-mode', type=str, default=None,
+                       help="mode passed to torch.compile, e.g. max-autotune (default: torch's own)")
     group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
-                       help='Enable compilation w/ specified backend (default: inductor).')
+                       help='compile the model with torch.compile, optionally naming the backend (default: inductor)')
     group.add_argument('--crop-pad', type=int, default=None, metavar='N',
                        help='timm_mimo: CIFAR-style images. Training: zero-pad by N, random crop, h-flip (the papers '
                             'use 4); evaluation: centred pad to the input size. Unset: timm\'s transforms')
@@ -285,13 +292,13 @@ def add_model_args(group: argparse._ArgumentGroup) -> None:
 def add_device_args(group: argparse._ArgumentGroup) -> None:
     """Device and precision options common to training and validation."""
     group.add_argument('--device', default=_default_device(), type=str,
-                       help='Device (accelerator) to use (default: cuda when available, else cpu).')
+                       help='torch device to run on (default: cuda when available, else cpu)')
     group.add_argument('--amp', action='store_true', default=False,
-                       help='use AMP for mixed precision (float16 on CUDA; bfloat16 autocast on CPU)')
+                       help='mixed precision through autocast (float16 on CUDA; bfloat16 on CPU)')
     group.add_argument('--amp-dtype', default='float16', type=str, choices=('float16', 'bfloat16'),
-                       help='lower precision AMP dtype (default: float16; the CPU always uses bfloat16)')
+                       help='autocast dtype of --amp (default: float16; the CPU always uses bfloat16)')
     group.add_argument('--device-modules', default=None, type=str, nargs='+',
-                       help='Python imports for device backend modules.')
+                       help='Python modules to import before the device is set up (out-of-tree accelerator backends)')
     add_refused(group, [Refused(('--model-dtype',), 'MIMO mixing masks and losses run in float32; use --amp for '
                                 'lower precision', default=None, type=str)])
 
@@ -299,12 +306,12 @@ def add_device_args(group: argparse._ArgumentGroup) -> None:
 def add_loader_args(group: argparse._ArgumentGroup) -> None:
     """Data loader options common to training and validation."""
     group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
-                       help='how many data loading processes to use (default: 4)')
+                       help='data loading worker processes (default: 4)')
     group.add_argument('--pin-mem', action='store_true', default=False,
-                       help='Pin CPU memory in DataLoader for more efficient (sometimes) transfer to GPU.')
+                       help='pin host memory in the data loaders (can speed up copies to the GPU)')
     group.add_argument('--no-prefetcher', action='store_true', default=False,
-                       help="disable fast prefetcher (accepted for timm compatibility: timm_mimo's loaders never use "
-                            "timm's CUDA prefetcher, so this changes nothing)")
+                       help="accepted for timm compatibility and ignored: timm_mimo's loaders never use timm's CUDA "
+                            "prefetcher")
 
 
 MODEL_CHECKS: List[Check] = [

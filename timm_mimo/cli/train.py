@@ -177,198 +177,225 @@ def build_parser() -> argparse.ArgumentParser:
     """timm's train.py options (names, meanings, defaults; refused ones say why) plus the MIMO group."""
     parser = ArgumentParser(prog='timm-mimo-train', description='timm_mimo training (timm flags + MIMO)')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                        help='YAML config file specifying default arguments (keys: flag names)')
+                        help='YAML file of default flag values (keys: flag names); command-line flags override it')
     group = parser.add_argument_group('Dataset parameters')
     add_data_args(parser, group)
     group.add_argument('--train-split', metavar='NAME', default='train',
-                       help="dataset train split (default: train); '.' = the data dir itself")
+                       help="split to train on (default: train); '.' = the data dir itself")
     group.add_argument('--val-split', metavar='NAME', default='validation',
-                       help="dataset validation split (default: validation); '' = no evaluation")
+                       help="split evaluated after each epoch (default: validation); '' = no evaluation")
     add_refused(group, REFUSED['Dataset parameters'])
     group = parser.add_argument_group('Model parameters')
     add_model_args(group)
     group.add_argument('--pretrained-path', default=None, type=str,
-                       help='Load this checkpoint as if they were the pretrained weights (with adaptation).')
+                       help='checkpoint file used in place of the pretrained weights (adapted to the model like '
+                            'them); implies --pretrained')
     group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
-                       help='Load this checkpoint into model after initialization (default: none)')
+                       help='checkpoint whose weights are loaded into the freshly built model (default: none)')
     group.add_argument('--resume', default='', type=str, metavar='PATH',
-                       help='Resume full model, optimizer, scheduler, EMA and scaler state from checkpoint')
+                       help='continue a run from this checkpoint: model, optimizer, scheduler, EMA and loss-scaler '
+                            'state')
     group.add_argument('--no-resume-opt', action='store_true', default=False,
-                       help='prevent resume of optimizer state when resuming model')
+                       help='with --resume, restore the model but not the optimizer state')
     group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N',
-                       help='Input batch size of one forward pass on one process (default: 128)')
+                       help='images per forward pass on each process (default: 128)')
     group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
-                       help='Validation batch size override (default: None)')
+                       help='evaluation batch size (default: --batch-size)')
     group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
-                       help='The number of steps to accumulate gradients (default: 1)')
+                       help='forward / backward passes whose gradients add up to one optimizer step (default: 1)')
     group.add_argument('--grad-checkpointing', action='store_true', default=False,
-                       help='Enable gradient checkpointing through model blocks/stages')
+                       help='recompute activations in the backward pass to save memory, where the model supports it')
     add_refused(group, REFUSED['Model parameters'])
     group = parser.add_argument_group('Device parameters')
     add_device_args(group)
     group.add_argument('--no-ddp-bb', action='store_true', default=False,
-                       help='Force broadcast buffers for native DDP to off.')
+                       help='DDP: do not broadcast buffers from rank 0 at each forward pass')
     group.add_argument('--synchronize-step', action='store_true', default=False,
-                       help='torch.cuda.synchronize() end of each step')
+                       help='wait for the CUDA device to finish at the end of every step (for timing)')
     group.add_argument('--local_rank', default=0, type=int,
-                       help='set by torch.distributed.launch; the rank is read from the environment as in timm')
+                       help='filled in by torch.distributed.launch and unused: the rank comes from the environment, '
+                            'as in timm')
     group = parser.add_argument_group('Optimizer parameters')
     group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER',
-                       help='Optimizer (default: "sgd", timm\'s SGD with Nesterov momentum)')
+                       help="optimizer name in timm's registry (default: sgd, SGD with Nesterov momentum)")
     group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON',
-                       help='Optimizer Epsilon (default: None, use opt default)')
+                       help="optimizer epsilon (default: the optimizer's own)")
     group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA',
-                       help='Optimizer Betas (default: None, use opt default)')
-    group.add_argument('--momentum', type=float, default=0.9, metavar='M', help='Optimizer momentum (default: 0.9)')
+                       help="optimizer beta coefficients (default: the optimizer's own)")
+    group.add_argument('--momentum', type=float, default=0.9, metavar='M',
+                       help='momentum of the optimizers that take one (default: 0.9)')
     group.add_argument('--weight-decay', type=float, default=2e-5,
-                       help="weight decay (default: 2e-5; timm's: not on biases and norm parameters)")
+                       help="optimizer weight decay, which timm skips on biases and norm parameters (default: 2e-5)")
     group.add_argument('--l2', type=float, default=None, metavar='LAMBDA',
                        help='timm_mimo: the MixMo / MIMO papers\' L2 regularisation: LAMBDA·ΣW² over ALL '
                             'parameters (BatchNorm and biases included) added to the loss, i.e. a gradient of '
                             '2·LAMBDA·W (applied as coupled SGD weight decay 2·LAMBDA, no parameter filtering). '
                             'SGD only; set --weight-decay 0 with it')
     group.add_argument('--clip-grad', type=float, default=None, metavar='NORM',
-                       help='Clip gradient norm (default: None, no clipping)')
+                       help='gradient clipping threshold, see --clip-mode (default: no clipping)')
     group.add_argument('--clip-mode', type=str, default='norm', choices=('norm', 'value', 'agc'),
-                       help='Gradient clipping mode. One of ("norm", "value", "agc")')
-    group.add_argument('--layer-decay', type=float, default=None, help='layer-wise learning rate decay (default: None)')
+                       help='how --clip-grad clips: total norm, each value, or adaptive (agc) (default: norm)')
+    group.add_argument('--layer-decay', type=float, default=None,
+                       help='per-layer learning-rate decay factor, towards the input (default: none)')
     group.add_argument('--layer-decay-min-scale', type=float, default=0,
-                       help='layer-wise lr decay minimum scale clamp (default: 0)')
+                       help='lower bound of the per-layer learning-rate scale (default: 0)')
     group.add_argument('--layer-decay-no-opt-scale', type=float, default=None,
-                       help='layer-wise lr decay no optimization scale (default: None)')
+                       help='layers whose learning-rate scale falls below this are not optimised (default: none)')
     group.add_argument('--opt-kwargs', nargs='*', default={}, action=timm.utils.ParseKwargs,
-                       help='extra optimizer kwargs as key=value')
+                       help='additional optimizer arguments, as key=value')
     group = parser.add_argument_group('Learning rate schedule parameters')
     group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER',
-                       help='LR scheduler: cosine, tanh, step, multistep, plateau, poly, wsd, rsqrt, constant, '
-                            'none (default: "cosine")')
+                       help='learning-rate schedule: cosine, tanh, step, multistep, plateau, poly, wsd, rsqrt, '
+                            'constant or none (default: cosine)')
     group.add_argument('--sched-on-updates', action='store_true', default=False,
-                       help='Apply LR scheduler step on update instead of epoch end.')
+                       help='advance the schedule after every optimizer update instead of every epoch')
     group.add_argument('--lr', type=float, default=None, metavar='LR',
-                       help='learning rate, overrides lr-base if set (default: None); the configs give the papers\' '
-                            'rate, (0.1 / b)·(bs / 128) for MixMo')
+                       help='absolute learning rate; when set, --lr-base is ignored (default: none); the configs give '
+                            'the papers\' rate, (0.1 / b)·(bs / 128) for MixMo')
     group.add_argument('--lr-base', type=float, default=0.1, metavar='LR',
-                       help='base learning rate: lr = lr_base * global_batch_size / base_size')
+                       help='reference rate used when --lr is unset, scaled by global batch / --lr-base-size '
+                            '(default: 0.1)')
     group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV',
-                       help='base learning rate batch size (divisor, default: 256).')
+                       help='batch size at which --lr-base applies unscaled (default: 256)')
     group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
-                       help='base learning rate vs batch_size scaling ("linear", "sqrt", based on opt if empty)')
-    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct',
-                       help='learning rate noise on/off epoch percentages')
+                       help='how --lr-base scales with the batch: linear or sqrt (default: chosen by the optimizer)')
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='FRAC',
+                       help='start [end] of learning-rate noise, as fractions of the schedule length')
     group.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PERCENT',
-                       help='learning rate noise limit percent (default: 0.67)')
+                       help='bound of the relative learning-rate noise (default: 0.67)')
     group.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STDDEV',
-                       help='learning rate noise std-dev (default: 1.0)')
+                       help='standard deviation of the learning-rate noise (default: 1.0)')
     group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT',
-                       help='learning rate cycle len multiplier (default: 1.0)')
+                       help='factor on the length of each successive schedule cycle (default: 1.0)')
     group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT',
-                       help='amount to decay each learning rate cycle (default: 0.5)')
+                       help='factor on the peak rate of each successive schedule cycle (default: 0.5)')
     group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N',
-                       help='learning rate cycle limit, cycles enabled if > 1')
-    group.add_argument('--lr-k-decay', type=float, default=1.0, help='learning rate k-decay for cosine/poly')
+                       help='number of schedule cycles; restarts only when > 1 (default: 1)')
+    group.add_argument('--lr-k-decay', type=float, default=1.0,
+                       help='k of the k-decay variant of the cosine / poly schedules (default: 1.0)')
     group.add_argument('--lr-decay-fn', type=str, default=None, help='decay function of the wsd / rsqrt schedules')
     group.add_argument('--lr-stable-timescale', type=float, default=None,
                        help='stable-phase timescale of the wsd / rsqrt schedules')
-    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR', help='warmup learning rate')
+    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR',
+                       help='learning rate at the start of warmup (default: 1e-5)')
     group.add_argument('--min-lr', type=float, default=0, metavar='LR',
-                       help='lower lr bound for cyclic schedulers that hit 0 (default: 0)')
-    group.add_argument('--epochs', type=int, default=300, metavar='N', help='number of epochs to train')
+                       help='floor of the learning rate for schedules that decay towards 0 (default: 0)')
+    group.add_argument('--epochs', type=int, default=300, metavar='N', help='training epochs (default: 300)')
     group.add_argument('--start-epoch', default=None, type=int, metavar='N',
-                       help='manual epoch number (useful on restarts)')
+                       help='epoch to start from, overriding the one of a --resume checkpoint')
     group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
-                       help='list of decay epoch indices for multistep lr. must be increasing')
-    group.add_argument('--decay-epochs', type=float, default=90, metavar='N', help='epoch interval to decay LR')
+                       help='increasing epochs at which multistep multiplies the rate by --decay-rate (default: 90 '
+                            '180 270)')
+    group.add_argument('--decay-epochs', type=float, default=90, metavar='N',
+                       help='epochs between two decays of the step schedule (default: 90)')
     group.add_argument('--warmup-epochs', type=int, default=5, metavar='N',
-                       help='epochs to warmup LR, if scheduler supports (default: 5)')
+                       help='epochs of warmup from --warmup-lr, for schedules that have one (default: 5)')
     group.add_argument('--warmup-prefix', action='store_true', default=False,
-                       help='Exclude warmup period from decay schedule.')
+                       help='run the warmup before the schedule instead of within its first epochs')
     group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N',
-                       help='epochs to cooldown LR at min_lr, after cyclic schedule ends')
+                       help='extra epochs at --min-lr after the schedule ends (default: 0)')
     group.add_argument('--patience-epochs', type=int, default=10, metavar='N',
-                       help='patience epochs for Plateau LR scheduler (default: 10)')
-    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE', help='LR decay rate')
+                       help='plateau schedule: epochs without improvement before a decay (default: 10)')
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE',
+                       help='factor applied at each step / multistep / plateau decay (default: 0.1)')
     add_refused(group, REFUSED['Learning rate schedule parameters'])
     group = parser.add_argument_group('Augmentation and regularization parameters')
     group.add_argument('--no-aug', action='store_true', default=False,
-                       help='Disable all training augmentation, override other train aug args')
-    group.add_argument('--train-crop-mode', type=str, default=None, help='Crop-mode in train')
+                       help='no training augmentation at all (overrides the other augmentation flags)')
+    group.add_argument('--train-crop-mode', type=str, default=None,
+                       help="random crop of timm's training transform: rrc, rkrc or rkrr (default: rrc)")
     group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
-                       help='Random resize scale (default: 0.08 1.0)')
+                       help='area fraction range of the random resized crop (default: 0.08 1.0)')
     group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
-                       help='Random resize aspect ratio (default: 0.75 1.33)')
-    group.add_argument('--hflip', type=float, default=0.5, help='Horizontal flip training aug probability')
-    group.add_argument('--vflip', type=float, default=0., help='Vertical flip training aug probability')
-    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT', help='Color jitter factor')
+                       help='aspect ratio range of the random resized crop (default: 0.75 1.33)')
+    group.add_argument('--hflip', type=float, default=0.5,
+                       help='probability of a horizontal flip in training (default: 0.5)')
+    group.add_argument('--vflip', type=float, default=0.,
+                       help='probability of a vertical flip in training (default: 0)')
+    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT',
+                       help='strength of the brightness / contrast / saturation jitter (default: 0.4)')
     group.add_argument('--color-jitter-prob', type=float, default=None, metavar='PCT',
-                       help='Probability of applying any color jitter.')
+                       help='probability that the colour jitter is applied at all (default: always)')
     group.add_argument('--grayscale-prob', type=float, default=None, metavar='PCT',
-                       help='Probability of applying random grayscale conversion.')
+                       help='probability of turning a training image to grayscale (default: never)')
     group.add_argument('--gaussian-blur-prob', type=float, default=None, metavar='PCT',
-                       help='Probability of applying gaussian blur.')
+                       help='probability of a gaussian blur of a training image (default: never)')
     group.add_argument('--aa', type=str, default=None, metavar='NAME',
                        help='AutoAugment policy: timm\'s ("v0", "original", "rand-m9-mstd0.5", ...), or with '
                             '--crop-pad "cifar10" (torchvision\'s CIFAR-10 policy) and "augmix" (the MixMo AugMix)')
-    group.add_argument('--reprob', type=float, default=0., metavar='PCT', help='Random erase prob (default: 0.)')
-    group.add_argument('--remode', type=str, default='pixel', help='Random erase mode (default: "pixel")')
-    group.add_argument('--recount', type=int, default=1, help='Random erase count (default: 1)')
+    group.add_argument('--reprob', type=float, default=0., metavar='PCT',
+                       help='probability of random erasing per image (default: 0)')
+    group.add_argument('--remode', type=str, default='pixel',
+                       help='fill of erased regions: const, rand or pixel (default: pixel)')
+    group.add_argument('--recount', type=int, default=1, help='number of regions erased per image (default: 1)')
     group.add_argument('--mixup', type=float, default=0.0,
-                       help='timm Mixup alpha, plain models (MIMO models: --mimo-mixup) (default: 0.)')
+                       help="Mixup alpha of plain models, through timm's Mixup; MIMO models: --mimo-mixup "
+                            "(default: 0, off)")
     group.add_argument('--cutmix', type=float, default=0.0,
-                       help='timm CutMix alpha, plain models (MIMO models: --mimo-cutmix) (default: 0.)')
+                       help="CutMix alpha of plain models, through timm's Mixup; MIMO models: --mimo-cutmix "
+                            "(default: 0, off)")
     group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None,
-                       help='cutmix min/max ratio, overrides alpha and enables cutmix if set (default: None)')
+                       help='CutMix box area fraction range, min max; replaces the alpha and turns CutMix on '
+                            '(default: none)')
     group.add_argument('--mixup-prob', type=float, default=1.0,
-                       help='Probability of performing mixup or cutmix when either/both is enabled')
+                       help='probability of mixing a batch when Mixup or CutMix is on (default: 1.0)')
     group.add_argument('--mixup-switch-prob', type=float, default=0.5,
-                       help='Probability of switching to cutmix when both mixup and cutmix enabled')
+                       help='probability of CutMix instead of Mixup when both are on (default: 0.5)')
     group.add_argument('--mixup-mode', type=str, default='batch',
-                       help='How to apply mixup/cutmix params. Per "batch", "pair", or "elem"')
+                       help='granularity of the mixing draws: batch, pair or elem (default: batch)')
     group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N',
-                       help='Turn off mixup after this epoch, disabled if 0 (default: 0)')
+                       help='stop Mixup / CutMix from this epoch on; 0 = never (default: 0)')
     group.add_argument('--smoothing', type=float, default=None,
-                       help="Label smoothing. Unset: 0.1 (timm's default) for plain models, the model's loss_cfg "
+                       help="label smoothing; unset: 0.1 (timm's default) for plain models, the model's loss_cfg "
                             '(0 for MixMo, 0.1 for MixViT) for MIMO models')
     group.add_argument('--train-interpolation', type=str, default='random',
-                       help='Training interpolation (random, bilinear, bicubic default: "random")')
+                       help='resize interpolation in training: random, bilinear or bicubic (default: random)')
     group.add_argument('--drop', type=float, default=None, metavar='PCT',
-                       help="Dropout rate (default: None => the model's own default)")
-    group.add_argument('--drop-path', type=float, default=None, metavar='PCT', help='Drop path rate (default: None)')
-    group.add_argument('--drop-block', type=float, default=None, metavar='PCT', help='Drop block rate')
+                       help="dropout rate, the model's drop_rate (default: the model's own)")
+    group.add_argument('--drop-path', type=float, default=None, metavar='PCT',
+                       help="stochastic depth (drop path) rate (default: the model's own)")
+    group.add_argument('--drop-block', type=float, default=None, metavar='PCT',
+                       help="DropBlock rate (default: the model's own)")
     add_refused(group, REFUSED['Augmentation and regularization parameters'])
     group = parser.add_argument_group('Batch norm parameters')
-    group.add_argument('--bn-momentum', type=float, default=None, help='BatchNorm momentum override (if not None)')
-    group.add_argument('--bn-eps', type=float, default=None, help='BatchNorm epsilon override (if not None)')
-    group.add_argument('--sync-bn', action='store_true', default=False, help='Enable synchronized BatchNorm.')
+    group.add_argument('--bn-momentum', type=float, default=None,
+                       help='momentum set on every BatchNorm layer (default: left as built)')
+    group.add_argument('--bn-eps', type=float, default=None,
+                       help='epsilon set on every BatchNorm layer (default: left as built)')
+    group.add_argument('--sync-bn', action='store_true', default=False,
+                       help='turn BatchNorm into SyncBatchNorm in distributed training')
     group.add_argument('--dist-bn', type=str, default='reduce', choices=('reduce', 'broadcast', ''),
-                       help='Distribute BatchNorm stats between nodes after each epoch ("broadcast", "reduce", or "")')
+                       help='after each epoch, align BatchNorm statistics across processes: reduce (average), '
+                            'broadcast (from rank 0) or "" (leave them) (default: reduce)')
     add_refused(group, REFUSED['Batch norm parameters'])
     group = parser.add_argument_group('Model exponential moving average parameters')
     group.add_argument('--model-ema', action='store_true', default=False,
-                       help='Enable tracking moving average of model weights.')
+                       help='keep an exponential moving average (EMA) of the model weights')
     group.add_argument('--model-ema-decay', type=float, default=0.9998,
-                       help='Decay factor for model weights moving average (default: 0.9998)')
+                       help='EMA decay per update (default: 0.9998)')
     group.add_argument('--model-ema-warmup', action='store_true', default=False,
-                       help='Enable warmup for model EMA decay.')
+                       help='ramp the EMA decay up over the first updates')
     add_refused(group, REFUSED['Model exponential moving average parameters'])
     group = parser.add_argument_group('Miscellaneous parameters')
-    group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
+    group.add_argument('--seed', type=int, default=42, metavar='S',
+                       help='seed of the random number generators (default: 42)')
     group.add_argument('--log-interval', type=int, default=50, metavar='N',
-                       help='how many batches to wait before logging training status')
+                       help='log training progress every N batches (default: 50)')
     group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N',
-                       help='number of epoch checkpoints to keep, newest first (default: 10)')
+                       help='per-epoch checkpoints kept, the newest ones; 0 = none (default: 10)')
     add_loader_args(group)
     group.add_argument('--output', default='', type=str, metavar='PATH',
-                       help='path to output folder (default: ./output/train)')
+                       help='parent folder of the run folders (default: ./output/train)')
     group.add_argument('--experiment', default='', type=str, metavar='NAME',
-                       help='name of train experiment, name of sub-folder for output')
+                       help='run folder name under --output (default: date-model-size)')
     group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
-                       help='Best metric (default: "top1"); any evaluation column, e.g. nll_c')
+                       help='evaluation column that picks the best checkpoint, e.g. nll_c (default: top1)')
     group.add_argument('--log-wandb', action='store_true', default=False,
                        help='log training and validation metrics to wandb (needs the wandb package)')
-    group.add_argument('--wandb-project', default=None, type=str, help='wandb project name')
-    group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='wandb tags')
+    group.add_argument('--wandb-project', default=None, type=str, help='project of the wandb run')
+    group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='tags of the wandb run')
     group.add_argument('--wandb-resume-id', default='', type=str, metavar='ID',
-                       help='If resuming a run, the id of the run in wandb')
+                       help='id of the wandb run to continue when resuming')
     # test hook: SIGKILL this process after N optimizer steps, to check that a killed run resumes exactly
     group.add_argument('--kill-after-steps', type=int, default=None, help=argparse.SUPPRESS)
     add_refused(group, REFUSED['Miscellaneous parameters'])

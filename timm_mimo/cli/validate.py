@@ -102,11 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group('Dataset parameters')
     add_data_args(parser, group)
     group.add_argument('--split', metavar='NAME', default='validation',
-                       help="dataset split (default: validation); '.' = the data dir itself")
+                       help="split to evaluate (default: validation); '.' = the data dir itself")
     group = parser.add_argument_group('Model parameters')
     add_model_args(group)
     group.add_argument('--checkpoint', default='', type=str, metavar='PATH',
-                       help='path to latest checkpoint (default: none => the pretrained weights)')
+                       help='checkpoint file whose weights are evaluated (default: none => the pretrained weights)')
     group.add_argument('--use-ema', dest='use_ema', action='store_true',
                        help="use the checkpoint's EMA weights (an error if it has none)")
     group.add_argument('--num-members', type=int, default=None, help='timm_mimo: M of a MIMO model')
@@ -115,18 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
                             'feature-influence histograms, MixShare arXiv:2205.10139 Sec. 2) to the results; '
                             'MIMO models only')
     group.add_argument('-b', '--batch-size', default=256, type=int, metavar='N',
-                       help='mini-batch size (default: 256)')
+                       help='images per evaluation batch (default: 256)')
     group = parser.add_argument_group('Device parameters')
     add_device_args(group)
     group = parser.add_argument_group('Miscellaneous parameters')
     add_loader_args(group)
-    group.add_argument('--log-freq', default=10, type=int, metavar='N', help='batch logging frequency (default: 10)')
+    group.add_argument('--log-freq', default=10, type=int, metavar='N',
+                       help='log progress every N batches (default: 10)')
     group.add_argument('--seed', type=int, default=42, metavar='S',
-                       help='random seed (default: 42); seeds torch (the NLL_c halves use their own fixed seed)')
+                       help='seed of torch (default: 42); the NLL_c halves use their own fixed seed')
     group.add_argument('--results-file', default='', type=str, metavar='FILENAME',
-                       help='Output csv or json file for validation results (the folder is created)')
+                       help='write the results to this .csv or .json file (its folder is created)')
     group.add_argument('--results-format', default='csv', type=str, choices=('csv', 'json'),
-                       help='Format for results file one of (csv, json) (default: csv)')
+                       help='format of --results-file: csv or json (default: csv)')
     add_refused(group, REFUSED)
     add_uncertainty_args(parser.add_argument_group('Uncertainty and robustness (timm_mimo)'))
     return parser
