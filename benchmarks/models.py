@@ -6,9 +6,9 @@ For each model: parameters, forward FLOPs, inference and train-step throughput, 
 against its backbone and the cost targets. What is measured:
 
 * inference: ``model(x)`` on a ``(B, C, H, W)`` batch, eval mode, ``no_grad``;
-* train step: the real MIMO step: pair the batch into ``(B, M, C, H, W)`` (``pair_inputs``), draw a Mixer plan,
-  forward, ``MimoLoss``, backward, optimizer step; the backbone: the same ``(B, C, H, W)`` batch, cross-entropy,
-  backward, the same optimizer; same B on both sides;
+* train step: the real MIMO step of :class:`timm_mimo.task.MimoTask`: pair the batch into ``(B, M, C, H, W)``,
+  draw the model's Mixer plan, forward, the model's MIMO loss, backward, optimizer step; the backbone: the same
+  ``(B, C, H, W)`` batch, cross-entropy, backward, the same optimizer; same B on both sides;
 * throughput: alternating timed rounds of the two models (``interleaved_throughput``), best round of each;
 * FLOPs: ``torch.utils.flop_counter`` on one image (``infer_gmacs`` = FLOPs / 2, timm's MAC convention);
 * peak memory: the peak bytes of live tensors (parameters, buffers, gradients, optimizer state, activations,
@@ -36,14 +36,12 @@ from torch.utils._pytree import tree_flatten
 
 import timm_mimo  # noqa: F401  (registration)
 from benchmarks.common import count_flops, count_params, interleaved_throughput
-from timm_mimo.data import pair_inputs
-from timm_mimo.loss import MimoLoss
 from timm_mimo.metrics import is_mimo
-from timm_mimo.mixing import Mixer
 from timm_mimo.models import mixvit as mixvit_module
 from timm_mimo.models.mimo_cnn import MimoCNN
 from timm_mimo.models.mimo_vit import MimoViT
 from timm_mimo.models.mixvit import MixViT
+from timm_mimo.task import MimoTask
 
 __all__ = ['add_arguments', 'create_pair', 'cost_targets', 'benchmark_model', 'explain_train_forward', 'run']
 
@@ -202,16 +200,15 @@ def _train_step(model: nn.Module, forward: Callable, images: torch.Tensor, targe
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr)
     model.train()
     if is_mimo(model):
-        # MimoTask swap point: once timm_mimo.task.MimoTask exists, its step replaces the pairing/plan/loss below.
-        generator = torch.Generator().manual_seed(0)
-        mixer = Mixer(num_members=model.num_members, generator=generator, **model.mix_cfg)
-        loss_fn, grid = MimoLoss(**model.loss_cfg), model.mix_grid(tuple(images.shape[-2:]))
+        # the training step of timm_mimo.task.MimoTask (pairing, input repetition, the model's Mixer and loss), taken
+        # half-way through a 300-epoch schedule; the forward is the (possibly compiled) one being measured
+        task = MimoTask.from_model(model, seed=0)
+        task.set_step(epoch=150, step=0, steps_per_epoch=1, num_epochs=300)
 
         def loss() -> torch.Tensor:
-            xs, ys = pair_inputs(images, targets, model.num_members, 0.0, generator)
-            plan = mixer(images.shape[0], grid, progress=0.5, device=setup.device)
+            xs, ys, plan = task.mix_inputs(images, targets)
             with setup.autocast():
-                return loss_fn(forward(xs, plan), ys, plan.kappas)
+                return task.criterion(forward(xs, plan), ys, plan.kappas)
     else:
         def loss() -> torch.Tensor:
             with setup.autocast():
@@ -293,8 +290,9 @@ def explain_train_forward(model: nn.Module, batch_size: int = 2) -> Dict[str, An
         ``graph_count``, ``graph_break_count`` and ``break_reasons`` (``reason @ file:line`` strings).
     """
     size = model.pretrained_cfg['input_size']
-    mixer = Mixer(num_members=model.num_members, generator=torch.Generator().manual_seed(0), **model.mix_cfg)
-    plan = mixer(batch_size, model.mix_grid(tuple(size[1:])), progress=0.5)
+    task = MimoTask.from_model(model, seed=0)
+    task.set_step(epoch=150, step=0, steps_per_epoch=1, num_epochs=300)  # as the timed train step
+    _, _, plan = task.mix_inputs(torch.randn(batch_size, *size), torch.zeros(batch_size, dtype=torch.long))
     xs = torch.randn(batch_size, model.num_members, *size)
     model.train()
     torch._dynamo.reset()
