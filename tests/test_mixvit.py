@@ -454,26 +454,24 @@ def test_named_vit_entries_load_backbone_checkpoints(tmp_path):
     torch.testing.assert_close(model.head.weight[1], net.head.weight)
 
 
-def _member_block_input(model: MixViT, fn) -> torch.Tensor:
+def _hooked(module: torch.nn.Module, fn, take) -> torch.Tensor:
+    """What ``take(inputs, output)`` reads from ``module``'s first call while ``fn()`` runs (no grad)."""
     seen = []
-    handle = model.blocks[model.num_shared_blocks].register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    handle = module.register_forward_hook(lambda mod, inp, out: seen.append(take(inp, out)))
     try:
         with torch.no_grad():
             fn()
     finally:
         handle.remove()
     return seen[0]
+
+
+def _member_block_input(model: MixViT, fn) -> torch.Tensor:
+    return _hooked(model.blocks[model.num_shared_blocks], fn, lambda inp, out: inp[0])
 
 
 def _shared_output(model: MixViT, fn) -> torch.Tensor:
-    seen = []
-    handle = model.blocks[model.num_shared_blocks - 1].register_forward_hook(lambda mod, inp, out: seen.append(out))
-    try:
-        with torch.no_grad():
-            fn()
-    finally:
-        handle.remove()
-    return seen[0]
+    return _hooked(model.blocks[model.num_shared_blocks - 1], fn, lambda inp, out: out)
 
 
 def test_vit_prefix_tokens_shared_patch_tokens_attributed():
