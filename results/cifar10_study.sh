@@ -32,7 +32,7 @@ SEEDS=${SEEDS:-"0 1"}
 WORKERS=${WORKERS:-1}
 WRN=${WRN:-"depth=10 widen_factor=1"}
 VIT=${VIT:-"embed_dim=64 num_heads=4 depth=3 depth_token_only=1"}
-EXTRA_VALIDATE_FLAGS=${EXTRA_VALIDATE_FLAGS:-}   # e.g. --sharing-rates
+EXTRA_VALIDATE_FLAGS=${EXTRA_VALIDATE_FLAGS:-}   # added to every validate.py call
 
 read -r -a SEED_LIST <<< "$SEEDS"
 if [ "${#SEED_LIST[@]}" -lt 2 ]; then echo "error: SEEDS needs at least two seeds, got '$SEEDS'" >&2; exit 2; fi
@@ -42,9 +42,9 @@ if [ ! -d "$DATA/train" ]; then
     --test-per-class "$TEST_PER_CLASS" --ood-fashion-mnist data --ood-images "$OOD_IMAGES"
 fi
 
-COMMON=(--data-dir "$DATA" --val-split test --num-classes 10 --img-size 32 --crop-pad 4 -b 128
+COMMON=(--data-dir "$DATA" --num-classes 10 --img-size 32 --crop-pad 4 -b 128
         --epochs "$EPOCHS" --sched cosine --workers "$WORKERS" --log-interval 100 --checkpoint-hist 1
-        --output "$OUT")
+        --output "$OUT" --val-split '')   # no per-epoch evaluation: every row is judged on its last checkpoint
 CNN=(--opt sgd --lr 0.1 --momentum 0.9 --weight-decay 5e-4 --warmup-epochs 0)
 # AdamW with its default eps / betas spelled out (train.py passes them even when unset); one warm-up epoch, per step
 VITOPT=(--opt adamw --opt-eps 1e-8 --opt-betas 0.9 0.999 --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1
@@ -68,39 +68,59 @@ evaluate() {  # evaluate <run dir> <validate.py flags...>
     --results-file "$run/validation.json" $EXTRA_VALIDATE_FLAGS "$@"
 }
 
+evaluate_run() {  # evaluate_run <run dir>: the last checkpoint of a trained run, once
+  local run=$1 rates=()
+  [ -f "$run/validation.json" ] && { echo "== $(basename "$run"): evaluated before"; return; }
+  case "$(basename "$run")" in single_wrn-*|convit-*) ;; *) rates=(--sharing-rates) ;; esac  # MIMO rows only
+  evaluate "$run" --config "$run/args.yaml" --checkpoint "$run/last.pth.tar" "${rates[@]}"
+}
+
+row() {  # row <run name> <train.py flags...>: train, then evaluate
+  local name=$1
+  train "$@"
+  evaluate_run "$OUT/$name"
+}
+
+# Two queues side by side, one torch thread each (CNN rows | ConViT rows), one seed after the other, so that a cut-short
+# study still has complete rows. Single WRNs: seeds s and s + 100 (the single row is seeds s, 2 Nets pairs s with
+# s + 100; the s + 100 nets are only trained). MixShare: fadeout unmixing ending at a third of the schedule, as its
+# paper's fadeout ends at epoch 100 of 300 (arXiv:2205.10139 Sec. 3.3).
+FADEOUT=$($PY -c "print(round($EPOCHS / 3, 4))")
 # shellcheck disable=SC2086
-{
-  # 2 x as many single WRNs as seeds: the first SEEDS make the single row, all of them the 2-Nets pairs
-  single_seeds=("${SEED_LIST[@]}")
-  for s in "${SEED_LIST[@]}"; do single_seeds+=("$((s + 100))"); done
-  for seed in "${single_seeds[@]}"; do
-    train "single_wrn-seed$seed" --model wrn28_2 --model-kwargs $WRN "${CNN[@]}" --seed "$seed"
-  done
+cnn_queue() {
   for seed in "${SEED_LIST[@]}"; do
+    row "single_wrn-seed$seed" --model wrn28_2 --model-kwargs $WRN "${CNN[@]}" --seed "$seed"
+    train "single_wrn-seed$((seed + 100))" --model wrn28_2 --model-kwargs $WRN "${CNN[@]}" --seed "$((seed + 100))"
     for method in mimo linear_mixmo cut_mixmo; do
-      train "$method-seed$seed" --model $method --model-kwargs backbone=wrn28_2 $WRN "${CNN[@]}" --seed "$seed"
+      row "$method-seed$seed" --model $method --model-kwargs backbone=wrn28_2 $WRN "${CNN[@]}" --seed "$seed"
     done
-    if $PY -c "import sys, timm, timm_mimo; sys.exit(0 if timm.is_model('mixshare') else 1)"; then
-      train "mixshare-seed$seed" --model mixshare --model-kwargs backbone=wrn28_2 $WRN "${CNN[@]}" --seed "$seed"
-    else
-      echo "== NOTE: no 'mixshare' model in this checkout: the MixShare row is not trained" >&2
-    fi
-    train "convit-seed$seed" --model convit_gpsa5_ca2 --model-kwargs $VIT "${VITOPT[@]}" --seed "$seed"
+    row "mixshare-seed$seed" --model mixshare --model-kwargs backbone=wrn28_2 $WRN unmixing=fadeout \
+      "fadeout_epochs=$FADEOUT" "${CNN[@]}" --seed "$seed"
+  done
+}
+# shellcheck disable=SC2086
+vit_queue() {
+  for seed in "${SEED_LIST[@]}"; do
+    row "convit-seed$seed" --model convit_gpsa5_ca2 --model-kwargs $VIT "${VITOPT[@]}" --seed "$seed"
     for source in embedding encoding; do
-      train "mixvit_$source-seed$seed" --model mixvit_convit_gpsa5_ca2 --model-kwargs source=$source $VIT \
+      row "mixvit_$source-seed$seed" --model mixvit_convit_gpsa5_ca2 --model-kwargs source=$source $VIT \
         "${VITOPT[@]}" --seed "$seed"
     done
   done
 }
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+cnn_queue > "$OUT/cnn_queue.log" 2>&1 & cnn_pid=$!
+vit_queue > "$OUT/vit_queue.log" 2>&1 & vit_pid=$!
+status=0
+wait "$cnn_pid" || { status=$?; echo "error: the CNN queue failed (exit $status): see $OUT/cnn_queue.log" >&2; }
+wait "$vit_pid" || { status=$?; echo "error: the ConViT queue failed (exit $status): see $OUT/vit_queue.log" >&2; }
+[ "$status" = 0 ] || exit "$status"
 
-for run in "$OUT"/*-seed*; do
-  [ -f "$run/last.pth.tar" ] || continue
-  case "$(basename "$run")" in two_nets-*) continue ;; esac
-  evaluate "$run" --config "$run/args.yaml" --checkpoint "$run/last.pth.tar"
-done
 for seed in "${SEED_LIST[@]}"; do  # 2 Nets: single WRN seed s with single WRN seed s + 100
   run="$OUT/two_nets-seed$seed"
   mkdir -p "$run"
+  [ -f "$run/validation.json" ] && { echo "== $(basename "$run"): evaluated before"; continue; }
   evaluate "$run" --config "$OUT/single_wrn-seed$seed/args.yaml" --ensemble-checkpoints \
     "$OUT/single_wrn-seed$seed/last.pth.tar" "$OUT/single_wrn-seed$((seed + 100))/last.pth.tar"
   echo $(( $(cat "$OUT/single_wrn-seed$seed/train_seconds.txt") + \

@@ -384,8 +384,10 @@ def test_bad_input_is_refused():
         model(torch.randn(2, 2, 3, 16, 16), MixPlan.from_masks(torch.ones(2, 2, 2, 2)))
     with pytest.raises(ValueError, match='source must be one of'):
         _tiny('cait_xxs24_224', source='late')
-    with pytest.raises(ValueError, match=r'\(VisionTransformerRelPos\) is not supported'):
+    with pytest.raises(ValueError, match="backbone 'vit_relpos_small_patch16_224' is not supported"):
         MixViT(backbone='vit_relpos_small_patch16_224', img_size=32, depth=1)
+    with pytest.raises(ValueError, match="backbone 'wrn28_2' is not supported"):  # refused before building it
+        timm.create_model('mixvit_convit_gpsa5_ca2', backbone='wrn28_2')
 
 
 # ---- timm VisionTransformer backbones ------------------------------------------------------------------------------

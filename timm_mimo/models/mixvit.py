@@ -98,6 +98,7 @@ _EXTRA_BACKBONES: Dict[str, Dict[str, Any]] = {
 }
 # timm modules whose entrypoints build ``VisionTransformer`` (or its distilled subclass)
 _VIT_MODULES = ('vision_transformer', 'deit', 'vision_transformer_hybrid')
+_CLASS_ATTENTION_MODULES = ('cait', 'convit', 'convit_ca')  # the class token joins after the shared blocks
 
 
 class SourceAttribution(nn.Module):
@@ -215,6 +216,11 @@ class MixViT(MimoContract, nn.Module):
                                           or member_blocks < 1):
             raise ValueError(f'member_blocks must be a positive int, got {member_blocks!r}')
         vit = _is_vision_transformer(backbone)
+        if not vit and backbone not in _EXTRA_BACKBONES and not is_model_in_modules(
+                backbone.split('.')[0], _CLASS_ATTENTION_MODULES):
+            raise ValueError(
+                f'backbone {backbone!r} is not supported: MixViT wraps CaiT (cait_*), ConViT (convit_*, '
+                'convit_gpsa5_ca2*) and timm VisionTransformer models (vit_*, deit_*, deit3_*, ...)')
         if vit:
             if global_pool == '':
                 raise ValueError("MixViT heads need pooled features: global_pool='' is not supported; use None (the "
