@@ -127,4 +127,5 @@ for seed in "${SEED_LIST[@]}"; do  # 2 Nets: single WRN seed s with single WRN s
            $(cat "$OUT/single_wrn-seed$((seed + 100))/train_seconds.txt") )) > "$run/train_seconds.txt"
 done
 
-$PY results/cifar10_study_summarize.py "$OUT" | tee results/cifar10_study.md
+$PY results/cifar10_study_summarize.py "$OUT" --csv results/cifar10_study.csv --plots results/cifar10_study \
+  | tee results/cifar10_study.md
