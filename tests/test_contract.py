@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 
+from model_checks import timm_mimo_module, timm_mimo_names
 from timm_mimo.models._contract import check_num_members
 
 TINY_CNN = dict(backbone='wrn28_2', depth=10, widen_factor=1, num_classes=5)
@@ -99,3 +100,14 @@ def test_trace_and_export_are_the_supported_compile_paths(name, kwargs):
         torch.testing.assert_close(traced(y), model(y), rtol=1e-5, atol=1e-5)
         exported = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch', max=64)},))
         torch.testing.assert_close(exported.module()(y), model(y), rtol=1e-5, atol=1e-5)
+
+
+MIMO_MODULES = ('mimo_cnn', 'mixshare', 'mixvit', 'mimo_vit')
+
+
+@pytest.mark.parametrize('name', [n for n in timm_mimo_names() if timm_mimo_module(n) in MIMO_MODULES])
+def test_features_only_is_refused_with_the_way_out(name):
+    # timm's FeatureListNet would call the modules of one single-input network in order; refused before building
+    with pytest.raises(RuntimeError, match=rf'^{name}: features_only is not supported by MIMO models \(.+\); use '
+                                           r'forward_features'):
+        timm.create_model(name, features_only=True)

@@ -32,8 +32,8 @@ SKIPS: Tuple[Tuple[str, str, str], ...] = (
     ('test_model_forward_fx_torchscript', 'mimo', 'needs torch.jit.script of an FX graph, see the TorchScript skip'),
     ('test_model_*_fx', 'mimo', 'torch.fx symbolic tracing cannot run the shape checks of the MIMO contract '
      '(x.ndim, member counts); torch.export captures the graph instead (tests/test_contract.py)'),
-    ('test_model_forward_features', 'mimo', 'no features_only wrapper for MIMO models: the backbone\'s own feature '
-     'API (model.backbone.forward_intermediates / forward_features) gives the shared core\'s features'),
+    ('test_model_forward_features', 'mimo', 'MIMO models refuse features_only with a RuntimeError naming '
+     'forward_features / forward_head(pre_logits=True) (tests/test_contract.py)'),
     ('test_model_*_pretrained', 'all', 'downloads timm backbone checkpoints from the Hub and this run is offline '
      '(HF_HUB_OFFLINE=1); tests/test_hub.py checks every tag\'s source and the offline message'),
 )

@@ -13,7 +13,7 @@ import torch
 
 from timm_mimo.mixing import MixPlan
 
-__all__ = ['MimoContract', 'check_image_batch', 'check_multi_input', 'check_num_members']
+__all__ = ['MimoContract', 'check_image_batch', 'check_multi_input', 'check_num_members', 'refuse_features_only']
 
 
 def check_num_members(num_members: Any) -> int:
@@ -22,6 +22,19 @@ def check_num_members(num_members: Any) -> int:
         raise ValueError(f'num_members (M) must be a positive integer, got {num_members!r} '
                          f'({type(num_members).__name__}); e.g. num_members=2')
     return int(num_members)
+
+
+def refuse_features_only(variant: str, kwargs: dict, features: str, use: str) -> None:
+    """timm's ``features_only=True`` wraps a single-input network; a MIMO model refuses it with the way out.
+
+    Args:
+        variant: The model name being built.
+        kwargs: Its ``create_model`` kwargs.
+        features: What the model's features are, for the message.
+        use: The API that gives them instead.
+    """
+    if kwargs.get('features_only', False):
+        raise RuntimeError(f'{variant}: features_only is not supported by MIMO models ({features}); use {use}')
 
 
 def check_image_batch(x: torch.Tensor) -> None:

@@ -41,7 +41,7 @@ from timm.models import (
 
 from timm_mimo.hub import pretrained_weights
 from timm_mimo.mixing import MixPlan
-from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members
+from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members, refuse_features_only
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD, PREACT_WIDTHS, preact_name
 
@@ -727,10 +727,15 @@ def _check_matches(state_dict: Dict[str, torch.Tensor], model: MimoCNN) -> None:
             f'{len(unexpected)} unexpected keys {unexpected[:3]}, {len(wrong)} shape mismatches {wrong[:3]}')
 
 
+_FEATURES_ONLY_WAY_OUT = ('the shared core sees the mixed inputs',
+                          "forward_features (the core's last feature map) / forward_head(pre_logits=True)")
+
+
 def _create_mimo_cnn(variant: str, pretrained: bool = False, model_cls: Optional[type] = None,
                      **kwargs: Any) -> MimoCNN:
     """A registered paper model: ``pretrained=True`` loads a MIMO (or single-input backbone) checkpoint; a name
     without published weights refuses it (unless ``pretrained_cfg_overlay`` gives a file)."""
+    refuse_features_only(variant, kwargs, *_FEATURES_ONLY_WAY_OUT)
     cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     with pretrained_weights(variant, cfg, pretrained):
         return build_model_with_cfg(model_cls or MimoCNN, variant, pretrained,
@@ -745,6 +750,7 @@ def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any], model
     the weights are this MIMO model's own, loaded through timm's ``load_pretrained`` and :func:`checkpoint_filter_fn`.
     """
     model_cls = model_cls or MimoCNN
+    refuse_features_only(method, kwargs, *_FEATURES_ONLY_WAY_OUT)
     pretrained_cfg = kwargs.pop('pretrained_cfg', None)
     if pretrained_cfg is None:
         return model_cls(method=method, pretrained_backbone=pretrained, **kwargs)

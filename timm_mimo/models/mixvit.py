@@ -81,7 +81,7 @@ from timm.models.vision_transformer import VisionTransformer, global_pool_nlc
 
 from timm_mimo.hub import has_pretrained_source, pretrained_weights
 from timm_mimo.mixing import MixPlan
-from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members
+from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members, refuse_features_only
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.convit_ca import CIFAR100_MEAN, CIFAR100_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD
 
@@ -672,9 +672,8 @@ def _create_mixvit(variant: str, pretrained: bool = False, **kwargs: Any) -> Mix
     A cfg without weights refuses ``pretrained=True`` and a failed download says where the checkpoint lives
     (:func:`timm_mimo.hub.pretrained_weights`).
     """
-    if kwargs.get('features_only', False):
-        raise RuntimeError(f'{variant}: features_only is not supported by MixViT (its features are M token sets); '
-                           'use forward_features / forward_head(pre_logits=True)')
+    refuse_features_only(variant, kwargs, 'MixViT features are M token sets',
+                         'forward_features / forward_head(pre_logits=True)')
     cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     with pretrained_weights(variant, cfg, pretrained):
         return build_model_with_cfg(MixViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
