@@ -9,9 +9,10 @@ family (single WRN for the CNN rows, the ConViT for the MixViT rows); 2 Nets is 
 
 Writes (with ``--csv``) one line per row with timm's leading result columns (``model, top1, top1_err, top5,
 top5_err, param_count, img_size``; means over seeds, parameters in millions) then ``row, seeds, top1_std, top5_std``
-and every other metric as ``<name>`` (mean) and ``<name>_std``; and (with ``--plots PREFIX``) ``PREFIX_accuracy_vs_cost.png`` (ensemble top-1
-against the inference cost ratio), ``PREFIX_member_vs_ensemble.png`` (ensemble against mean member top-1) and
-``PREFIX_reliability.png`` (the first seed's reliability diagrams, as validate.py drew them, side by side).
+and every other metric as ``<name>`` (mean) and ``<name>_std``; and (with ``--plots PREFIX``)
+``PREFIX_accuracy_vs_cost.png`` (ensemble top-1 against the inference cost ratio), ``PREFIX_member_vs_ensemble.png``
+(ensemble against mean member top-1) and ``PREFIX_reliability.png`` (the first seed's reliability diagrams, as
+validate.py drew them, side by side).
 """
 import argparse
 import csv

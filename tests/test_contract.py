@@ -5,8 +5,8 @@ import warnings
 import pytest
 import timm
 import torch
-
 from model_checks import timm_mimo_module, timm_mimo_names
+
 from timm_mimo.models._contract import check_num_members
 
 TINY_CNN = dict(backbone='wrn28_2', depth=10, widen_factor=1, num_classes=5)

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='module')
 def summarize():
-    spec = importlib.util.spec_from_file_location('cifar10_study_summarize', ROOT / 'results/cifar10_study_summarize.py')
+    path = ROOT / 'results/cifar10_study_summarize.py'
+    spec = importlib.util.spec_from_file_location('cifar10_study_summarize', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -232,7 +232,8 @@ def _pyplot() -> Any:
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise ImportError('the analysis plots need matplotlib: pip install "timm_mimo[plots]"') from e
+        raise ImportError('the analysis plots need matplotlib: pip install matplotlib (or, in a timm_mimo checkout, '
+                          'pip install ".[plots]")') from e
     return plt
 
 

@@ -51,7 +51,8 @@ def _imagecorruptions():
         import imagecorruptions
     except ImportError:
         raise ImportError('corruption robustness needs the imagecorruptions package: '
-                          'pip install imagecorruptions-imaug (or timm_mimo[robustness])') from None
+                          'pip install imagecorruptions-imaug (or, in a timm_mimo checkout, '
+                          'pip install ".[robustness]")') from None
     return imagecorruptions
 
 

@@ -223,7 +223,8 @@ def check_uncertainty_args(parser: argparse.ArgumentParser, args: argparse.Names
         if os.path.splitext(args.reliability_diagram)[1].lower() != '.png':
             raise CliError(f'--reliability-diagram {args.reliability_diagram!r}: give a .png file name')
         if importlib.util.find_spec('matplotlib') is None:
-            raise CliError('--reliability-diagram needs matplotlib: pip install matplotlib (or timm_mimo[plots])')
+            raise CliError('--reliability-diagram needs matplotlib: pip install matplotlib (or, in a timm_mimo '
+                           'checkout, pip install ".[plots]")')
 
 
 def load_weights(model: torch.nn.Module, path: str, use_ema: bool) -> None:
