@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # The CIFAR-10 study, one command: single WRN vs MIMO / Linear-MixMo / Cut-MixMo / MixShare on one small WRN, the
 # papers' ConViT (small width) vs MixViT with source embedding / encoding, and 2 single WRNs as a deep ensemble
-# ("2 Nets"); equal epochs for every row, SEEDS seeds each (single WRNs also get seeds s + 100: the single row
-# averages all of them, 2 Nets pairs seed s with seed s + 100).
-# Every run is evaluated on its LAST checkpoint (no selection on the test split) with validate.py: accuracy, NLL,
-# NLL_c, ECE, Brier, AURC, diversity, the 15 common corruptions x 5 severities on a fixed subset of the test split,
-# OOD detection against Fashion-MNIST test images, a reliability diagram; then cifar10_study_summarize.py writes the
-# table (mean ± std over seeds).
+# ("2 Nets"); equal epochs (and steps: b = 1) for every row, SEEDS seeds each (single WRNs also train seeds s + 100:
+# the single row is seeds s, 2 Nets pairs seed s with seed s + 100).
+# Every run is evaluated on its LAST checkpoint (no per-epoch evaluation, no selection on the test split) with
+# validate.py: accuracy, NLL, NLL_c, ECE, Brier, AURC, diversity, classifier sharing rate (MIMO rows), the 15 common
+# corruptions x 5 severities on a fixed subset of the test split, OOD detection against Fashion-MNIST test images, a
+# reliability diagram; then cifar10_study_summarize.py writes the table, the CSV and the plots (mean ± std over seeds).
 #
 #   CIFAR10_TAR=/path/to/cifar10-jpeg.tar.gz bash results/cifar10_study.sh      (after scripts/quickstart.sh)
 #
-# Defaults, chosen for about two hours of CPU on a 2-core machine (18 training runs + 18 evaluations; an estimate
-# from the rates below, assuming about twice their speed without the other jobs; not yet run end to end):
-# WRN-10-1 (78k parameters) and a ConViT of width 64 (3 GPSA + 1 class-attention blocks, 4 heads), 1,000 training
-# images per class (10,000), the full test split (10,000), 5 epochs, batch 128, seeds 0 1; corruptions on 300 test
-# images (75 corrupted sets of 300). Measured on a 2-core VM shared with other jobs: Cut-MixMo WRN-10-1 trains at
-# about 125 img/s (one epoch: 3 min with its evaluation), MixViT at about 40 img/s. Change the budget with the
-# variables below (e.g. TRAIN_PER_CLASS=5000 EPOCHS=30 for the full training split on a bigger machine).
+# Resumable: a run whose last.pth.tar exists is not trained again, one with a validation.json not evaluated again.
+# Defaults (20 training runs, 18 evaluations), took 1 h 07 min on the 2-core development VM (two queues
+# side by side, one torch thread each; results/README.md has the measured times): WRN-10-1 (78k parameters) and a
+# ConViT of width 64 (3 GPSA + 1 class-attention blocks, 4 heads), 1,000 training images per class (10,000), the full
+# test split (10,000), 5 epochs, batch 128, seeds 0 1; corruptions on 300 test images (75 corrupted sets of 300).
+# Change the budget with the variables below (e.g. TRAIN_PER_CLASS=5000 EPOCHS=30 for the full training split on a
+# bigger machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

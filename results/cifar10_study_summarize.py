@@ -148,14 +148,14 @@ def _pyplot():
 def plot_accuracy_vs_cost(runs: Dict[str, List[Dict[str, float]]], path: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name in ordered(runs):
+    for index, name in enumerate(ordered(runs)):
         cost, _ = mean_std(runs[name], 'cost_ratio')
         top1, std = mean_std(runs[name], 'top1')
         if cost is None or top1 is None:
             continue
         marker = 'o' if FAMILY_BASE.get(name) == 'single_wrn' else 's'
         ax.errorbar(cost, top1, yerr=std or 0, fmt=marker, capsize=3)
-        ax.annotate(name, (cost, top1), textcoords='offset points', xytext=(5, 4), fontsize=8)
+        ax.annotate(name, (cost, top1), textcoords='offset points', xytext=(6, 4 if index % 2 else -10), fontsize=8)
     ax.set_xlabel('inference cost (forward FLOPs / single network of the family)')
     ax.set_ylabel('ensemble top-1 % (mean ± std over seeds)')
     ax.set_title('CIFAR-10 study: accuracy vs inference cost\n(circles: WRN-10-1 family, squares: ConViT family)',
@@ -170,14 +170,14 @@ def plot_member_vs_ensemble(runs: Dict[str, List[Dict[str, float]]], path: str) 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     points = []
-    for name in ordered(runs):
+    for index, name in enumerate(ordered(runs)):
         member, member_std = mean_std(runs[name], 'member_top1')
         top1, std = mean_std(runs[name], 'top1')
         if member is None or top1 is None:
             continue
         points += [member, top1]
         ax.errorbar(member, top1, xerr=member_std or 0, yerr=std or 0, fmt='o', capsize=3)
-        ax.annotate(name, (member, top1), textcoords='offset points', xytext=(5, -10), fontsize=8)
+        ax.annotate(name, (member, top1), textcoords='offset points', xytext=(6, -10 if index % 2 else 5), fontsize=8)
     if points:
         low, high = min(points) - 2, max(points) + 2
         ax.plot([low, high], [low, high], 'k--', linewidth=1, label='ensemble = member')
@@ -199,12 +199,12 @@ def plot_reliability(dirs: Dict[str, Path], path: str) -> None:
               if name in dirs and (dirs[name] / 'reliability.png').is_file()]
     if not images:
         return
-    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 4))
+    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 4.4))
     for ax, (name, png) in zip(axes if len(images) > 1 else [axes], images):
         ax.imshow(plt.imread(png))
         ax.set_title(f'{name} ({dirs[name].name.rsplit("-", 1)[1]})', fontsize=9)
         ax.axis('off')
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
