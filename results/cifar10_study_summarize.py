@@ -128,7 +128,9 @@ def write_csv(runs: Dict[str, List[Dict[str, float]]], params: Dict[str, int], p
         for name in ordered(runs):
             results = runs[name]
             top1, top5 = mean_std(results, 'top1')[0], mean_std(results, 'top5')[0]
-            model = results[0]['model'] if name != 'two_nets' else '2x ' + results[0]['model']
+            model = results[0]['model']
+            if name == 'two_nets' and 'single_wrn' in runs:  # validate.py names a checkpoint ensemble 'ensemble'
+                model = '2x ' + runs['single_wrn'][0]['model']
             line = [model, rounded(top1), rounded(None if top1 is None else 100 - top1), rounded(top5),
                     rounded(None if top5 is None else 100 - top5),
                     rounded(params[name] / 1e6) if name in params else '', 32, name, len(results),
