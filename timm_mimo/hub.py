@@ -37,7 +37,7 @@ __all__ = ['save_pretrained', 'push_to_hub', 'load_pretrained', 'export_checkpoi
            'offline_message', 'no_weights_message', 'pretrained_weights', 'has_pretrained_source',
            'hub_errors_with_offline_hint', 'download_command', 'INSTALL_LINE']
 
-INSTALL_LINE = 'pip install .  # in a checkout of the timm_mimo source (not published on PyPI); --install sets another'
+INSTALL_LINE = 'pip install .  # in a checkout of the timm_mimo source (not published on PyPI)'
 WEIGHTS_FILE = 'model.safetensors'
 _SOURCE_KEYS = ('file', 'state_dict', 'url', 'hf_hub_id')
 
