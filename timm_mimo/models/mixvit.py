@@ -163,6 +163,13 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     return create_model(name, pretrained=False, **kwargs)
 
 
+def _unsupported_backbone(backbone: str, class_name: str = '') -> str:
+    """The one message for a backbone MixViT cannot wrap (``class_name``: what it built, when it was built)."""
+    built = f' ({class_name})' if class_name else ''
+    return (f'backbone {backbone!r}{built} is not supported: MixViT wraps CaiT (cait_*), ConViT (convit_*, convit_gpsa5_ca2*) '
+            'and timm VisionTransformer models (vit_*, deit_*, deit3_*, ...)')
+
+
 def _is_vision_transformer(backbone: str) -> bool:
     """Whether ``backbone`` is registered by a timm module that builds ``VisionTransformer`` models."""
     return backbone not in _EXTRA_BACKBONES and is_model_in_modules(backbone.split('.')[0], _VIT_MODULES)
@@ -218,9 +225,7 @@ class MixViT(MimoContract, nn.Module):
         vit = _is_vision_transformer(backbone)
         if not vit and backbone not in _EXTRA_BACKBONES and not is_model_in_modules(
                 backbone.split('.')[0], _CLASS_ATTENTION_MODULES):
-            raise ValueError(
-                f'backbone {backbone!r} is not supported: MixViT wraps CaiT (cait_*), ConViT (convit_*, '
-                'convit_gpsa5_ca2*) and timm VisionTransformer models (vit_*, deit_*, deit3_*, ...)')
+            raise ValueError(_unsupported_backbone(backbone))
         if vit:
             if global_pool == '':
                 raise ValueError("MixViT heads need pooled features: global_pool='' is not supported; use None (the "
@@ -254,9 +259,7 @@ class MixViT(MimoContract, nn.Module):
             self.norm_pre, self.fc_norm, self.attn_pool = net.norm_pre, net.fc_norm, net.attn_pool
             self.global_pool, self.pool_include_prefix = net.global_pool, net.pool_include_prefix
         else:
-            raise ValueError(
-                f'backbone {backbone!r} ({type(net).__name__}) is not supported: MixViT wraps CaiT (cait_*), ConViT '
-                '(convit_*) and timm VisionTransformer models (vit_*, deit_*, deit3_*, ...)')
+            raise ValueError(_unsupported_backbone(backbone, type(net).__name__))
         self.num_member_blocks = (len(self.blocks_token_only) if self.blocks_token_only is not None
                                   else len(net.blocks) - self.num_shared_blocks)
         self.backbone_name = backbone
