@@ -166,8 +166,8 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
 def _unsupported_backbone(backbone: str, class_name: str = '') -> str:
     """The one message for a backbone MixViT cannot wrap (``class_name``: what it built, when it was built)."""
     built = f' ({class_name})' if class_name else ''
-    return (f'backbone {backbone!r}{built} is not supported: MixViT wraps CaiT (cait_*), ConViT (convit_*, convit_gpsa5_ca2*) '
-            'and timm VisionTransformer models (vit_*, deit_*, deit3_*, ...)')
+    return (f'backbone {backbone!r}{built} is not supported: MixViT wraps CaiT (cait_*), ConViT (convit_*, '
+            'convit_gpsa5_ca2*) and timm VisionTransformer models (vit_*, deit_*, deit3_*, ...)')
 
 
 def _is_vision_transformer(backbone: str) -> bool:
