@@ -1,4 +1,4 @@
-"""Every recipe in configs/ builds and runs one step, and its hyper-parameters are the papers'.
+"""Every recipe in timm_mimo/configs/ builds and runs one step, and its hyper-parameters are the papers'.
 
 The expected values are written here from the papers, not read from the configs: MixMo arXiv:2103.06132 and the
 thesis (R. Sun, HAL tel-03952815) App. A.1.3.1 (MixMo recipes, Table 3.1 / Table 3.5 rows), App. A.1.5 / MixViT
@@ -22,7 +22,7 @@ from timm_mimo.cli import train
 from timm_mimo.task import MimoTask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.yaml')))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, 'timm_mimo', 'configs', '*.yaml')))
 CIFAR_MIXMO = [path for path in CONFIGS if re.search(r'(mimo|mixmo)(_cutmix)?_wrn28_10_cifar(10|100)_b\d', path)]
 MIXSHARE = [path for path in CONFIGS if os.path.basename(path).startswith('mixshare_')]
 MIXSHARE_ROWS = ('mixmo', 'unmix', 'unmix_same_init', 'partial', 'fadeout')  # MixShare Table 1, top to bottom
@@ -117,7 +117,7 @@ def test_mixshare_configs_match_mixshare_appendix_a(path):
 
 
 def test_tiny_imagenet_mixmo_config_matches_thesis_appendix_a131():
-    path = os.path.join(REPO, 'configs', 'cut_mixmo_preact_resnet18_tinyimagenet_b2.yaml')
+    path = os.path.join(REPO, 'timm_mimo', 'configs', 'cut_mixmo_preact_resnet18_tinyimagenet_b2.yaml')
     args = train.parse_args(['--config', path, '--data-dir', '/data'])
     # thesis App. A.1.3.1: "SGD with learning rate of 0.2 / b, batch size 100, decay rate 0.1 at steps {600, 900},
     # 1200 epochs maximum, weight decay 1e-4" (Puzzle-Mix: torch SGD weight decay on every parameter)
@@ -131,7 +131,7 @@ def test_tiny_imagenet_mixmo_config_matches_thesis_appendix_a131():
 @pytest.mark.parametrize('name, weight_decay, drop_path', [('mixvit_convit_cifar100', 0.05, None),
                                                            ('mixvit_cait_xxs24_tinyimagenet', 0.1, 0.1)])
 def test_mixvit_configs_match_thesis_appendix_a15(name, weight_decay, drop_path):
-    args = train.parse_args(['--config', os.path.join(REPO, 'configs', f'{name}.yaml'), '--data-dir', '/data'])
+    args = train.parse_args(['--config', name, '--data-dir', '/data'])  # a shipped recipe, by name
     # thesis App. A.1.5: "150 epochs using the AdamW optimizer with a learning rate of 0.001, weight decay of 0.05 and
     # linear warmup over 10% of training ... step decay schedule with decay rate 0.1 at steps {125, 140}"; weight decay
     # and stochastic depth (0.05 on CaiT) doubled on Tiny ImageNet
@@ -221,3 +221,19 @@ def test_l2_is_refused_where_it_would_not_be_an_l2_term():
         train.parse_args(['--model', 'test_resnet', '--l2', '3e-4'])
     with pytest.raises(train.CliError, match='adamw'):
         train.parse_args(['--model', 'test_resnet', '--l2', '3e-4', '--weight-decay', '0', '--opt', 'adamw'])
+
+
+def test_config_by_name_or_path_and_an_unknown_name_is_one_line(tmp_path):
+    """``--config NAME`` finds the shipped recipe; a path is taken as given; anything else lists close names."""
+    from timm_mimo.cli.args import CliError
+    from timm_mimo.recipes import config_path, list_configs
+    assert 'cut_mixmo_wrn28_10_cifar10_b4' in list_configs()
+    by_name = train.parse_args(['--config', 'cut_mixmo_wrn28_10_cifar10_b4', '--data-dir', '/data'])
+    by_path = train.parse_args(['--config', config_path('cut_mixmo_wrn28_10_cifar10_b4.yaml'), '--data-dir', '/data'])
+    assert {**vars(by_name), 'config': ''} == {**vars(by_path), 'config': ''} and by_name.batch_repeat == 4
+    own = tmp_path / 'cut_mixmo_wrn28_10_cifar10_b4.yaml'  # a user's file of the same name wins when it exists
+    own.write_text('epochs: 3\n')
+    assert train.parse_args(['--config', str(own), '--data-dir', '/data']).epochs == 3
+    with pytest.raises(CliError, match=r"'cut_mixmo_wrn28_10_cifar10_b9' is neither a file nor a shipped recipe.*"
+                                       r'cut_mixmo_wrn28_10_cifar10_b4'):
+        train.parse_args(['--config', 'cut_mixmo_wrn28_10_cifar10_b9'])

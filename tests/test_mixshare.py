@@ -245,7 +245,7 @@ def test_full_size_parameter_count(name):
 
 # --- the papers' table as configs ---------------------------------------------------------------------------------
 
-MIXSHARE_CONFIGS = sorted(Path(__file__).parents[1].glob('configs/mixshare_*.yaml'))
+MIXSHARE_CONFIGS = sorted(Path(__file__).parents[1].glob('timm_mimo/configs/mixshare_*.yaml'))
 
 
 def test_every_table_row_has_a_config_per_width():

@@ -450,7 +450,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     export.add_argument('--results', default=None, help='validate.py results JSON for the card')
     export.add_argument('--repo-id', default=None, help='Hub repository the folder is meant for (card usage line)')
     export.add_argument('--install', default=INSTALL_LINE, help='install line shown in the card')
+    commands.add_parser('configs', help='list the shipped training recipes (use one as --config NAME)')
     args = parser.parse_args(argv)
+    if args.command == 'configs':
+        from timm_mimo.recipes import CONFIG_DIR, list_configs
+        print(f'# {CONFIG_DIR}')
+        print('\n'.join(list_configs()))
+        return 0
     try:
         folder = export_checkpoint(args.checkpoint, args.args, args.out, use_ema=args.use_ema, results=args.results,
                                    repo_id=args.repo_id, install=args.install)

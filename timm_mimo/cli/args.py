@@ -136,7 +136,12 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
     """Parse ``argv``; a ``--config`` YAML sets defaults that the command line overrides (as timm's scripts do)."""
     known, _ = parser.parse_known_args(argv)
     if known.config:
-        parser.set_defaults(**load_config(known.config, parser, ignore_unknown_config, config_aliases))
+        from timm_mimo.recipes import config_path
+        try:
+            path = config_path(known.config)
+        except FileNotFoundError as exc:
+            raise CliError(f'--config {exc}') from None
+        parser.set_defaults(**load_config(path, parser, ignore_unknown_config, config_aliases))
     return parser.parse_args(argv)
 
 

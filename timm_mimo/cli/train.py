@@ -6,7 +6,7 @@ member input with partners from the whole dataset and weighs the member losses; 
 timm (cross-entropy, label smoothing, timm's Mixup/CutMix). Global-batch semantics and batch repetition:
 :mod:`timm_mimo.data`.
 
-    timm-mimo-train --config configs/cut_mixmo_wrn28_10_cifar100_b4.yaml --data-dir /data/cifar100
+    timm-mimo-train --config cut_mixmo_wrn28_10_cifar100_b4 --data-dir /data/cifar100
     torchrun --nproc_per_node 2 train.py --model cut_mixmo --model-kwargs backbone=wrn28_2 ...
 
 What is timm's and what is ours: the model, optimizer (``optimizer_kwargs``), scheduler (``scheduler_kwargs``),
@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     """timm's train.py options (names, meanings, defaults; refused ones say why) plus the MIMO group."""
     parser = ArgumentParser(prog='timm-mimo-train', description='timm_mimo training (timm flags + MIMO)')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                        help='YAML file of default flag values (keys: flag names); command-line flags override it')
+                        help='YAML file of default flag values (keys: flag names), or the name of a shipped recipe '
+                             '(python -m timm_mimo configs); command-line flags override it')
     group = parser.add_argument_group('Dataset parameters')
     add_data_args(parser, group)
     group.add_argument('--train-split', metavar='NAME', default='train',

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     """timm's validate.py options (names, meanings, defaults; refused ones say why) plus ``--crop-pad``."""
     parser = ArgumentParser(prog='timm-mimo-validate', description='timm_mimo validation')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                        help="YAML flag defaults, e.g. a training run's args.yaml (training-only keys are skipped)")
+                        help="YAML flag defaults, e.g. a training run's args.yaml (training-only keys are "
+                             'skipped), or a shipped recipe name')
     group = parser.add_argument_group('Dataset parameters')
     add_data_args(parser, group)
     group.add_argument('--split', metavar='NAME', default='validation',
