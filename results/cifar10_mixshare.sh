@@ -3,7 +3,9 @@
 # (partial, 25 % of the channels) on CIFAR-10 (JPEG copy), M = 2 on one network's parameters, the same recipe and
 # compute for every row (b = 1, batch 64, EPOCHS epochs), two seeds each. Two queues run side by side, one torch
 # thread each; then validate.py on every last checkpoint, the sharing analysis, and the table.
-#   CIFAR10=/path/to/cifar10 bash results/cifar10_mixshare.sh     (a folder with train/ and test/ class folders)
+#   CIFAR10=data/cifar10 bash results/cifar10_mixshare.sh     (a folder with train/ and test/ class folders,
+#   written from torchvision's CIFAR-10 by: python scripts/cifar10_image_folder.py --root data --out data/cifar10
+#   --download; the committed results came from a JPEG copy in the same layout, see results/README.md)
 # STAGE=train only trains and validates, STAGE=report only analyses finished runs and writes the table.
 # The test split is only evaluated, never used to choose anything (every run reports its LAST epoch).
 # Code revision: the committed numbers (results/cifar10_mixshare.md) came from the pre-CLI train.py / validate.py of

@@ -8,10 +8,13 @@
 # corruptions x 5 severities on a fixed subset of the test split, OOD detection against Fashion-MNIST test images, a
 # reliability diagram; then cifar10_study_summarize.py writes the table, the CSV and the plots (mean ± std over seeds).
 #
-#   CIFAR10_TAR=/path/to/cifar10-jpeg.tar.gz bash results/cifar10_study.sh      (after scripts/quickstart.sh)
+#   bash results/cifar10_study.sh      (after scripts/quickstart.sh)
 #
+# CIFAR-10 comes from CIFAR10 (default data/cifar10), an image folder with train/<class>/ and test/<class>/; when it is
+# missing, scripts/cifar10_image_folder.py writes it from torchvision's CIFAR-10 (downloaded into data/). A JPEG copy
+# in the same layout works too (the committed results came from one: results/README.md says how it differs).
 # Resumable: a run whose last.pth.tar exists is not trained again, one with a validation.json not evaluated again.
-# Defaults (20 training runs, 18 evaluations), took 1 h 07 min on the 2-core development VM (two queues
+# Defaults (20 training runs, 18 evaluations), took 1 h 07 min on a 2-core CPU VM (two queues
 # side by side, one torch thread each; results/README.md has the measured times): WRN-10-1 (78k parameters) and a
 # ConViT of width 64 (3 GPSA + 1 class-attention blocks, 4 heads), 1,000 training images per class (10,000), the full
 # test split (10,000), 5 epochs, batch 128, seeds 0 1; corruptions on 300 test images (75 corrupted sets of 300).
@@ -20,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-CIFAR10_TAR=${CIFAR10_TAR:?set CIFAR10_TAR to the CIFAR-10 JPEG archive cifar10-jpeg.tar.gz}
+CIFAR10=${CIFAR10:-data/cifar10}
 DATA=${DATA:-data/cifar10_study}
 OUT=${OUT:-output/cifar10_study}
 TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-1000}
@@ -37,8 +40,11 @@ EXTRA_VALIDATE_FLAGS=${EXTRA_VALIDATE_FLAGS:-}   # added to every validate.py ca
 read -r -a SEED_LIST <<< "$SEEDS"
 if [ "${#SEED_LIST[@]}" -lt 2 ]; then echo "error: SEEDS needs at least two seeds, got '$SEEDS'" >&2; exit 2; fi
 
+if [ ! -d "$CIFAR10/train" ]; then
+  $PY scripts/cifar10_image_folder.py --root data --out "$CIFAR10" --download
+fi
 if [ ! -d "$DATA/train" ]; then
-  $PY results/cifar10_study_prepare.py --tar "$CIFAR10_TAR" --out "$DATA" --train-per-class "$TRAIN_PER_CLASS" \
+  $PY results/cifar10_study_prepare.py --cifar10 "$CIFAR10" --out "$DATA" --train-per-class "$TRAIN_PER_CLASS" \
     --test-per-class "$TEST_PER_CLASS" --ood-fashion-mnist data --ood-images "$OOD_IMAGES"
 fi
 

@@ -36,7 +36,7 @@ def test_plain_batch_in_train_mode_warns_once_per_model(name, kwargs):
     with pytest.warns(UserWarning, match='not MIMO training') as record:
         model(x)
     message = str(record[0].message)
-    assert f'python train.py --model {name}' in message and 'model(xs, plan)' in message
+    assert f'timm-mimo-train --model {name}' in message and 'model(xs, plan)' in message
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         model(x)  # the same instance: silent

@@ -126,10 +126,12 @@ def test_save_pretrained_writes_a_model_card(tmp_path):
     data = ModelCard.load(tmp_path / 'card' / 'README.md').data
     assert data.library_name == 'timm'
     assert {'timm_mimo', 'mimo', 'cut_mixmo', 'arxiv:2103.06132'} <= set(data.tags)
-    assert data.datasets == ['torch/cifar100']
+    assert data.datasets == ['cifar100']  # the data set's name, not timm's reader prefix or a path
     assert 'import timm_mimo' in card and hub.INSTALL_LINE in card
     assert "timm.create_model('hf-hub:someone/cut-mixmo-wrn', pretrained=True)" in card
-    assert 'backbone: `wrn28_2`' in card and '| member_top1 | 79.9 |' in card and '| lr | `0.1` |' in card
+    assert 'backbone: `wrn28_2`' in card and '| lr | `0.1` |' in card
+    assert '| member_top1 | top-1 accuracy, mean of the members | 79.9 | % |' in card
+    assert '| loss | negative log-likelihood (NLL), ensemble | 0.71 | nats |' in card
 
 
 def test_model_card_names_the_mixvit_paper(tmp_path):
@@ -166,7 +168,8 @@ def test_export_command_writes_a_loadable_folder_with_card(tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(loaded.forward_members(x), expected.forward_members(x), rtol=0, atol=0)
         card = (out / 'README.md').read_text()
-        assert '| member_top1 | 88.5 |' in card and '/data/digits' in card and '| epochs | `3` |' in card
+        assert '| member_top1 | top-1 accuracy, mean of the members | 88.5 | % |' in card and '| epochs | `3` |' in card
+        assert '/data/digits' not in card  # a local path is not the data set's name
 
 
 def test_export_use_ema_without_ema_weights_is_one_line_error(tmp_path, capsys):

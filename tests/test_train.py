@@ -56,8 +56,8 @@ def test_mimo_training_learns_and_validate_reproduces_it(digits_dir, tmp_path):
                           '--workers', '0', '-b', '100', '--results-file', str(results_file)])
     assert code == 0
     results = yaml.safe_load(open(results_file))
-    for key, value in logged.items():
-        assert results[key] == pytest.approx(value, abs=1e-6), key
+    for key, value in logged.items():  # the results file rounds as timm does (4 decimals)
+        assert results[key] == pytest.approx(value, abs=5e-5 + 1e-6), key
     assert results['num_members'] == 2 and 'top1_m1' in results and 'disagreement' in results
 
 

@@ -411,23 +411,34 @@ def _create_model(args: argparse.Namespace, config: Dict[str, Any]) -> nn.Module
     import timm
 
     import timm_mimo  # noqa: F401  (registers the models)
+    from timm_mimo.checkpoint import allow_train_args, run_train_args
+    from timm_mimo.hub import train_model_kwargs
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise ValueError(f'checkpoint {args.checkpoint!r} does not exist')
+    if not config and args.checkpoint:  # the run's arguments: the args.yaml beside the checkpoint, or in it
+        run = run_train_args(args.checkpoint)
+        if not args.model or run.get('model') == args.model:
+            config = {key.replace('-', '_'): value for key, value in run.items()}
     name = args.model or config.get('model')
     if not name:
         raise ValueError('--model is required (or a --config with a model)')
     if ':' not in name and not timm.is_model(name):
         raise ValueError(f'unknown model {name!r} (see timm.list_models())')
-    kwargs = dict(config.get('model_kwargs') or {})
+    kwargs = train_model_kwargs(config)
     if args.model_kwargs is not None:
         kwargs.update(_parse_kwargs(args.model_kwargs))
     for key in ('num_classes', 'in_chans', 'num_members'):
-        value = getattr(args, key, None) if getattr(args, key, None) is not None else config.get(key)
-        if value is not None:
-            kwargs[key] = value
+        if getattr(args, key, None) is not None:
+            kwargs[key] = getattr(args, key)
     model = timm.create_model(name, **kwargs)
     if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            raise ValueError(f'checkpoint {args.checkpoint!r} does not exist')
-        timm.models.load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, weights_only=True)
+        try:
+            with allow_train_args():  # timm's train.py checkpoints hold their argparse Namespace
+                timm.models.load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, weights_only=True)
+        except (RuntimeError, KeyError) as exc:
+            raise ValueError(f'checkpoint {args.checkpoint!r} does not fit {name!r} built with {kwargs}: '
+                             f'{" ".join(str(exc).split())[:300]}; give the run\'s --config args.yaml (or the '
+                             '--model-kwargs it was trained with)') from None
     return model.eval()
 
 
@@ -463,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = analyse(model, args.out, images, args.fixed_input, args.layers, args.threshold,
                           plots=not args.no_plots)
     except (ValueError, ImportError, RuntimeError, OSError) as exc:
-        print(f'error: {" ".join(str(exc).split())[:400]}', file=sys.stderr)
+        print(f'error: {" ".join(str(exc).split())}', file=sys.stderr)
         return 2
     for key, value in results.items():
         if isinstance(value, float):

@@ -19,12 +19,12 @@ import numpy as np
 import timm
 import torch
 import torch.nn as nn
-import yaml
 from PIL import Image
 from timm.data import ImageDataset
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
+from timm_mimo.checkpoint import allow_train_args, load_checkpoint_file, run_train_args
 from timm_mimo.hub import train_model_kwargs
 from timm_mimo.metrics import (
     ECE_BINS,
@@ -225,30 +225,24 @@ def ood_folder_metrics(model: nn.Module, in_member_logits: torch.Tensor, ood_dat
     return out
 
 
-def _run_config(checkpoint: str) -> Dict[str, Any]:
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'args.yaml')
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
-
-
 def model_from_checkpoint(checkpoint: str, model_name: Optional[str] = None, use_ema: bool = False,
                           **model_kwargs: Any) -> nn.Module:
-    """The model of a ``train.py`` checkpoint, with its weights (``weights_only`` load).
+    """The model of a ``train.py`` checkpoint (timm_mimo's or timm's), with its weights (``weights_only`` load).
 
-    The architecture comes from ``model_name`` or the run's ``args.yaml`` beside the checkpoint (its ``model``,
-    ``model_kwargs``, ``num_classes``, ``in_chans`` / ``input_size`` and ``num_members``) or else the checkpoint's
-    ``arch``; ``model_kwargs`` override the run's.
+    The architecture comes from ``model_name`` or the run's arguments (:func:`timm_mimo.checkpoint.run_train_args`:
+    the ``args.yaml`` beside the checkpoint, else the arguments stored in it: its ``model``, ``model_kwargs``,
+    ``num_classes``, ``in_chans`` / ``input_size`` and ``num_members``) or else the checkpoint's ``arch``;
+    ``model_kwargs`` override the run's.
     """
     if not os.path.isfile(checkpoint):
         raise ValueError(f'checkpoint {checkpoint!r} does not exist')
-    config = _run_config(checkpoint)
+    beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'args.yaml')
+    state = None if os.path.isfile(beside) and not use_ema else load_checkpoint_file(checkpoint)
+    config = run_train_args(checkpoint, state)
     kwargs = dict(train_model_kwargs(config), **model_kwargs)
     name = model_name or config.get('model')
-    state = None
-    if not name or use_ema:
-        state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    if not name and state is None:
+        state = load_checkpoint_file(checkpoint)
     if not name:
         name = state.get('arch') if isinstance(state, dict) else None
     if use_ema and not (isinstance(state, dict) and 'state_dict_ema' in state):
@@ -259,7 +253,8 @@ def model_from_checkpoint(checkpoint: str, model_name: Optional[str] = None, use
                          'pass the model name')
     model = timm.create_model(name, **kwargs)
     try:
-        timm.models.load_checkpoint(model, checkpoint, use_ema=use_ema, weights_only=True)
+        with allow_train_args():
+            timm.models.load_checkpoint(model, checkpoint, use_ema=use_ema, weights_only=True)
     except (RuntimeError, KeyError) as exc:
         raise ValueError(f'checkpoint {checkpoint!r} does not fit model {name!r}: '
                          f'{" ".join(str(exc).split())[:240]}') from None

@@ -21,21 +21,23 @@ Command line (a ``train.py`` checkpoint to a Hub folder with its card)::
 """
 import argparse
 import contextlib
+import inspect
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
-import torch
 import torch.nn as nn
 from timm.models import create_model, save_for_hf
 from timm.models._pretrained import PretrainedCfg
 
 __all__ = ['save_pretrained', 'push_to_hub', 'load_pretrained', 'export_checkpoint', 'model_card',
            'offline_message', 'no_weights_message', 'pretrained_weights', 'has_pretrained_source',
-           'hub_errors_with_offline_hint', 'download_command', 'INSTALL_LINE']
+           'hub_errors_with_offline_hint', 'download_command', 'INSTALL_LINE', 'PretrainedDownloadError',
+           'dataset_name', 'citation', 'calibration_record', 'read_checkpoint']
 
 INSTALL_LINE = 'pip install .  # in a checkout of the timm_mimo source (not published on PyPI)'
 WEIGHTS_FILE = 'model.safetensors'
@@ -110,9 +112,36 @@ def offline_message(name: str, cfg: Union[PretrainedCfg, Dict[str, Any], None] =
             f'fetch it once the network is back: {fetch}')
 
 
+class PretrainedDownloadError(RuntimeError):
+    """A pretrained download failed; the message is :func:`offline_message`, ``cli_way_out`` the command-line flag
+    that loads a local copy instead (``--pretrained-path <file>``, or ``--model local-dir:<folder>``)."""
+
+    def __init__(self, message: str, cli_way_out: str):
+        super().__init__(message)
+        self.cli_way_out = cli_way_out
+
+
+def _local_copy(cfg: Union[PretrainedCfg, Dict[str, Any], None]) -> str:
+    """Where :func:`offline_message` suggests keeping a local copy of the cfg's checkpoint."""
+    if _cfg_get(cfg, 'hf_hub_id'):
+        return f'<folder>/{_cfg_get(cfg, "hf_hub_filename") or WEIGHTS_FILE}'
+    return f'/path/to/{Path(str(_cfg_get(cfg, "url") or "model.pth")).name}'
+
+
+def _check_local_file(name: str, cfg: Union[PretrainedCfg, Dict[str, Any], None]) -> None:
+    """A cfg ``file`` (``pretrained_cfg_overlay=dict(file=...)``, ``--pretrained-path``) that does not exist is an
+    error naming it (timm raises an empty ``FileNotFoundError``)."""
+    file = _cfg_get(cfg, 'file')
+    if file and not os.path.exists(str(file)):
+        source = _cfg_get(cfg, 'hf_hub_id') or _cfg_get(cfg, 'url')
+        where = f' (the checkpoint is published as {source})' if source else ''
+        raise FileNotFoundError(f'the pretrained weights file {str(file)!r} given for {name!r} does not exist{where}: '
+                                'check the path (pretrained_cfg_overlay=dict(file=...) or --pretrained-path)')
+
+
 def no_weights_message(name: str) -> str:
     """``pretrained=True`` on a name whose weights nobody publishes."""
-    return (f'no pretrained weights exist for {name!r}: train it (python train.py --model {name} ...) or load a '
+    return (f'no pretrained weights exist for {name!r}: train it (timm-mimo-train --model {name} ...) or load a '
             f"file you have: timm.create_model({name!r}, pretrained=True, "
             "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'))")
 
@@ -154,18 +183,22 @@ def pretrained_weights(name: str, cfg: Union[PretrainedCfg, Dict[str, Any], None
 
     Raises:
         ValueError: ``pretrained`` and ``cfg`` names no source (:func:`no_weights_message`).
-        RuntimeError: The download failed (:func:`offline_message`), chained to the Hub client's error.
+        FileNotFoundError: The cfg's ``file`` does not exist.
+        PretrainedDownloadError: The download failed (a ``RuntimeError`` with :func:`offline_message`), chained to
+            the Hub client's error.
     """
     if not pretrained:
         yield
         return
     if not has_pretrained_source(cfg):
         raise ValueError(no_weights_message(name))
+    _check_local_file(name, cfg)
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - only download failures are translated, the rest re-raised as is
-        if _caused_by_download_failure(exc):
-            raise RuntimeError(offline_message(name, cfg, create_call)) from exc
+        if _caused_by_download_failure(exc) and not isinstance(exc, PretrainedDownloadError):
+            raise PretrainedDownloadError(offline_message(name, cfg, create_call),
+                                          f'--pretrained-path {_local_copy(cfg)}') from exc
         raise
 
 
@@ -175,8 +208,8 @@ def hub_errors_with_offline_hint(name: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - only download failures are translated
-        if _caused_by_download_failure(exc):
-            raise RuntimeError(offline_message(name)) from exc
+        if _caused_by_download_failure(exc) and not isinstance(exc, PretrainedDownloadError):
+            raise PretrainedDownloadError(offline_message(name), '--model local-dir:<folder>') from exc
         raise
 
 
@@ -227,23 +260,144 @@ def runtime_model_args(model: nn.Module) -> Dict[str, Any]:
     return args
 
 
+# BibTeX of each paper a method comes from (author lists as published)
+BIBTEX: Dict[str, str] = {
+    'arXiv:2010.06610': """@inproceedings{havasi2021mimo,
+  title     = {Training independent subnetworks for robust prediction},
+  author    = {Havasi, Marton and Jenatton, Rodolphe and Fort, Stanislav and Liu, Jeremiah Zhe and Snoek, Jasper and
+               Lakshminarayanan, Balaji and Dai, Andrew M. and Tran, Dustin},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2021},
+  eprint    = {2010.06610},
+  archivePrefix = {arXiv}
+}""",
+    'arXiv:2103.06132': """@inproceedings{rame2021mixmo,
+  title     = {MixMo: Mixing Multiple Inputs for Multiple Outputs via Deep Subnetworks},
+  author    = {Ram{\\'e}, Alexandre and Sun, R{\\'e}my and Cord, Matthieu},
+  booktitle = {IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year      = {2021},
+  eprint    = {2103.06132},
+  archivePrefix = {arXiv}
+}""",
+    'arXiv:2205.10139': """@inproceedings{sun2022mixshare,
+  title     = {Towards efficient feature sharing in MIMO architectures},
+  author    = {Sun, R{\\'e}my and Ram{\\'e}, Alexandre and Masson, Cl{\\'e}ment and Thome, Nicolas and Cord, Matthieu},
+  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR) Workshops},
+  year      = {2022},
+  eprint    = {2205.10139},
+  archivePrefix = {arXiv}
+}""",
+    'openreview.net/forum?id=pOq1HuMI8Dz': """@misc{mixvit,
+  title        = {Reconciling feature sharing and multiple predictions with {MIMO} vision transformers},
+  howpublished = {OpenReview, \\url{https://openreview.net/forum?id=pOq1HuMI8Dz}},
+  note         = {MixViT; also Chapter 4 of R. Sun's thesis below}
+}
+@phdthesis{sun2022thesis,
+  title  = {Content combination strategies for Image Classification},
+  author = {Sun, R{\\'e}my},
+  school = {Sorbonne Universit{\\'e}},
+  year   = {2022},
+  note   = {HAL tel-03952815}
+}""",
+}
+
+# train.py arguments that describe the recipe (the rest is logistics: paths, workers, logging, devices)
+RECIPE_KEYS = (
+    'model', 'model_kwargs', 'pretrained', 'num_classes', 'num_members', 'input_size', 'img_size', 'in_chans',
+    'mean', 'std', 'crop_pad', 'hflip', 'aa', 'epochs', 'batch_size', 'batch_repeat', 'input_repeat', 'mix',
+    'mix_prob', 'mix_alpha', 'loss_root', 'mimo_cutmix', 'mimo_mixup', 'mimo_mix_prob', 'mixup', 'cutmix',
+    'smoothing', 'drop', 'drop_path', 'opt', 'lr', 'momentum', 'weight_decay', 'l2', 'sched', 'warmup_epochs',
+    'decay_milestones', 'decay_rate', 'sched_on_updates', 'model_ema', 'model_ema_decay', 'amp', 'seed',
+)
+
+# validate.py columns shown in a card: (column, what it is, unit)
+CARD_METRICS = (
+    ('top1', 'top-1 accuracy, ensemble', '%'),
+    ('top5', 'top-5 accuracy, ensemble', '%'),
+    ('member_top1', 'top-1 accuracy, mean of the members', '%'),
+    ('loss', 'negative log-likelihood (NLL), ensemble', 'nats'),
+    ('nll_c', 'NLL after temperature scaling cross-fitted on two halves of the split', 'nats'),
+    ('ece', 'expected calibration error, 15 bins', '%'),
+    ('brier', 'Brier score, summed over classes', 'in [0, 2]'),
+    ('aurc', 'area under the risk-coverage curve', 'in [0, 1]'),
+    ('loss_ts', "NLL with the model's temperature", 'nats'),
+    ('ece_ts', "ECE with the model's temperature", '%'),
+    ('d_re', 'ratio-error diversity of the members', 'ratio'),
+    ('disagreement', 'share of images on which two members disagree', 'in [0, 1]'),
+    ('encoder_sharing_rate', "sharing rate of the members' encoders", 'in [0, 1]'),
+    ('classifier_sharing_rate', "sharing rate of the members' classifiers", 'in [0, 1]'),
+    ('c_mean_top1', 'top-1 accuracy under the common corruptions, mean', '%'),
+    ('ood_msp_auroc', 'OOD detection AUROC from max-softmax', '%'),
+)
+
+_FOLDER_READERS = ('', 'folder', 'imagefolder', 'image_folder', 'torch/folder', 'torch/image_folder')
+
+
+def dataset_name(dataset: Optional[str]) -> Optional[str]:
+    """timm's ``--dataset`` value as a data set name: ``'torch/cifar10'`` -> ``'cifar10'``, ``'hfds/uoft-cs/cifar10'``
+    -> ``'uoft-cs/cifar10'``; an image folder (``''``) has no name (``None``): its path is not a name."""
+    if not dataset or str(dataset).lower() in _FOLDER_READERS:
+        return None
+    prefix, sep, rest = str(dataset).partition('/')
+    return rest if sep and rest else str(dataset)
+
+
+def citation(method: str) -> Optional[str]:
+    """The BibTeX of the paper a timm_mimo method comes from."""
+    return BIBTEX.get(_method_paper(method)[1])
+
+
+def _model_input_config(model: nn.Module) -> Dict[str, Any]:
+    """timm's ``get_model_input_config`` (the size a model was built with: a ViT built at 64 px has 64); before timm
+    1.0.31 read from the patch embedding, else the pretrained cfg."""
+    try:
+        from timm.models import get_model_input_config
+    except ImportError:  # older timm
+        cfg = getattr(model, 'pretrained_cfg', None) or {}
+        size = tuple(cfg.get('input_size') or (3, 224, 224))
+        embed = next((m for m in model.modules() if type(m).__name__ == 'PatchEmbed'), None)
+        fixed = embed is not None and getattr(embed, 'img_size', None) is not None
+        if fixed:
+            size = (size[0], *embed.img_size)
+        return dict(input_size=size, fixed_input_size=fixed)
+    return get_model_input_config(model)
+
+
+def card_input_size(model: nn.Module, train_args: Optional[Dict[str, Any]] = None) -> tuple:
+    """The input size (C, H, W) the model was built / trained for: a fixed-size model's own (a ViT built at 64 px says
+    64), else the training run's ``input_size`` / ``img_size``, else the model's nominal size."""
+    current = _model_input_config(model)
+    train_args = train_args or {}
+    if not current['fixed_input_size']:
+        if train_args.get('input_size'):
+            return tuple(train_args['input_size'])
+        if train_args.get('img_size'):
+            size = train_args['img_size']
+            size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+            return (train_args.get('in_chans') or current['input_size'][0], *size)
+    return tuple(current['input_size'])
+
+
 def _format_metric(value: Any) -> str:
     return f'{value:.4g}' if isinstance(value, float) else str(value)
 
 
 def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Optional[Dict[str, Any]] = None,
-               results: Optional[Dict[str, Any]] = None, install: str = INSTALL_LINE) -> 'Any':
+               results: Optional[Dict[str, Any]] = None, install: str = INSTALL_LINE,
+               dataset: Optional[str] = None) -> 'Any':
     """A ``huggingface_hub.ModelCard`` for a timm_mimo model.
 
     Args:
-        model: The model (its architecture, method, backbone, M and pretrained cfg fill the card).
+        model: The model (its architecture, method, backbone, M, input size and temperature fill the card).
         repo_id: The Hub repository (for the ``hf-hub:`` line); a ``local-dir:`` line is shown without it.
-        train_args: ``train.py``'s ``args.yaml`` as a dict: the training data and recipe.
-        results: ``validate.py``'s results (JSON): ensemble / member top-1, NLL, ECE ...
+        train_args: ``train.py``'s ``args.yaml`` as a dict: the training data and the recipe's meaningful values.
+        results: ``validate.py``'s results (JSON): the metrics with their data set, split and units.
         install: The install line shown before ``import timm_mimo``.
+        dataset: The training data set's name (default: from ``train_args['dataset']``; an image folder has none).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
+    from timm_mimo.calibration import get_temperature, temperature_heads
     cfg = dict(getattr(model, 'pretrained_cfg', {}) or {})
     architecture = cfg.get('architecture') or type(model).__name__
     method = model_method(model) if _is_mimo(model) else architecture
@@ -252,18 +406,21 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Opti
     if paper_id.startswith('arXiv:'):
         tags.append('arxiv:' + paper_id.split(':', 1)[1])
     train_args = dict(train_args or {})
-    dataset = train_args.get('dataset') or train_args.get('data_dir') or None
+    results = dict(results or {})
+    data_name = dataset or dataset_name(train_args.get('dataset'))
     card_data = ModelCardData(library_name='timm', license=cfg.get('license') or 'apache-2.0',
                               tags=list(dict.fromkeys(tags)), pipeline_tag='image-classification',
-                              datasets=[str(dataset)] if dataset else None)
+                              datasets=[data_name] if data_name else None)
     name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:/path/to/this/folder'
     num_params = sum(p.numel() for p in model.parameters())
+    temperature = get_temperature(model) if temperature_heads(model) else 1.0
     lines = [f'# {repo_id.split("/")[-1] if repo_id else architecture}', '',
              f'A multi-input multi-output (MIMO) ensemble in timm: `{architecture}`, method `{method}`'
              + (f', {model.num_members} members' if _is_mimo(model) else '') + '.', '',
              '## Usage', '', 'The model needs the `timm_mimo` package (it registers the architecture with timm):', '',
              '```bash', install, '```', '', '```python', 'import timm', 'import timm_mimo  # registers the models',
              '', f"model = timm.create_model('{name}', pretrained=True).eval()",
+             'transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))',
              'logits = model(images)                   # (B, K): the ensemble (member logits averaged)',
              'members = model.forward_members(images)  # (B, M, K): every member\'s logits', '```', '',
              '## Model details', '', f'- architecture: `{architecture}`', f'- method: `{method}`']
@@ -274,19 +431,41 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Opti
         if getattr(model, 'inference', None):
             lines.append(f'- inference: `{model.inference}`')
     lines += [f'- parameters: {num_params / 1e6:.2f} M', f'- classes: {getattr(model, "num_classes", "?")}',
-              f'- input size: {tuple(cfg.get("input_size") or ())}']
+              f'- input size (C, H, W): {card_input_size(model, train_args)}']
+    if temperature != 1.0:
+        lines.append(f'- temperature: {temperature:.4g} (every member\'s logits are divided by it; see Calibration)')
     if paper_title:
         lines += [f'- paper: {paper_title}, {paper_id}']
     if train_args:
-        lines += ['', '## Training', '', f'- data: `{dataset}`' if dataset else '- data: see the recipe below',
-                  '- recipe (`train.py` args.yaml):', '']
-        recipe = {k: v for k, v in sorted(train_args.items()) if v not in (None, '', [], {}) and not
-                  isinstance(v, dict)}
-        lines += ['| arg | value |', '|---|---|'] + [f'| {k} | `{v}` |' for k, v in recipe.items()]
-    if results:
-        lines += ['', '## Results (`validate.py`)', '', '| metric | value |', '|---|---|']
-        lines += [f'| {k} | {_format_metric(v)} |' for k, v in results.items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        split = train_args.get('train_split')
+        data = f'{data_name}' if data_name else 'an image folder (no data set name recorded)'
+        lines += ['', '## Training', '', f'- data: {data}' + (f', split `{split}`' if split else ''),
+                  '- recipe (the meaningful `train.py` arguments of the run):', '']
+        recipe = [(key, train_args[key]) for key in RECIPE_KEYS
+                  if train_args.get(key) not in (None, '', [], {}, False)]
+        lines += ['| arg | value |', '|---|---|'] + [f'| {k} | `{v}` |' for k, v in recipe]
+    shown = [(key, what, unit) for key, what, unit in CARD_METRICS
+             if isinstance(results.get(key), (int, float)) and not isinstance(results.get(key), bool)]
+    if shown:
+        evaluated = dataset_name(results.get('dataset')) or data_name
+        where = f'**{evaluated}**' if evaluated else 'an image folder'
+        split = f', split `{results["split"]}`' if results.get('split') else ''
+        images = f' ({results["num_images"]} images)' if results.get('num_images') else ''
+        lines += ['', '## Results', '', f'Measured by `timm-mimo-validate` on {where}{split}{images}:', '',
+                  '| metric | what | value | unit |', '|---|---|---|---|']
+        lines += [f'| {key} | {what} | {_format_metric(results[key])} | {unit} |' for key, what, unit in shown]
+    if temperature != 1.0:
+        lines += ['', '## Calibration', '', f'Temperature scaling: T = {temperature:.4g}, fitted by minimising the '
+                  "NLL of the ensemble's softmax"
+                  + (f' on split `{results["temperature_split"]}`' if results.get('temperature_split') else '')
+                  + ' (never on the reported split). The model applies it: member logits are `z_m / T`, the '
+                  'ensemble `mean_m z_m / T`.']
+        if all(key in results for key in ('loss', 'loss_ts', 'ece', 'ece_ts')):
+            lines += ['', f'On the reported split: NLL {results["loss"]:.4f} -> {results["loss_ts"]:.4f} nats, '
+                          f'ECE {results["ece"]:.2f} -> {results["ece_ts"]:.2f} % (before -> after).']
+    bibtex = citation(method) if _is_mimo(model) else None
+    if bibtex:
+        lines += ['', '## Citation', '', '```bibtex', bibtex, '```']
     content = f'---\n{card_data.to_yaml()}\n---\n\n' + '\n'.join(lines) + '\n'
     return ModelCard(content)
 
@@ -295,20 +474,45 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Opti
 # Save / push / load / export
 # --------------------------------------------------------------------------------------------------------------------
 
+def calibration_record(model: nn.Module, results: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """config.json's ``calibration`` entry of a model with a temperature other than 1 (``None`` otherwise): the
+    temperature (the weights carry it: the heads' ``temperature`` buffer) and, from ``validate.py``'s results, the
+    split it was fitted on and the reported split's NLL / ECE before and after."""
+    from timm_mimo.calibration import get_temperature, temperature_heads
+    if not temperature_heads(model) or get_temperature(model) == 1.0:
+        return None
+    record: Dict[str, Any] = dict(temperature=round(get_temperature(model), 6),
+                                  method='temperature scaling of the ensemble logits (NLL), applied to every member '
+                                         'head')
+    for key in ('temperature_split', 'temperature_images', 'split', 'loss', 'loss_ts', 'ece', 'ece_ts'):
+        if (results or {}).get(key) is not None:
+            record[key] = results[key]
+    return record
+
+
 def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike],
-                    model_card_kwargs: Optional[Dict[str, Any]] = None, **model_args: Any) -> Path:
+                    model_card_kwargs: Optional[Dict[str, Any]] = None, data_config: Optional[Dict[str, Any]] = None,
+                    **model_args: Any) -> Path:
     """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card for ``local-dir:`` / ``hf-hub:``.
 
     Args:
         model: A model made by ``timm.create_model`` (its construction arguments are recorded in config.json, plus
-            :func:`runtime_model_args`).
+            :func:`runtime_model_args`; a temperature other than 1 as ``calibration``, :func:`calibration_record`).
         save_directory: Folder to write (created if needed).
-        model_card_kwargs: Passed to :func:`model_card` (``repo_id``, ``train_args``, ``results``, ``install``).
+        model_card_kwargs: Passed to :func:`model_card` (``repo_id``, ``train_args``, ``results``, ``install``,
+            ``dataset``).
+        data_config: The preprocessing the weights expect (``input_size`` / ``img_size``, ``mean``, ``std``,
+            ``crop_pct``, ``interpolation``), recorded in config.json's pretrained cfg (timm's ``save_for_hf``).
         **model_args: Extra or replacement construction arguments to record.
     """
     save_directory = Path(save_directory)
     args = dict(runtime_model_args(model), **model_args)
-    save_for_hf(model, str(save_directory), model_args=args or None, safe_serialization=True)
+    record = calibration_record(model, (model_card_kwargs or {}).get('results'))
+    extra = {}
+    if data_config and 'data_config' in inspect.signature(save_for_hf).parameters:  # timm >= 1.0.31
+        extra['data_config'] = data_config
+    save_for_hf(model, str(save_directory), model_args=args or None, safe_serialization=True,
+                model_config=dict(calibration=record) if record else None, **extra)
     model_card(model, **(model_card_kwargs or {})).save(save_directory / 'README.md')
     return save_directory
 
@@ -397,60 +601,134 @@ def model_from_train_args(train_args: Dict[str, Any]) -> nn.Module:
     return create_model(train_args['model'], pretrained=False, **train_model_kwargs(train_args))
 
 
-def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Union[str, os.PathLike],
-                      out: Union[str, os.PathLike], use_ema: bool = False,
-                      results: Optional[Union[str, os.PathLike]] = None, repo_id: Optional[str] = None,
-                      install: str = INSTALL_LINE) -> Path:
-    """A ``train.py`` checkpoint (``state_dict`` / ``state_dict_ema``) to a :func:`save_pretrained` folder + card.
+def unpickling_reason(exc: BaseException) -> str:
+    """The sentence of torch's ``weights_only`` refusal that names what was refused (its message is many lines)."""
+    text = ' '.join(str(exc).replace('\x1b[1m', '').replace('\x1b[0m', '').split())
+    marker = 'WeightsUnpickler error:'
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    end = text.find('. ')
+    return text if end < 0 else text[:end + 1]
 
-    Args:
-        checkpoint: ``model_best.pth.tar`` / ``last.pth.tar`` / ``checkpoint-<epoch>.pth.tar`` of a run.
-        train_args: The run's ``args.yaml``.
-        out: Folder to write.
-        use_ema: Export the EMA weights (refused when the checkpoint has none).
-        results: ``validate.py --results-file`` JSON for the card's metrics.
-        repo_id: Hub repository the folder is meant for (shown in the card's usage line).
-        install: Install line of the card.
-    """
-    args = _read_mapping(train_args, 'train args')
-    metrics = _read_mapping(results, 'results file') if results else None
-    path = Path(checkpoint)
+
+def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """A training checkpoint (timm_mimo's or timm's train.py) read with ``weights_only``; one-line errors."""
+    import pickle
+
+    from timm_mimo.checkpoint import load_checkpoint_file
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {str(path)!r} does not exist')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        state = load_checkpoint_file(str(path))
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f'checkpoint {str(path)!r} holds objects other than tensors and plain values, refused by '
+                         f'torch.load(weights_only=True): {unpickling_reason(exc)}') from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f'checkpoint {str(path)!r} cannot be read as a weights-only torch checkpoint: '
-                         f'{" ".join(str(exc).split())[:200]}') from None
+        raise ValueError(f'checkpoint {str(path)!r} cannot be read as a torch checkpoint '
+                         f'({type(exc).__name__}: {" ".join(str(exc).split())})') from None
+    if not isinstance(state, dict):
+        raise ValueError(f'checkpoint {str(path)!r} holds a {type(state).__name__}, not a training checkpoint')
+    return state
+
+
+def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Optional[Union[str, os.PathLike]],
+                      out: Union[str, os.PathLike], use_ema: bool = False,
+                      results: Optional[Union[str, os.PathLike]] = None, repo_id: Optional[str] = None,
+                      install: str = INSTALL_LINE, dataset: Optional[str] = None) -> Path:
+    """A ``train.py`` checkpoint (``state_dict`` / ``state_dict_ema``) to a :func:`save_pretrained` folder + card.
+
+    Works on timm_mimo's ``train.py`` checkpoints and on timm's own (their ``argparse.Namespace`` is read with
+    ``weights_only``, :mod:`timm_mimo.checkpoint`). A ``temperature`` in ``results`` (``validate.py
+    --fit-temperature``) is applied to the model (:func:`timm_mimo.calibration.set_temperature`) and recorded.
+
+    Args:
+        checkpoint: ``model_best.pth.tar`` / ``last.pth.tar`` / ``checkpoint-<epoch>.pth.tar`` of a run.
+        train_args: The run's ``args.yaml``; ``None``: the ``args.yaml`` beside the checkpoint, else the arguments
+            stored in it.
+        out: Folder to write; it must not exist or be empty (written in a temporary folder, then renamed).
+        use_ema: Export the EMA weights (refused when the checkpoint has none).
+        results: ``validate.py --results-file`` JSON for the card's metrics (and the temperature).
+        repo_id: Hub repository the folder is meant for (shown in the card's usage line).
+        install: Install line of the card.
+        dataset: Name of the training data set for the card (default: the run's ``--dataset`` name).
+    """
+    from timm_mimo.calibration import set_temperature
+    from timm_mimo.checkpoint import run_train_args
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f'--out {str(out)!r} exists and is not an empty folder; export to a new folder')
+    args = _read_mapping(train_args, 'train args') if train_args else None
+    metrics = _read_mapping(results, 'results file') if results else None
+    state = read_checkpoint(checkpoint)
+    if args is None:
+        args = run_train_args(str(checkpoint), state)
+        if not args.get('model') and state.get('arch'):
+            args['model'] = state['arch']
+        if not args.get('model'):
+            raise ValueError(f'checkpoint {str(checkpoint)!r} has no args.yaml beside it and stores no run arguments; '
+                             'give the run\'s args.yaml with --args')
     key = 'state_dict_ema' if use_ema else 'state_dict'
-    if not isinstance(state, dict) or key not in state:
-        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+    if key not in state:
         hint = ' (the run had no --model-ema; export without --use-ema)' if use_ema else ''
-        raise ValueError(f'checkpoint {str(path)!r} has no {key!r}{hint}; found {found}')
+        raise ValueError(f'checkpoint {str(checkpoint)!r} has no {key!r}{hint}; found {sorted(state)}')
     model = model_from_train_args(args)
     state_dict = {k.removeprefix('module.'): v for k, v in state[key].items()}
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        raise ValueError(f'checkpoint {str(path)!r} does not fit {args["model"]!r} built from {str(train_args)!r}: '
-                         f'{" ".join(str(exc).split())[:240]}') from None
-    card = dict(train_args=args, results=metrics, repo_id=repo_id, install=install)
-    return save_pretrained(model.eval(), out, model_card_kwargs=card)
+        source = f'from {str(train_args)!r}' if train_args else 'from the run\'s arguments'
+        raise ValueError(f'checkpoint {str(checkpoint)!r} does not fit {args["model"]!r} built {source}: '
+                         f'{" ".join(str(exc).split())[:400]}') from None
+    if metrics and metrics.get('temperature') is not None:
+        try:
+            set_temperature(model, metrics['temperature'])
+        except ValueError as exc:
+            raise ValueError(f'results file {str(results)!r} holds temperature {metrics["temperature"]!r}: {exc}') \
+                from None
+    data_config = {k: args[k] for k in ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation')
+                   if args.get(k) not in (None, '', [])}
+    card = dict(train_args=args, results=metrics, repo_id=repo_id, install=install, dataset=dataset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.')
+    try:
+        save_pretrained(model.eval(), tmp, model_card_kwargs=card, data_config=data_config)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m timm_mimo export ...``: one-line errors, exit code 2."""
-    parser = argparse.ArgumentParser(prog='python -m timm_mimo', description=__doc__.split('\n\n')[0])
+    """``python -m timm_mimo export | configs | run ...``: one-line errors, exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == 'run':  # the script's own flags (and --help) pass through untouched
+        from timm_mimo.cli.timm_scripts import run_script_command
+        return run_script_command(argv[1:])
+    parser = argparse.ArgumentParser(prog='python -m timm_mimo',
+                                     description='timm_mimo commands: export a run to a Hub folder, list the shipped '
+                                                 "recipes, run timm's own scripts on timm_mimo models")
     commands = parser.add_subparsers(dest='command', required=True)
     export = commands.add_parser('export', help='a train.py checkpoint to a Hub folder (safetensors, config, card)')
-    export.add_argument('--checkpoint', required=True, help='checkpoint written by train.py')
-    export.add_argument('--args', required=True, help="the run's args.yaml")
-    export.add_argument('--out', required=True, help='folder to write')
+    export.add_argument('--checkpoint', required=True, help="checkpoint written by timm_mimo's or timm's train.py")
+    export.add_argument('--args', default=None,
+                        help="the run's args.yaml (default: the args.yaml beside the checkpoint, else the arguments "
+                             'stored in it)')
+    export.add_argument('--out', required=True, help='folder to write (new or empty)')
     export.add_argument('--use-ema', action='store_true', help='export the EMA weights')
-    export.add_argument('--results', default=None, help='validate.py results JSON for the card')
+    export.add_argument('--results', default=None,
+                        help='validate.py results JSON for the card; its temperature (--fit-temperature) is applied')
     export.add_argument('--repo-id', default=None, help='Hub repository the folder is meant for (card usage line)')
     export.add_argument('--install', default=INSTALL_LINE, help='install line shown in the card')
+    export.add_argument('--dataset-name', default=None,
+                        help="the training data set's name for the card (default: the run's --dataset name, e.g. "
+                             'cifar10 for torch/cifar10; an image folder has none)')
     commands.add_parser('configs', help='list the shipped training recipes (use one as --config NAME)')
+    commands.add_parser('run', help="run a script of timm's (train.py, validate.py, benchmark.py ...) with the "
+                                    'timm_mimo models registered: python -m timm_mimo run SCRIPT [ARGS ...]')
     args = parser.parse_args(argv)
     if args.command == 'configs':
         from timm_mimo.recipes import CONFIG_DIR, list_configs
@@ -459,11 +737,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         folder = export_checkpoint(args.checkpoint, args.args, args.out, use_ema=args.use_ema, results=args.results,
-                                   repo_id=args.repo_id, install=args.install)
+                                   repo_id=args.repo_id, install=args.install, dataset=args.dataset_name)
     except (OSError, ValueError, RuntimeError, TypeError) as exc:
         print(f'error: {" ".join(str(exc).split())}', file=sys.stderr)
         return 2
     print(f'wrote {folder} (model.safetensors, config.json, README.md); load it with '
           f"timm.create_model('local-dir:{folder}', pretrained=True) after import timm_mimo")
     return 0
-

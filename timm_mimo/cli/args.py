@@ -29,8 +29,9 @@ class ArgumentParser(argparse.ArgumentParser):
         raise CliError(f'{message} (see {self.prog} --help)')
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line (its type name when the message is empty)."""
+def one_line(exc: BaseException, limit: Optional[int] = 300) -> str:
+    """An exception's message on one line (its type name when the message is empty), cut at ``limit`` characters
+    (``None``: whole)."""
     text = ' '.join(str(exc).split())
     return (text or type(exc).__name__)[:limit]
 

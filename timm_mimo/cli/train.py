@@ -49,6 +49,7 @@ from timm.utils import AverageMeter, NativeScaler, dispatch_clip_grad, distribut
 from torch.utils.data import DataLoader, Subset
 
 import timm_mimo  # noqa: F401  (registers the MIMO models)
+from timm_mimo.checkpoint import allow_train_args
 from timm_mimo.cli.args import (
     MODEL_CHECKS,
     ArgumentParser,
@@ -73,6 +74,7 @@ from timm_mimo.cli.args import (
 )
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
 from timm_mimo.data import BatchRepeatSampler, DataError, create_image_transform, dataset_num_classes, open_dataset
+from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.mixing import MASK_KINDS
 from timm_mimo.task import MimoTask
@@ -522,15 +524,21 @@ def create_train_model(args: argparse.Namespace) -> nn.Module:
     if args.input_size is not None:
         kwargs['in_chans'] = args.input_size[0]
     if args.pretrained_path:  # timm's meaning: the backbone's weights from a file, the classifier left fresh
+        existing_file(args.pretrained_path, '--pretrained-path')
         kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path, num_classes=-1)
+    hub_name = args.model.startswith('hf-hub:')
     try:  # --pretrained-path implies --pretrained (it is never silently ignored)
-        model = timm.create_model(args.model, pretrained=args.pretrained or bool(args.pretrained_path), **kwargs)
+        with hub_errors_with_offline_hint(args.model) if hub_name else contextlib.nullcontext():
+            model = timm.create_model(args.model, pretrained=args.pretrained or bool(args.pretrained_path), **kwargs)
     except TypeError as exc:
         if 'num_members' in str(exc):
             raise CliError(f'--num-members given but {args.model!r} is not a MIMO model') from None
-        raise CliError(f'cannot create model {args.model!r} with {kwargs}: {one_line(exc)}') from None
+        raise CliError(f'cannot create model {args.model!r} with {kwargs}: {one_line(exc, None)}') from None
+    except PretrainedDownloadError as exc:  # whole, with the command-line way out
+        raise CliError(f'cannot create model {args.model!r}: {one_line(exc, None)}; on the command line: '
+                       f'{exc.cli_way_out}') from None
     except (RuntimeError, ValueError, OSError, AssertionError) as exc:
-        raise CliError(f'cannot create model {args.model!r}: {one_line(exc)}') from None
+        raise CliError(f'cannot create model {args.model!r}: {one_line(exc, None)}') from None
     if not is_mimo(model):
         given = [flag for dest, flag in MIMO_FLAGS.items() if getattr(args, dest) is not None]
         given += ['--batch-repeat'] if args.batch_repeat != 1 else []
@@ -550,7 +558,8 @@ def load_initial_checkpoint(model: nn.Module, path: str) -> None:
     existing_file(path, '--initial-checkpoint')
     try:
         with quiet_warnings():
-            timm.models.load_checkpoint(model, path, use_ema=False, weights_only=True)
+            with allow_train_args():  # a timm train.py checkpoint holds its argparse Namespace
+                timm.models.load_checkpoint(model, path, use_ema=False, weights_only=True)
     except Exception as exc:  # unreadable file or other architecture: say which file and why
         raise CliError(f'--initial-checkpoint {path!r} cannot be loaded into {type(model).__name__} '
                        f'({type(exc).__name__}: {one_line(exc, 240)})') from None

@@ -16,6 +16,7 @@ against an image folder, ``--corruptions`` the common corruptions of Hendrycks &
 ``imagecorruptions`` package, ``--reliability-diagram`` a PNG of the ensemble's calibration.
 """
 import argparse
+import contextlib
 import csv
 import importlib
 import importlib.util
@@ -37,6 +38,8 @@ from torch.utils.data import DataLoader
 
 import timm_mimo  # noqa: F401  (registers the MIMO models)
 from timm_mimo.analysis import sharing_rates
+from timm_mimo.calibration import get_temperature, temperature_columns, temperature_heads
+from timm_mimo.checkpoint import load_checkpoint_file
 from timm_mimo.cli.args import (
     MODEL_CHECKS,
     ArgumentParser,
@@ -69,6 +72,7 @@ from timm_mimo.evaluation import (
     open_ood_folder,
     save_reliability_diagram,
 )
+from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.metrics import collect_member_logits, is_mimo
 
 __all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main']
@@ -107,7 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group('Model parameters')
     add_model_args(group)
     group.add_argument('--checkpoint', default='', type=str, metavar='PATH',
-                       help='checkpoint file whose weights are evaluated (default: none => the pretrained weights)')
+                       help="checkpoint file whose weights are evaluated, timm_mimo's or timm's train.py (default: "
+                            'none => the pretrained weights)')
+    group.add_argument('--pretrained-path', default=None, type=str, metavar='FILE',
+                       help="a local copy of the model's pretrained weights (e.g. the model.safetensors of its Hub "
+                            'repository, downloaded elsewhere), loaded as the published weights would be')
+    group.add_argument('--model-list', default='', type=str, metavar='FILE',
+                       help="timm's bulk mode: validate every model named in FILE (one per line; registered names "
+                            'with pretrained weights, local-dir:<folder>, hf-hub:<repo>), one results row each, '
+                            'sorted by top1; --model with a wildcard (e.g. "mixvit_cait_*" or "local-dir:exports/*") '
+                            'or a file name does the same')
     group.add_argument('--use-ema', dest='use_ema', action='store_true',
                        help="use the checkpoint's EMA weights (an error if it has none)")
     group.add_argument('--num-members', type=int, default=None, help='timm_mimo: M of a MIMO model')
@@ -156,6 +169,11 @@ def add_uncertainty_args(group: argparse._ArgumentGroup) -> None:
                        help='corrupt a fixed-seed random subset of N images of the split (default: all of them)')
     group.add_argument('--reliability-diagram', default='', metavar='PNG',
                        help="write the ensemble's reliability diagram (accuracy per confidence bin) to this .png")
+    group.add_argument('--fit-temperature', default=None, metavar='SPLIT',
+                       help='fit a temperature on SPLIT, a held-out split sharing no image with --split (e.g. '
+                            'validation when --split is test), by minimising the NLL of the ensemble: the temperature '
+                            '(what python -m timm_mimo export --results applies to the model) and the NLL / ECE of '
+                            '--split after it (loss_ts, ece_ts; loss and ece are before)')
 
 
 VALIDATE_CHECKS = MODEL_CHECKS + [
@@ -220,6 +238,16 @@ def check_uncertainty_args(parser: argparse.ArgumentParser, args: argparse.Names
             values = getattr(args, dest) or []
             if len(set(values)) != len(values):
                 raise CliError(f'{_flag(parser, dest)} {values}: each value at most once')
+    if args.fit_temperature is not None:
+        if args.fit_temperature in ('', args.split):
+            raise CliError(f'--fit-temperature {args.fit_temperature!r}: the temperature is fitted on a held-out '
+                           f'split, never on the reported --split {args.split!r}; name another split (e.g. '
+                           '--split test --fit-temperature validation)')
+    if args.pretrained_path:
+        existing_file(args.pretrained_path, '--pretrained-path')
+        if args.checkpoint or args.ensemble_checkpoints:
+            raise CliError('--pretrained-path loads pretrained weights; with --checkpoint / --ensemble-checkpoints '
+                           'they would be replaced: drop one of them')
     if args.reliability_diagram:
         if os.path.splitext(args.reliability_diagram)[1].lower() != '.png':
             raise CliError(f'--reliability-diagram {args.reliability_diagram!r}: give a .png file name')
@@ -233,7 +261,7 @@ def load_weights(model: torch.nn.Module, path: str, use_ema: bool) -> None:
     existing_file(path, '--checkpoint')
     try:
         with quiet_warnings():
-            state = torch.load(path, map_location='cpu', weights_only=True)
+            state = load_checkpoint_file(path)
     except pickle.UnpicklingError as exc:
         raise CliError(f'--checkpoint {path!r} holds objects other than tensors (refused to unpickle it: '
                        f'{one_line(exc).split(". ")[0]})') from None
@@ -270,15 +298,21 @@ def create_eval_model(args: argparse.Namespace) -> torch.nn.Module:
     if args.input_size is not None:
         kwargs['in_chans'] = args.input_size[0]
     pretrained = args.pretrained or not args.checkpoint
-    if pretrained and not args.checkpoint:
+    if args.pretrained_path:
+        kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path)
+    elif pretrained and not args.checkpoint:
         cfg = timm.models.get_pretrained_cfg(args.model.split(':')[-1]) if ':' not in args.model else None
         if ':' not in args.model and (cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file)):
             raise CliError(f'no --checkpoint and {args.model!r} has no pretrained weights: give --checkpoint (a '
                            'run\'s model_best.pth.tar), otherwise random weights would be evaluated')
     try:
-        model = timm.create_model(args.model, pretrained=pretrained, **kwargs)
+        with hub_errors_with_offline_hint(args.model) if args.model.startswith('hf-hub:') else contextlib.nullcontext():
+            model = timm.create_model(args.model, pretrained=pretrained, **kwargs)
+    except PretrainedDownloadError as exc:  # whole, with the command-line way out
+        raise CliError(f'cannot create model {args.model!r}: {one_line(exc, None)}; on the command line: '
+                       f'{exc.cli_way_out}') from None
     except (TypeError, RuntimeError, ValueError, OSError, AssertionError) as exc:
-        raise CliError(f'cannot create model {args.model!r}: {one_line(exc)}') from None
+        raise CliError(f'cannot create model {args.model!r}: {one_line(exc, None)}') from None
     return model
 
 
@@ -375,10 +409,15 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         name, checkpoint = 'ensemble', ' '.join(args.ensemble_checkpoints)
     else:
         name, checkpoint = args.model, args.checkpoint
-    results: Dict[str, Any] = OrderedDict(model=name, checkpoint=checkpoint, num_images=len(dataset),
-                                          num_members=model.num_members if is_mimo(model) else 1)
-    results.update(metric_columns(member_logits, targets))
+    metrics = metric_columns(member_logits, targets)
+    results = timm_columns(name, metrics, model, data_config)
+    results.update(checkpoint=checkpoint, dataset=args.dataset, split=args.split, num_images=len(dataset),
+                   num_members=model.num_members if is_mimo(model) else 1)
+    results.update((key, value) for key, value in metrics.items() if key not in results)
     results.update(rates)
+    if args.fit_temperature is not None:
+        results.update(fit_temperature_columns(args, eval_model, model, dataset, transform, member_logits, targets,
+                                               device, autocast_dtype))
     if ood_set is not None:
         results.update(ood_folder_metrics(eval_model, member_logits, ood_set, device, args.batch_size, args.workers,
                                           autocast_dtype, args.channels_last))
@@ -394,6 +433,56 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         save_reliability_diagram(member_logits.double().mean(dim=1).softmax(dim=-1), targets,
                                  args.reliability_diagram, title=name)
     return results
+
+
+def timm_columns(name: str, metrics: Dict[str, float], model: torch.nn.Module,
+                 data_config: Dict[str, Any]) -> Dict[str, Any]:
+    """timm validate.py's leading columns, in its order: ``model, top1, top1_err, top5, top5_err, param_count``
+    (millions), ``img_size, crop_pct, interpolation`` (unrounded; :func:`rounded_results` rounds as timm does)."""
+    return OrderedDict(model=name, top1=metrics['top1'], top1_err=100.0 - metrics['top1'], top5=metrics['top5'],
+                       top5_err=100.0 - metrics['top5'], param_count=sum(p.numel() for p in model.parameters()) / 1e6,
+                       img_size=data_config['input_size'][-1], crop_pct=data_config['crop_pct'],
+                       interpolation=data_config['interpolation'])
+
+
+def shared_images(first: Any, second: Any) -> Optional[int]:
+    """How many images two opened splits have in common: folder readers compare their files, torchvision data sets
+    their ``train`` flag and root; ``None`` when the readers cannot tell."""
+    def files(dataset: Any) -> Optional[set]:
+        samples = getattr(getattr(dataset, 'reader', None), 'samples', None)
+        return {os.path.realpath(str(sample[0])) for sample in samples} if samples else None
+
+    first_files, second_files = files(first), files(second)
+    if first_files is not None and second_files is not None:
+        return len(first_files & second_files)
+    if type(first) is type(second) and isinstance(getattr(first, 'train', None), bool):
+        same = first.train == second.train and os.path.realpath(str(getattr(first, 'root', ''))) == \
+            os.path.realpath(str(getattr(second, 'root', '')))
+        return len(first) if same else 0
+    return None
+
+
+def fit_temperature_columns(args: argparse.Namespace, eval_model: torch.nn.Module, model: torch.nn.Module,
+                            dataset: Any, transform: Any, member_logits: torch.Tensor, targets: torch.Tensor,
+                            device: torch.device, autocast_dtype: Optional[torch.dtype]) -> Dict[str, Any]:
+    """``--fit-temperature SPLIT``: the temperature fitted on SPLIT (held out: no image of the reported split) and the
+    reported split's NLL / ECE after it (:func:`timm_mimo.calibration.temperature_columns`)."""
+    calibration_set = open_dataset(args.dataset, args.data_dir, args.fit_temperature, False, args.dataset_download,
+                                   transform, args.class_map, **reader_kwargs(args))
+    common = shared_images(calibration_set, dataset)
+    if common:
+        raise CliError(f'--fit-temperature {args.fit_temperature!r} shares {common} images with --split '
+                       f'{args.split!r}: the temperature must be fitted on held-out images (name a split with none of '
+                       'the reported images)')
+    loader = DataLoader(calibration_set, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                        pin_memory=args.pin_mem)
+    print(f'Fitting the temperature on split {args.fit_temperature!r} ({len(calibration_set)} images)', flush=True)
+    calibration_logits, calibration_targets = collect_member_logits(
+        eval_model, logged_batches(loader, args.log_freq), device, autocast_dtype, args.channels_last)
+    current = get_temperature(model) if temperature_heads(model) else 1.0
+    columns = temperature_columns(calibration_logits, calibration_targets, member_logits, targets, current)
+    return OrderedDict(temperature=columns['temperature'], temperature_split=args.fit_temperature,
+                       temperature_images=len(calibration_set), loss_ts=columns['loss_ts'], ece_ts=columns['ece_ts'])
 
 
 def create_ensemble(paths: Sequence[str], use_ema: bool) -> CheckpointEnsemble:
@@ -438,29 +527,116 @@ def check_corruptible(dataset: Any) -> None:
                        f'image is {found} (use a data set of larger images)')
 
 
-def write_results(path: str, results: Dict[str, Any], results_format: str = 'csv') -> None:
-    """Write ``results`` as JSON or a one-row CSV, via a temporary file."""
+WILDCARD_CHARS = '*?['
+
+
+def bulk_models(args: argparse.Namespace) -> list:
+    """timm's bulk mode: the models of ``--model-list FILE``, of ``--model FILE`` (an existing file, as timm's
+    validate.py reads it) or of a wildcard ``--model`` (registered names with pretrained weights, timm's
+    ``list_models(pattern, pretrained=True)``; ``local-dir:<glob>``: every matching folder with a config.json);
+    ``[]`` for a single model. Every name is checked before anything runs."""
+    if args.model_list:
+        source, names = f'--model-list {args.model_list!r}', _names_in_file(existing_file(args.model_list,
+                                                                                            '--model-list'))
+    elif ':' not in args.model and not timm.is_model(args.model) and os.path.isfile(args.model):
+        source, names = f'--model {args.model!r} (a file)', _names_in_file(args.model)
+    elif any(char in args.model for char in WILDCARD_CHARS):
+        source, names = f'--model {args.model!r}', _expand_wildcard(args.model)
+    else:
+        return []
+    if not names:
+        raise CliError(f'{source} names no model')
+    for name in names:
+        _check_model_name(name, source)
+    for dest in ('checkpoint', 'ensemble_checkpoints', 'reliability_diagram', 'pretrained_path'):
+        if getattr(args, dest):
+            raise CliError(f'{source} validates several models with their own weights; '
+                           f'--{dest.replace("_", "-")} applies to one model: drop one of them')
+    return names
+
+
+def _names_in_file(path: str) -> list:
+    with open(path) as f:
+        return [line.split('#', 1)[0].strip() for line in f if line.split('#', 1)[0].strip()]
+
+
+def _expand_wildcard(pattern: str) -> list:
+    import glob
+    if pattern.startswith('local-dir:'):
+        folders = sorted(glob.glob(pattern.split(':', 1)[1]))
+        return [f'local-dir:{folder}' for folder in folders if os.path.isfile(os.path.join(folder, 'config.json'))]
+    names = timm.list_models(pattern, pretrained=True)
+    if not names:
+        registered = len(timm.list_models(pattern))
+        raise CliError(f'--model {pattern!r} matches no model with pretrained weights ({registered} registered names '
+                       'match, none with weights); validate trained models with --checkpoint, or export them and '
+                       'give --model "local-dir:<folder pattern>"')
+    return names
+
+
+def _check_model_name(name: str, source: str) -> None:
+    if name.startswith('local-dir:'):
+        folder = name.split(':', 1)[1]
+        if not os.path.isfile(os.path.join(folder, 'config.json')):
+            raise CliError(f'{source}: {name!r} is not a folder with a config.json (written by python -m timm_mimo '
+                           'export or timm_mimo.hub.save_pretrained)')
+    elif ':' not in name and not timm.is_model(name):
+        raise CliError(f'{source}: model {name!r} is unknown (see timm.list_models())')
+
+
+def rounded_results(results: Dict[str, Any]) -> Dict[str, Any]:
+    """timm's rounding: ``param_count`` (millions) to 2 decimals, every other number to 4 (timm rounds its top-k
+    columns to 4; the same for the MIMO columns: losses in nats, ECE and accuracies in %, rates in [0, 1])."""
+    return OrderedDict((key, round(value, 2 if key == 'param_count' else 4) if isinstance(value, float) else value)
+                       for key, value in results.items())
+
+
+def write_results(path: str, results: Any, results_format: str = 'csv') -> None:
+    """Write one row (a dict) or the rows of a bulk run (a list) as JSON or CSV, via a temporary file. CSV columns:
+    every row's keys in first-seen order (plain models have no member columns)."""
+    rows = results if isinstance(results, list) else [results]
     tmp_path = f'{path}.tmp'
     with open(tmp_path, 'w', newline='') as f:
         if results_format == 'json':
             json.dump(results, f, indent=2)
         else:
-            writer = csv.DictWriter(f, fieldnames=list(results))
+            fieldnames = list(OrderedDict.fromkeys(key for row in rows for key in row))
+            writer = csv.DictWriter(f, fieldnames=fieldnames, restval='')
             writer.writeheader()
-            writer.writerow(results)
+            writer.writerows(rows)
     os.replace(tmp_path, path)
+
+
+def _print_results(results: Dict[str, Any]) -> None:
+    for key, value in results.items():
+        print(f'{key:>14s}: {value}')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: prints the metrics; bad input ends with one line on stderr and exit status 2."""
     try:
         args = parse_args(argv)
-        results = validate(args)
+        names = bulk_models(args)
+        if not names:
+            results: Any = rounded_results(validate(args))
+        else:
+            rows = []
+            for index, name in enumerate(names):
+                print(f'== [{index + 1}/{len(names)}] {name}', flush=True)
+                try:
+                    rows.append(rounded_results(validate(argparse.Namespace(**dict(vars(args), model=name)))))
+                except (CliError, DataError) as exc:
+                    raise CliError(f'{name}: {exc} (bulk mode stops at the first failing model; nothing written)') \
+                        from None
+            results = sorted(rows, key=lambda row: row['top1'], reverse=True)  # timm's order
     except (CliError, DataError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
-    for key, value in results.items():
-        print(f'{key:>14s}: {value:.6f}' if isinstance(value, float) else f'{key:>14s}: {value}')
+    if isinstance(results, list):
+        for row in results:
+            print(f"{row['model']:>40s}  top1 {row['top1']}  top5 {row['top5']}  loss {row['loss']}  ece {row['ece']}")
+    else:
+        _print_results(results)
     if args.results_file:
         write_results(args.results_file, results, args.results_format)
     return 0

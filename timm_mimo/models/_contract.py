@@ -71,8 +71,8 @@ def single_input_training_message(model_name: str) -> str:
     """What a plain image batch in train mode does, and the command that does MIMO training instead."""
     return (f'{model_name}: a plain (B, C, H, W) batch in train mode feeds the same image to every member, which '
             'fine-tunes the ensemble as one single-input network; it is not MIMO training. For MIMO training '
-            '((B, M, C, H, W) inputs mixed by a timm_mimo.Mixer plan, model(xs, plan)) run '
-            f'python train.py --model {model_name} ...')
+            '((B, M, C, H, W) inputs mixed by a timm_mimo.Mixer plan, model(xs, plan)) run timm_mimo\'s trainer: '
+            f'timm-mimo-train --model {model_name} ...')
 
 
 class MimoContract:

@@ -1,6 +1,6 @@
 """M dense heads ``d_m`` in one module: MIMO's M classifiers (Havasi et al., arXiv:2010.06610; MixMo arXiv:2103.06132
 Fig. 2), one per member, on the shared features."""
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,12 @@ class MemberHeads(nn.Module):
     ``num_classes=0`` makes the heads the identity on features (timm's ``reset_classifier(0)``): a ``(B, F)`` input
     comes out as M views ``(B, M, F)``, anything else (member features, unpooled maps) unchanged; such heads hold no
     parameters (like timm's ``nn.Identity`` classifier).
+
+    Deployable temperature scaling (Guo et al., ICML 2017): every logit is divided by the buffer ``temperature``
+    (a scalar, 1 by default, where the division is exact), so a model calibrated with
+    :func:`timm_mimo.calibration.set_temperature` predicts calibrated member and ensemble logits wherever it goes
+    (state dict, safetensors, ``local-dir:``, ``torch.export``). A state dict without the buffer (written before it
+    existed, or a backbone checkpoint) loads and leaves it unchanged.
     """
 
     def __init__(self, in_features: int, num_classes: int, num_members: int, bias: bool = True,
@@ -31,7 +37,17 @@ class MemberHeads(nn.Module):
         if num_classes > 0:
             self.weight = nn.Parameter(torch.empty(num_members, num_classes, in_features, **dd))
             self.bias = nn.Parameter(torch.empty(num_members, num_classes, **dd)) if bias else None
+            self.register_buffer('temperature', torch.ones((), **dd))
         self.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        """A state dict without ``temperature`` (older checkpoints, backbone weights) is not a missing key."""
+        key = prefix + 'temperature'
+        had_temperature = key in state_dict
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        missing_keys = args[2]  # (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if not had_temperature and key in missing_keys:
+            missing_keys.remove(key)
 
     def reset_parameters(self) -> None:
         """Each head initialised like a fresh ``nn.Linear``."""
@@ -62,10 +78,10 @@ class MemberHeads(nn.Module):
         if x.ndim == 2:
             bias: Optional[torch.Tensor] = None if self.bias is None else self.bias.reshape(-1)
             out = F.linear(x, self.weight.reshape(-1, self.in_features), bias)
-            return out.view(x.shape[0], self.num_members, self.num_classes)
+            return out.view(x.shape[0], self.num_members, self.num_classes) / self.temperature
         if x.ndim == 3 and x.shape[1] == self.num_members:
             out = torch.einsum('bmf,mkf->bmk', x, self.weight)
-            return out if self.bias is None else out + self.bias
+            return (out if self.bias is None else out + self.bias) / self.temperature
         raise ValueError(f'expected features of shape (B, {self.in_features}) or (B, M={self.num_members}, '
                          f'{self.in_features}), got {tuple(x.shape)}')
 

@@ -598,6 +598,7 @@ class MimoCNN(MimoContract, nn.Module):
         every_head = torch.einsum('bmf,hkf->bmhk', features, heads.weight)
         if heads.bias is not None:
             every_head = every_head + heads.bias
+        every_head = every_head / heads.temperature
         index = head_index.to(features.device)[:, :, None, None].expand(-1, -1, 1, every_head.shape[-1])
         return every_head.gather(2, index).squeeze(2)
 
@@ -657,7 +658,7 @@ class SharedHead(MemberHeads):
                              f'{self.in_features}), got {tuple(x.shape)}')
         if self.num_classes == 0:
             return x
-        return F.linear(x, self.weight[0], None if self.bias is None else self.bias[0])
+        return F.linear(x, self.weight[0], None if self.bias is None else self.bias[0]) / self.temperature
 
     def extra_repr(self) -> str:
         return f'in_features={self.in_features}, num_classes={self.num_classes}, shared by {self.num_outputs} members'
@@ -693,6 +694,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MimoCNN) ->
     state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
     if not any(k.startswith('backbone.') for k in state_dict):
         state_dict = _backbone_to_mimo(state_dict, model)
+    for name, buffer in model.named_buffers():  # heads' temperature: absent from backbone and older checkpoints
+        if name.endswith('.temperature') and name not in state_dict:
+            state_dict[name] = buffer.detach().clone()
     _check_matches(state_dict, model)
     return state_dict
 
