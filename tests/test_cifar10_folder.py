@@ -37,7 +37,8 @@ def fake_cifar10(tmp_path, monkeypatch):
     folder = tmp_path / 'root' / 'cifar-10-batches-py'
     folder.mkdir(parents=True)
     splits = {}
-    for split, per_class, files in (('train', 3, [f'data_batch_{i}' for i in range(1, 6)]), ('test', 2, ['test_batch'])):
+    layout = (('train', 3, [f'data_batch_{i}' for i in range(1, 6)]), ('test', 2, ['test_batch']))
+    for split, per_class, files in layout:
         labels = rng.permutation(np.repeat(np.arange(10), per_class))
         images = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
         rows = images.transpose(0, 3, 1, 2).reshape(len(labels), 3072)  # R plane, G plane, B plane
