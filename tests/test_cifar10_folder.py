@@ -115,3 +115,20 @@ def test_bad_input_is_one_line_and_writes_nothing(fake_cifar10, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'cannot download CIFAR-10' in err and writer.HOME_PAGE in err
     assert not (tmp_path / 'out').exists() and not list(tmp_path.glob('.out.*'))
+
+
+def test_compare_copies_measures_a_jpeg_reencoding(fake_cifar10, tmp_path, capsys):
+    root, _ = fake_cifar10
+    assert writer.main(['--root', str(root), '--out', str(tmp_path / 'png')]) == 0
+    capsys.readouterr()
+    for path in (tmp_path / 'png' / 'test').rglob('*.png'):  # a JPEG copy in the same layout
+        target = tmp_path / 'jpeg' / 'test' / path.parent.name / f'{path.stem}.jpg'
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(path).save(target, quality=75)
+    compare = _load(ROOT / 'results' / 'cifar10_compare_copies.py', 'cifar10_compare_copies')
+    same = compare.compare(str(tmp_path / 'png' / 'test'), str(tmp_path / 'png' / 'test'))
+    assert same['images'] == 20 and same['mean_abs_error'] == 0 and same['identical'] == 1
+    jpeg = compare.compare(str(tmp_path / 'png' / 'test'), str(tmp_path / 'jpeg' / 'test'))
+    assert jpeg['images'] == 20 and jpeg['mean_abs_error'] > 1 and jpeg['identical'] == 0 and jpeg['psnr_max'] < 40
+    assert compare.main(['--reference', str(tmp_path / 'png'), '--other', str(tmp_path / 'jpeg')]) == 0
+    assert capsys.readouterr().out.startswith('20 images: mean absolute pixel error')
