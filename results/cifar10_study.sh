@@ -24,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 CIFAR10=${CIFAR10:-data/cifar10}
+DATA_NAME=${DATA_NAME:-CIFAR-10}   # the table's title, e.g. DATA_NAME="CIFAR-10 (JPEG copy)" for a JPEG copy
 DATA=${DATA:-data/cifar10_study}
 OUT=${OUT:-output/cifar10_study}
 TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-1000}
@@ -133,5 +134,6 @@ for seed in "${SEED_LIST[@]}"; do  # 2 Nets: single WRN seed s with single WRN s
            $(cat "$OUT/single_wrn-seed$((seed + 100))/train_seconds.txt") )) > "$run/train_seconds.txt"
 done
 
-$PY results/cifar10_study_summarize.py "$OUT" --csv results/cifar10_study.csv --plots results/cifar10_study \
+$PY results/cifar10_study_summarize.py "$OUT" --data "$DATA_NAME" --csv results/cifar10_study.csv \
+  --plots results/cifar10_study \
   | tee results/cifar10_study.md

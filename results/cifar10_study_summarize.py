@@ -104,9 +104,9 @@ def ordered(runs: Dict[str, List[Dict[str, float]]]) -> List[str]:
     return sorted(runs, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
-def write_markdown(runs: Dict[str, List[Dict[str, float]]]) -> None:
+def write_markdown(runs: Dict[str, List[Dict[str, float]]], data: str = 'CIFAR-10') -> None:
     seeds = ', '.join(f'{name} {len(runs[name])}' for name in ordered(runs))
-    print(f'CIFAR-10 (JPEG copy) study; runs per row: {seeds}. Last-epoch checkpoints, mean ± std over seeds.\n')
+    print(f'{data} study; runs per row: {seeds}. Last-epoch checkpoints, mean ± std over seeds.\n')
     print('| row | seeds | ' + ' | '.join(title for _, title in COLUMNS) + ' |')
     print('|---|---|' + '---|' * len(COLUMNS))
     for name in ordered(runs):
@@ -216,6 +216,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('out', help='the study output folder (OUT of cifar10_study.sh)')
     parser.add_argument('--csv', default='', help='write the table as CSV here')
     parser.add_argument('--plots', default='', metavar='PREFIX', help='write the three PNG plots as PREFIX_*.png')
+    parser.add_argument('--data', default='CIFAR-10', help="the data's name in the table's title, e.g. 'CIFAR-10 (JPEG "
+                        "copy)'")
     args = parser.parse_args(argv)
     if not Path(args.out).is_dir():
         print(f'error: {args.out!r} is not a folder; give the OUT folder of results/cifar10_study.sh', file=sys.stderr)
@@ -225,7 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'error: no <run>-seed<k>/validation.json under {args.out!r}; run results/cifar10_study.sh first',
               file=sys.stderr)
         return 2
-    write_markdown(runs)
+    write_markdown(runs, args.data)
     if args.csv:
         write_csv(runs, params, args.csv)
     if args.plots:

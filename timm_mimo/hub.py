@@ -14,14 +14,16 @@ Every failed pretrained download, wherever it happens (a registered name, a gene
 is explained by :func:`offline_message`: the repository and file the weights live in, how to load a local copy and
 the command that fetches it once the network is back.
 
-Command line (a ``train.py`` checkpoint to a Hub folder with its card)::
+Command line (a ``train.py`` checkpoint, timm_mimo's or timm's, to a Hub folder with its card; the recipes; timm's own
+scripts with the timm_mimo models registered)::
 
-    python -m timm_mimo export --checkpoint run/model_best.pth.tar [--use-ema] --args run/args.yaml \\
-        --out folder [--results results.json]
+    python -m timm_mimo export --checkpoint run/model_best.pth.tar [--use-ema] [--args run/args.yaml] \\
+        --out folder [--results results.json] [--dataset-name cifar10]
+    python -m timm_mimo configs
+    python -m timm_mimo run validate.py --model cut_mixmo_wrn28_10 ...
 """
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import shutil
@@ -347,26 +349,11 @@ def citation(method: str) -> Optional[str]:
     return BIBTEX.get(_method_paper(method)[1])
 
 
-def _model_input_config(model: nn.Module) -> Dict[str, Any]:
-    """timm's ``get_model_input_config`` (the size a model was built with: a ViT built at 64 px has 64); before timm
-    1.0.31 read from the patch embedding, else the pretrained cfg."""
-    try:
-        from timm.models import get_model_input_config
-    except ImportError:  # older timm
-        cfg = getattr(model, 'pretrained_cfg', None) or {}
-        size = tuple(cfg.get('input_size') or (3, 224, 224))
-        embed = next((m for m in model.modules() if type(m).__name__ == 'PatchEmbed'), None)
-        fixed = embed is not None and getattr(embed, 'img_size', None) is not None
-        if fixed:
-            size = (size[0], *embed.img_size)
-        return dict(input_size=size, fixed_input_size=fixed)
-    return get_model_input_config(model)
-
-
 def card_input_size(model: nn.Module, train_args: Optional[Dict[str, Any]] = None) -> tuple:
     """The input size (C, H, W) the model was built / trained for: a fixed-size model's own (a ViT built at 64 px says
     64), else the training run's ``input_size`` / ``img_size``, else the model's nominal size."""
-    current = _model_input_config(model)
+    from timm.models import get_model_input_config
+    current = get_model_input_config(model)
     train_args = train_args or {}
     if not current['fixed_input_size']:
         if train_args.get('input_size'):
@@ -508,11 +495,8 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike],
     save_directory = Path(save_directory)
     args = dict(runtime_model_args(model), **model_args)
     record = calibration_record(model, (model_card_kwargs or {}).get('results'))
-    extra = {}
-    if data_config and 'data_config' in inspect.signature(save_for_hf).parameters:  # timm >= 1.0.31
-        extra['data_config'] = data_config
     save_for_hf(model, str(save_directory), model_args=args or None, safe_serialization=True,
-                model_config=dict(calibration=record) if record else None, **extra)
+                model_config=dict(calibration=record) if record else None, data_config=data_config or None)
     model_card(model, **(model_card_kwargs or {})).save(save_directory / 'README.md')
     return save_directory
 

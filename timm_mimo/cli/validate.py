@@ -13,7 +13,11 @@ implied); a model without pretrained weights is then an error rather than an eva
 Beyond the test split (each group adds columns to the same result row): ``--ensemble-checkpoints`` evaluates a deep
 ensemble of training runs (the papers' "2 Nets" / "2 MixMos" rows), ``--ood-dir`` out-of-distribution detection
 against an image folder, ``--corruptions`` the common corruptions of Hendrycks & Dietterich (ICLR 2019) through the
-``imagecorruptions`` package, ``--reliability-diagram`` a PNG of the ensemble's calibration.
+``imagecorruptions`` package, ``--reliability-diagram`` a PNG of the ensemble's calibration, ``--fit-temperature SPLIT``
+a deployable temperature fitted on a held-out split (:mod:`timm_mimo.calibration`).
+
+Results files start with timm validate.py's columns and rounding (:func:`timm_columns`, :func:`rounded_results`);
+timm's bulk mode (``--model-list``, ``--model FILE``, wildcards) writes one row per model (:func:`bulk_models`).
 """
 import argparse
 import contextlib
@@ -75,7 +79,8 @@ from timm_mimo.evaluation import (
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.metrics import collect_member_logits, is_mimo
 
-__all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main']
+__all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main', 'timm_columns', 'rounded_results',
+           'bulk_models', 'fit_temperature_columns', 'shared_images']
 
 REFUSED = [
     Refused(('--num-samples',), 'for iterable datasets; this evaluation indexes the whole split', default=None,
