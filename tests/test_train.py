@@ -183,7 +183,7 @@ def test_plain_timm_model_trains_with_timm_mixup(digits_dir, tmp_path):
 
 
 def test_every_config_is_accepted_by_the_parser():
-    configs = sorted(glob.glob(os.path.join(REPO, 'configs', '*.yaml')))
+    configs = sorted(glob.glob(os.path.join(REPO, 'timm_mimo', 'configs', '*.yaml')))
     assert len(configs) >= 8
     for path in configs:
         args = train.parse_args(['--config', path, '--data-dir', '/data'])
