@@ -21,7 +21,6 @@ import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from timm.data import auto_augment_transform, create_dataset, create_transform, rand_augment_transform
 from timm.data.random_erasing import RandomErasing
@@ -205,8 +204,13 @@ def pair_inputs(images: torch.Tensor, targets: torch.Tensor, num_members: int, i
 
 
 def soft_targets(targets: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """One-hot ``(..., K)`` targets from class indices, with label smoothing ``(1-s)·onehot + s/K``."""
-    onehot = F.one_hot(targets.long(), num_classes).float()
+    """One-hot ``(..., K)`` targets from class indices, with label smoothing ``(1-s)·onehot + s/K``.
+
+    Built by comparison with ``arange(K)``, not ``F.one_hot``, which reads the indices back to the host to check their
+    range (a GPU sync in every step).
+    """
+    classes = torch.arange(num_classes, device=targets.device)
+    onehot = (targets.long().unsqueeze(-1) == classes).float()
     return onehot * (1.0 - smoothing) + smoothing / num_classes
 
 

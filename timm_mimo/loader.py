@@ -335,24 +335,44 @@ class Prefetcher:
         images, targets = batch[0], batch[1]
         return (self._images(images), targets.to(self.device, non_blocking=True), *batch[2:])
 
-    def __iter__(self) -> Iterator[Any]:
-        stream = torch.cuda.Stream(self.device) if self.device.type == 'cuda' else None
-        pending: Optional[Any] = None
-        for batch in self.loader:
-            with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                ready = self.prepare(batch)
-            if pending is not None:
-                yield pending
-            pending = self._hand_over(ready, stream)
-        if pending is not None:
-            yield pending
+    def __iter__(self) -> '_Prefetching':
+        """An iterator that has already started the loader and issued the first batch's copies."""
+        return _Prefetching(self)
 
-    def _hand_over(self, batch: Any, stream: Optional[torch.cuda.Stream]) -> Any:
+
+class _Prefetching:
+    """One pass of a :class:`Prefetcher`: batch k is handed over while batch k + 1's copies are in flight."""
+
+    def __init__(self, prefetcher: Prefetcher):
+        self.prefetcher = prefetcher
+        self.stream = torch.cuda.Stream(prefetcher.device) if prefetcher.device.type == 'cuda' else None
+        self.batches = iter(prefetcher.loader)
+        self.ready = self._issue()
+
+    def _issue(self) -> Optional[Any]:
+        """Start the next batch's copies and normalisation (on the side stream); ``None`` at the end."""
+        batch = next(self.batches, None)
+        if batch is None:
+            return None
+        with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
+            return self.prefetcher.prepare(batch)
+
+    def __iter__(self) -> '_Prefetching':
+        return self
+
+    def __next__(self) -> Any:
+        if self.ready is None:
+            raise StopIteration
+        batch = self._hand_over(self.ready)
+        self.ready = self._issue()
+        return batch
+
+    def _hand_over(self, batch: Any) -> Any:
         """Make the consumer's stream wait for the side stream, and keep the batch's memory from being reused early."""
-        if stream is None:
+        if self.stream is None:
             return batch
-        current = torch.cuda.current_stream(self.device)
-        current.wait_stream(stream)
+        current = torch.cuda.current_stream(self.prefetcher.device)
+        current.wait_stream(self.stream)
         for tensor in _tensors(batch):
             tensor.record_stream(current)
         return batch

@@ -470,7 +470,8 @@ class MixViT(MimoContract, nn.Module):
             owner = torch.randint(num_members, (batch_size, num_tokens), generator=generator).to(device)
         else:  # 'single'
             owner = torch.full((batch_size, num_tokens), self.single_member, device=device, dtype=torch.long)
-        return F.one_hot(owner, num_members).permute(0, 2, 1).float()
+        members = torch.arange(num_members, device=device)
+        return (owner.unsqueeze(1) == members[None, :, None]).float()  # (B, M, N) one-hot; F.one_hot reads to host
 
     def _attribute_inference(self, tokens: torch.Tensor, num_prefix: int = 0) -> torch.Tensor:
         """Attribution of one token set per image for the inference mode: ``(B, P + N, D)`` -> ``(B·S, P + N, D)``.
