@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from test_train import MODEL, run_args  # noqa: E402  (tests/ is on sys.path under pytest)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,8 +30,6 @@ from timm_mimo.loader import (
     seeded_global_rngs,
 )
 from timm_mimo.task import MimoTask
-
-from test_train import MODEL, run_args  # noqa: E402  (tests/ is on sys.path under pytest)
 
 HOST_READS = ('aten._local_scalar_dense', 'aten.equal', 'aten.is_nonzero')
 
