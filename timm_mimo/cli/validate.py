@@ -63,6 +63,7 @@ from timm_mimo.cli.args import (
     quiet_warnings,
     reader_kwargs,
 )
+from timm_mimo.cli.data_path import device_batches, pin_memory
 from timm_mimo.cli.evaluate import metric_columns
 from timm_mimo.data import DataError, create_image_transform, dataset_num_classes, open_dataset
 from timm_mimo.evaluation import (
@@ -80,7 +81,7 @@ from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.metrics import collect_member_logits, is_mimo
 
 __all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main', 'timm_columns', 'rounded_results',
-           'bulk_models', 'fit_temperature_columns', 'shared_images']
+           'bulk_models', 'fit_temperature_columns', 'open_calibration_split', 'shared_images']
 
 REFUSED = [
     Refused(('--num-samples',), 'for iterable datasets; this evaluation indexes the whole split', default=None,
@@ -379,9 +380,12 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         check_ensemble_input(model, data_config['input_size'][0])
     try:
         transform = create_image_transform(data_config, False, args.crop_pad)
+        # the main loader hands uint8 images to the device prefetcher, which normalises them there
+        loader_transform = transform if args.no_prefetcher else create_image_transform(
+            data_config, False, args.crop_pad, normalize=False)
     except (ValueError, TypeError) as exc:
         raise CliError(f'cannot build the image transform: {one_line(exc)}') from None
-    dataset = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, transform,
+    dataset = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, loader_transform,
                            args.class_map, **reader_kwargs(args))
     num_data_classes = dataset_num_classes(dataset)
     if num_data_classes is not None and num_data_classes > model.num_classes:
@@ -390,8 +394,10 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     if args.checkpoint and not args.ensemble_checkpoints:
         load_weights(model, args.checkpoint, args.use_ema)
     rates = sharing_rate_columns(model, args.model) if args.sharing_rates else {}  # before the evaluation
-    ood_set = clean_set = None
+    ood_set = clean_set = calibration_set = None
     try:
+        if args.fit_temperature is not None:  # opened (and checked held out) before any evaluation runs
+            calibration_set = open_calibration_split(args, dataset, loader_transform)
         if args.ood_dir:
             ood_set = open_ood_folder(args.ood_dir, data_config['input_size'], transform)
         if args.corruptions is not None:
@@ -400,8 +406,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
             check_corruptible(clean_set)
     except ValueError as exc:  # DataError is a ValueError
         raise CliError(one_line(exc)) from None
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                        pin_memory=args.pin_mem)
+    loader = device_batches(DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                                       pin_memory=pin_memory(args, device)), args, data_config, device)
     eval_model = model
     if args.torchcompile:
         eval_model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
@@ -420,9 +426,9 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
                    num_members=model.num_members if is_mimo(model) else 1)
     results.update((key, value) for key, value in metrics.items() if key not in results)
     results.update(rates)
-    if args.fit_temperature is not None:
-        results.update(fit_temperature_columns(args, eval_model, model, dataset, transform, member_logits, targets,
-                                               device, autocast_dtype))
+    if calibration_set is not None:
+        results.update(fit_temperature_columns(args, eval_model, model, calibration_set, data_config, member_logits,
+                                               targets, device, autocast_dtype))
     if ood_set is not None:
         results.update(ood_folder_metrics(eval_model, member_logits, ood_set, device, args.batch_size, args.workers,
                                           autocast_dtype, args.channels_last))
@@ -467,11 +473,8 @@ def shared_images(first: Any, second: Any) -> Optional[int]:
     return None
 
 
-def fit_temperature_columns(args: argparse.Namespace, eval_model: torch.nn.Module, model: torch.nn.Module,
-                            dataset: Any, transform: Any, member_logits: torch.Tensor, targets: torch.Tensor,
-                            device: torch.device, autocast_dtype: Optional[torch.dtype]) -> Dict[str, Any]:
-    """``--fit-temperature SPLIT``: the temperature fitted on SPLIT (held out: no image of the reported split) and the
-    reported split's NLL / ECE after it (:func:`timm_mimo.calibration.temperature_columns`)."""
+def open_calibration_split(args: argparse.Namespace, dataset: Any, transform: Any) -> Any:
+    """``--fit-temperature SPLIT``, opened like ``--split``; refused when it shares any image with ``--split``."""
     calibration_set = open_dataset(args.dataset, args.data_dir, args.fit_temperature, False, args.dataset_download,
                                    transform, args.class_map, **reader_kwargs(args))
     common = shared_images(calibration_set, dataset)
@@ -479,8 +482,18 @@ def fit_temperature_columns(args: argparse.Namespace, eval_model: torch.nn.Modul
         raise CliError(f'--fit-temperature {args.fit_temperature!r} shares {common} images with --split '
                        f'{args.split!r}: the temperature must be fitted on held-out images (name a split with none of '
                        'the reported images)')
-    loader = DataLoader(calibration_set, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                        pin_memory=args.pin_mem)
+    return calibration_set
+
+
+def fit_temperature_columns(args: argparse.Namespace, eval_model: torch.nn.Module, model: torch.nn.Module,
+                            calibration_set: Any, data_config: Dict[str, Any], member_logits: torch.Tensor,
+                            targets: torch.Tensor, device: torch.device,
+                            autocast_dtype: Optional[torch.dtype]) -> Dict[str, Any]:
+    """The temperature fitted on the held-out ``calibration_set`` (loaded as the reported split is) and the reported
+    split's NLL / ECE after it (:func:`timm_mimo.calibration.temperature_columns`)."""
+    loader = device_batches(DataLoader(calibration_set, batch_size=args.batch_size, shuffle=False,
+                                       num_workers=args.workers, pin_memory=pin_memory(args, device)),
+                            args, data_config, device)
     print(f'Fitting the temperature on split {args.fit_temperature!r} ({len(calibration_set)} images)', flush=True)
     calibration_logits, calibration_targets = collect_member_logits(
         eval_model, logged_batches(loader, args.log_freq), device, autocast_dtype, args.channels_last)
