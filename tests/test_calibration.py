@@ -167,6 +167,7 @@ def test_a_calibrated_export_round_trips_with_its_temperature(overconfident_chec
     assert f'T = {get_temperature(loaded):.4g}' in card and "on split `train`" in card
     assert f'NLL {fitted["loss"]:.4f} -> {fitted["loss_ts"]:.4f} nats' in card
     assert '| loss_ts |' in card and ModelCard.load(out / 'README.md').data.library_name == 'timm'
+    assert '| loss | negative log-likelihood (NLL), ensemble (before the temperature) |' in card
     # the loaded model, validated again, reports the calibrated NLL of the fit (up to the 4-decimal temperature)
     again = tmp_path / 'again.json'
     assert validate.main(['--model', f'local-dir:{out}', '--data-dir', str(digits_dir), '--split', 'validation',

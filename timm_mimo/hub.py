@@ -440,7 +440,9 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Opti
         images = f' ({results["num_images"]} images)' if results.get('num_images') else ''
         lines += ['', '## Results', '', f'Measured by `timm-mimo-validate` on {where}{split}{images}:', '',
                   '| metric | what | value | unit |', '|---|---|---|---|']
-        lines += [f'| {key} | {what} | {_format_metric(results[key])} | {unit} |' for key, what, unit in shown]
+        before = ' (before the temperature)' if 'loss_ts' in results else ''
+        lines += [f'| {key} | {what}{before if key in ("loss", "ece", "brier") else ""} | '
+                  f'{_format_metric(results[key])} | {unit} |' for key, what, unit in shown]
     if temperature != 1.0:
         lines += ['', '## Calibration', '', f'Temperature scaling: T = {temperature:.4g}, fitted by minimising the '
                   "NLL of the ensemble's softmax"
