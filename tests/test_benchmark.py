@@ -200,3 +200,19 @@ def test_gpu_check_runs_every_part_in_cpu_mode(small_digits_dir, tmp_path):
     assert 'cut_mixmo:ratio_train_samples_per_sec' in figures and 'cut_mixmo:ratio_loop_to_step' in figures
     assert 'eval_top1' in figures and 'top1' in figures
     assert (out / 'gpu_check.log').read_text().count('$ ') == 8
+
+
+def test_ops_mode_counts_what_the_mimo_step_adds_and_no_host_reads(capsys):
+    """benchmark.py ops: the GPU encoder path adds no conv (one grouped conv), the CPU path one conv and its backward;
+    no host read in either step."""
+    from benchmarks import ops
+    parser = __import__('argparse').ArgumentParser()
+    ops.add_arguments(parser)
+    rows = ops.run(parser.parse_args(['--model', 'cut_mixmo', '-b', '2', '--img-size', '8', *TINY]))
+    by_side = {row['side']: row for row in rows}
+    assert by_side['backbone']['host_reads'] == 0
+    gpu, cpu = by_side['GPU path (grouped conv)'], by_side['CPU path (M convs)']
+    assert gpu['host_reads'] == 0 and cpu['host_reads'] == 0
+    assert 'convolution' not in gpu['extra'] and 'convolutionx1' in cpu['extra']
+    assert 0 < gpu['extra_compute_ops'] < cpu['extra_compute_ops'] < 0.2 * by_side['backbone']['compute_ops']
+    assert 'index_selectx2' in gpu['extra']  # the pairing gather of images and targets
