@@ -214,5 +214,5 @@ def test_ops_mode_counts_what_the_mimo_step_adds_and_no_host_reads(capsys):
     gpu, cpu = by_side['GPU path (grouped conv)'], by_side['CPU path (M convs)']
     assert gpu['host_reads'] == 0 and cpu['host_reads'] == 0
     assert 'convolution' not in gpu['extra'] and 'convolutionx1' in cpu['extra']
-    assert 0 < gpu['extra_compute_ops'] < cpu['extra_compute_ops'] < 0.2 * by_side['backbone']['compute_ops']
+    assert 0 < gpu['extra_compute_ops'] < cpu['extra_compute_ops'] <= 24  # whatever the backbone's depth
     assert 'index_selectx2' in gpu['extra']  # the pairing gather of images and targets
