@@ -37,6 +37,10 @@ def test_heads_divide_member_and_ensemble_logits_by_the_temperature():
             torch.testing.assert_close(model.forward_members(x), raw_members / 2.5, rtol=0, atol=0)
             torch.testing.assert_close(model(x), raw / 2.5)
         assert get_temperature(model) == 2.5
+        with torch.no_grad():  # training reads the raw logits: the temperature is fitted after training
+            scaled_model_in_train_mode = model.train().forward_members(x)
+            set_temperature(model, 1.0)
+            torch.testing.assert_close(model.forward_members(x), scaled_model_in_train_mode, rtol=0, atol=0)
 
 
 def test_temperature_is_in_the_state_dict_and_older_state_dicts_still_load():

@@ -1,10 +1,11 @@
 """Deployable temperature scaling of MIMO ensembles (Guo et al., "On calibration of modern neural networks", ICML 2017).
 
 One temperature T is fitted on held-out data by minimising the NLL of the ENSEMBLE's softmax ``softmax(mean_m z_m / T)``
-(:func:`timm_mimo.metrics.fit_temperature`), and lives in the model: every member head divides its logits by it (the
-``temperature`` buffer of :class:`~timm_mimo.models.MemberHeads`), so member logits become ``z_m / T`` and the ensemble
-``mean_m z_m / T``, the distribution the fit calibrated. It travels with the weights (state dict, safetensors,
-``local-dir:`` / ``hf-hub:``) and :func:`timm_mimo.hub.save_pretrained` records it in ``config.json`` and the card.
+(:func:`timm_mimo.metrics.fit_temperature`), and lives in the model: in eval mode every member head divides its logits
+by it (the ``temperature`` buffer of :class:`~timm_mimo.models.MemberHeads`; train mode reads the raw logits), so member
+logits become ``z_m / T`` and the ensemble ``mean_m z_m / T``, the distribution the fit calibrated. It travels with
+the weights (state dict, safetensors, ``local-dir:`` / ``hf-hub:``) and :func:`timm_mimo.hub.save_pretrained` records
+it in ``config.json`` and the card.
 
     timm-mimo-validate --config run/args.yaml --checkpoint run/last.pth.tar --split test \\
         --fit-temperature validation --results-file results.json      # temperature, loss / ece before and after

@@ -18,11 +18,12 @@ class MemberHeads(nn.Module):
     comes out as M views ``(B, M, F)``, anything else (member features, unpooled maps) unchanged; such heads hold no
     parameters (like timm's ``nn.Identity`` classifier).
 
-    Deployable temperature scaling (Guo et al., ICML 2017): every logit is divided by the buffer ``temperature``
-    (a scalar, 1 by default, where the division is exact), so a model calibrated with
+    Deployable temperature scaling (Guo et al., ICML 2017): in eval mode every logit is divided by the buffer
+    ``temperature`` (a scalar, 1 by default, where the division is exact), so a model calibrated with
     :func:`timm_mimo.calibration.set_temperature` predicts calibrated member and ensemble logits wherever it goes
-    (state dict, safetensors, ``local-dir:``, ``torch.export``). A state dict without the buffer (written before it
-    existed, or a backbone checkpoint) loads and leaves it unchanged.
+    (state dict, safetensors, ``local-dir:``, ``torch.export``). Training (train mode) reads the raw logits: the
+    temperature is fitted after training, and the training step does no extra work. A state dict without the buffer
+    (written before it existed, or a backbone checkpoint) loads and leaves it unchanged.
     """
 
     def __init__(self, in_features: int, num_classes: int, num_members: int, bias: bool = True,
@@ -72,16 +73,20 @@ class MemberHeads(nn.Module):
                 heads.bias.copy_(linear.bias.detach().unsqueeze(0).expand_as(heads.bias))
         return heads
 
+    def scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits / temperature`` in eval mode; the raw logits in train mode."""
+        return logits if self.training else logits / self.temperature
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_classes == 0:
             return x.unsqueeze(1).expand(-1, self.num_members, -1) if x.ndim == 2 else x
         if x.ndim == 2:
             bias: Optional[torch.Tensor] = None if self.bias is None else self.bias.reshape(-1)
             out = F.linear(x, self.weight.reshape(-1, self.in_features), bias)
-            return out.view(x.shape[0], self.num_members, self.num_classes) / self.temperature
+            return self.scaled(out.view(x.shape[0], self.num_members, self.num_classes))
         if x.ndim == 3 and x.shape[1] == self.num_members:
             out = torch.einsum('bmf,mkf->bmk', x, self.weight)
-            return (out if self.bias is None else out + self.bias) / self.temperature
+            return self.scaled(out if self.bias is None else out + self.bias)
         raise ValueError(f'expected features of shape (B, {self.in_features}) or (B, M={self.num_members}, '
                          f'{self.in_features}), got {tuple(x.shape)}')
 

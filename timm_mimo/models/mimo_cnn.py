@@ -624,7 +624,7 @@ class MimoCNN(MimoContract, nn.Module):
         every_head = torch.einsum('bmf,hkf->bmhk', features, heads.weight)
         if heads.bias is not None:
             every_head = every_head + heads.bias
-        every_head = every_head / heads.temperature
+        every_head = heads.scaled(every_head)
         index = head_index.to(features.device)[:, :, None, None].expand(-1, -1, 1, every_head.shape[-1])
         return every_head.gather(2, index).squeeze(2)
 
@@ -684,7 +684,7 @@ class SharedHead(MemberHeads):
                              f'{self.in_features}), got {tuple(x.shape)}')
         if self.num_classes == 0:
             return x
-        return F.linear(x, self.weight[0], None if self.bias is None else self.bias[0]) / self.temperature
+        return self.scaled(F.linear(x, self.weight[0], None if self.bias is None else self.bias[0]))
 
     def extra_repr(self) -> str:
         return f'in_features={self.in_features}, num_classes={self.num_classes}, shared by {self.num_outputs} members'
