@@ -27,6 +27,7 @@ from torchvision.transforms.functional import to_tensor
 import timm_mimo  # noqa: F401
 from timm_mimo import analysis, hub
 from timm_mimo.cli import train, validate
+from timm_mimo.data import dataset_class_names, open_dataset
 
 MODEL = ['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
          '--num-classes', '10', '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std', '0.5']
@@ -266,6 +267,10 @@ CASES = [
          lambda tmp, data: ['--data-dir', data, '--workers', '0', '--img-size', '8',
                             '--ensemble-checkpoints', os.path.join(tmp, 'run2', 'last.pth.tar')],
          ['1 input channels', '--in-chans 1'], setup=_run_checkpoint),
+    Case('validate mean of two values for one channel', 'validate',
+         _validate('--mean', '0.5', '0.5', '--checkpoint', _path('m2.pth.tar')), ['--mean 0.5 0.5', '2 values'],
+         setup=_checkpoint('m2.pth.tar')),
+    Case('extend-lr without resume', 'train', _train('--extend-lr', '0.01'), ['--extend-lr 0.01', '--resume']),
     Case('missing data dir', 'train', lambda tmp, data: _train()(tmp, os.path.join(tmp, 'nowhere')),
          ['nowhere', 'does not exist']),
     Case('unknown model', 'train', _train(model=['--model', 'no_such_model']), ["'no_such_model'"]),
@@ -589,6 +594,31 @@ def test_resume_extended_with_a_schedule_trains_at_that_schedule(out, small_digi
     assert recorded['epochs'] == 4 and recorded['extend_lr'] == 0.02
 
 
+def test_extended_run_resumes_exactly_inside_its_extension(out, small_digits_dir, monkeypatch):
+    shutil.copytree(out / 'cut', out / 'cut2')
+
+    def argv(name):
+        return _run_argv('cut_mixmo', small_digits_dir, out, name, '--epochs', '4', '--extend-lr', '0.02', '--resume',
+                         out / name / 'last.pth.tar')
+    assert train.main(argv('cut')) == 0  # the whole extension
+    real_write_summary = train.write_summary
+
+    def stop_after_epoch_2(path, epoch, row):
+        real_write_summary(path, epoch, row)
+        if epoch == 2:
+            raise KeyboardInterrupt  # a Ctrl-C inside the extension, after the epoch-2 checkpoint
+    monkeypatch.setattr(train, 'write_summary', stop_after_epoch_2)
+    assert train.main(argv('cut2')) == 130
+    monkeypatch.setattr(train, 'write_summary', real_write_summary)
+    assert torch.load(out / 'cut2' / 'last.pth.tar', weights_only=True)['epoch'] == 2
+    assert train.main(argv('cut2')) == 0  # resumed inside the extension: its schedule, not a new one
+    whole = torch.load(out / 'cut' / 'last.pth.tar', weights_only=True)
+    resumed = torch.load(out / 'cut2' / 'last.pth.tar', weights_only=True)
+    assert all(torch.equal(resumed['state_dict'][key], value) for key, value in whole['state_dict'].items())
+    assert resumed['scheduler'] == whole['scheduler'] and resumed['schedule_segment'] == dict(start=2, lr=0.02)
+    assert _summary(out / 'cut2') == _summary(out / 'cut')
+
+
 def test_validate_checkpoint_of_another_kind_of_model_is_refused(runs, capsys):
     run = runs / 'cut'
     code = validate.main(_validate_argv(run, '--checkpoint', run / 'last.pth.tar', '--model', 'linear_mixmo'))
@@ -781,3 +811,157 @@ def test_signal_stops_the_run_with_one_line_and_a_resumable_state(small_digits_d
     assert [row['epoch'] for row in _summary(run)] == ['0']
     assert train.main([*argv, '--workers', '0', '--resume', str(run / 'last.pth.tar')]) == 0
     assert [row['epoch'] for row in _summary(run)] == ['0', '1', '2']
+
+
+# ---- more cases on the paths above -----------------------------------------------------------------------------------
+
+def test_class_map_naming_every_class_orders_the_labels_by_it(small_digits_dir, tmp_path):
+    class_map = tmp_path / 'classes.txt'
+    class_map.write_text('\n'.join(reversed(CLASSES)) + '\n')  # label 0 is folder '9'
+    dataset = open_dataset('', str(small_digits_dir), 'validation', class_map=str(class_map))
+    assert dataset_class_names(dataset) == list(reversed(CLASSES))
+    for index in (0, len(dataset) - 1):
+        folder = os.path.basename(os.path.dirname(dataset.reader.samples[index][0]))
+        assert dataset[index][1] == 9 - int(folder)
+
+
+def test_partial_class_map_when_asked_trains_and_records_the_mapped_classes(small_digits_dir, tmp_path):
+    class_map = tmp_path / 'classes.txt'
+    names = list(reversed(CLASSES[:9]))  # no '9'; label 0 is '8'
+    class_map.write_text('\n'.join(names) + '\n')
+    argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'run', '--epochs', '1', '--class-map', class_map,
+                     '--class-map-partial')
+    assert train.main(argv) == 0
+    run = tmp_path / 'out' / 'run'
+    assert yaml.safe_load(open(run / 'args.yaml'))['class_names'] == names
+    assert torch.load(run / 'last.pth.tar', weights_only=True)['class_names'] == names
+
+
+def test_training_split_with_a_class_outside_class_names_is_refused(small_digits_dir, tmp_path, capsys):
+    argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'run', '--epochs', '1',
+                     '--class-names', *CLASSES[:9])
+    assert train.main(argv) == 2
+    _error_line(capsys, "'9'", 'training split')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_class_names_label_a_checkpoint_that_records_none(runs, small_digits_dir, tmp_path, capsys):
+    data = tmp_path / 'data'
+    _digit_split(data, 'validation', small_digits_dir, CLASSES[1:])
+    state = torch.load(runs / 'cut' / 'last.pth.tar', weights_only=True)
+    del state['class_names']  # a checkpoint of an older version
+    torch.save(state, tmp_path / 'legacy.pth.tar')
+    config = yaml.safe_load(open(runs / 'cut' / 'args.yaml'))
+    del config['class_names']
+    (tmp_path / 'legacy.yaml').write_text(yaml.safe_dump(config))
+    argv = ['--config', str(tmp_path / 'legacy.yaml'), '--checkpoint', str(tmp_path / 'legacy.pth.tar'),
+            '--data-dir', str(data), '--workers', '0', '--class-names', *CLASSES]
+    assert validate.main([*argv, '--results-file', str(tmp_path / 'val.json')]) == 0
+    top1 = json.loads((tmp_path / 'val.json').read_text())['top1']
+    assert top1 == pytest.approx(_accuracy_by_folder_name(runs / 'cut' / 'last.pth.tar', data / 'validation'))
+    # names given against the ones a checkpoint records are refused
+    run = runs / 'cut'
+    assert validate.main(['--config', str(run / 'args.yaml'), '--checkpoint', str(run / 'last.pth.tar'),
+                          '--data-dir', str(data), '--workers', '0', '--class-names', *reversed(CLASSES)]) == 2
+    _error_line(capsys, '--class-names', 'trained on')
+
+
+def test_ensemble_of_networks_trained_on_other_classes_is_refused(small_digits_dir, tmp_path, capsys):
+    paths = [_sized_run(tmp_path, 'a', 8), _sized_run(tmp_path, 'b', 8, class_names=list(reversed(CLASSES)))]
+    code = validate.main(['--data-dir', str(small_digits_dir), '--workers', '0', '--in-chans', '1', '--img-size', '8',
+                          '--mean', '0.5', '--std', '0.5', '--ensemble-checkpoints', *paths])
+    assert code == 2
+    _error_line(capsys, 'different classes')
+
+
+def test_resume_of_an_older_checkpoint_in_its_own_folder_is_refused(out, small_digits_dir, capsys):
+    before = snapshot(out / 'cut')
+    code = train.main(_run_argv('cut_mixmo', small_digits_dir, out, 'cut', '--epochs', '2',
+                                '--resume', out / 'cut' / 'checkpoint-0.pth.tar'))
+    assert code == 2
+    _error_line(capsys, 'epoch 0', 'epoch 1', '--experiment')
+    assert snapshot(out / 'cut') == before
+
+
+def test_resume_in_a_new_folder_continues_a_copy_of_the_run(out, small_digits_dir):
+    before = snapshot(out / 'cut')
+    assert train.main(_run_argv('cut_mixmo', small_digits_dir, out, 'fork', '--epochs', '2',
+                                '--resume', out / 'cut' / 'checkpoint-0.pth.tar')) == 0
+    assert snapshot(out / 'cut') == before
+    rows = _summary(out / 'fork')
+    assert [row['epoch'] for row in rows] == ['0', '1'] and rows[0] == _summary(out / 'cut')[0]
+
+
+def test_resume_with_the_runs_config_applies_and_prints_other_flags(out, small_digits_dir, capsys):
+    run = out / 'cut'
+    shutil.copy(run / 'checkpoint-0.pth.tar', run / 'last.pth.tar')  # as if stopped after epoch 0
+    os.remove(run / 'checkpoint-1.pth.tar')
+    argv = ['--config', str(run / 'args.yaml'), '--resume', str(run / 'last.pth.tar'), '--output', str(out),
+            '--experiment', 'cut', '--data-dir', str(small_digits_dir), '--hflip', '0']
+    assert train.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert 'Resumed with changed flags' in printed and '--hflip 0 (was 0.5)' in printed
+    assert yaml.safe_load(open(run / 'args.yaml'))['hflip'] == 0
+    assert [row['epoch'] for row in _summary(run)] == ['0', '1']
+
+
+def test_run_folder_inside_the_data_is_refused(small_digits_dir, tmp_path, capsys):
+    data = tmp_path / 'data'
+    shutil.copytree(small_digits_dir, data, symlinks=True)
+    assert train.main(_run_argv('cut_mixmo', data, data / 'train', 'run', '--epochs', '1')) == 2
+    _error_line(capsys, '--output', 'inside --data-dir')
+    assert not (data / 'train' / 'run').exists()
+
+
+def test_disk_full_writing_args_yaml_leaves_no_run_folder(small_digits_dir, tmp_path, monkeypatch, capsys):
+    _fail_replace_once(monkeypatch, 'args.yaml')
+    assert train.main(_run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'full', '--epochs', '1')) == 2
+    _error_line(capsys, 'args.yaml', 'No space left on device')
+    assert os.listdir(tmp_path / 'out') == []
+
+
+def _export_argv(run, folder):
+    return ['export', '--checkpoint', str(run / 'last.pth.tar'), '--args', str(run / 'args.yaml'), '--out',
+            str(folder)]
+
+
+def test_export_never_overwrites_an_earlier_export(runs, tmp_path, capsys):
+    folder = tmp_path / 'export'
+    assert hub.main(_export_argv(runs / 'cut', folder)) == 0
+    capsys.readouterr()
+    before = snapshot(folder)
+    assert hub.main(_export_argv(runs / 'cut', folder)) == 2
+    _error_line(capsys, 'already holds', 'model.safetensors')
+    assert snapshot(folder) == before
+
+
+def test_export_misuse_is_one_line_and_writes_nothing(runs, tmp_path, capsys, monkeypatch):
+    run = runs / 'cut'
+    config = yaml.safe_load(open(run / 'args.yaml'))
+    (tmp_path / 'other.yaml').write_text(yaml.safe_dump(dict(config, model='linear_mixmo')))
+    assert hub.main(['export', '--checkpoint', str(run / 'last.pth.tar'), '--out', str(tmp_path / 'x')]) == 2
+    _error_line(capsys, '--args')
+    assert hub.main(['export', '--checkpoint', str(run / 'last.pth.tar'), '--args', str(tmp_path / 'other.yaml'),
+                     '--out', str(tmp_path / 'x')]) == 2
+    _error_line(capsys, "'cut_mixmo'", "'linear_mixmo'")
+    monkeypatch.setattr(hub, 'save_pretrained', lambda *args, **kwargs: signal.raise_signal(signal.SIGINT))
+    assert hub.main(_export_argv(run, tmp_path / 'x')) == 130
+    _error_line(capsys, 'interrupted')
+    assert sorted(os.listdir(tmp_path)) == ['other.yaml']
+
+
+@pytest.mark.parametrize('case', ['layers-without-data', 'other-kind', 'sigint'])
+def test_analysis_refusals_and_interruption_write_nothing(runs, tmp_path, monkeypatch, case, capsys):
+    run = runs / 'cut'
+    base = ['--config', str(run / 'args.yaml'), '--checkpoint', str(run / 'last.pth.tar'), '--out',
+            str(tmp_path / 'analysis')]
+    if case == 'sigint':
+        monkeypatch.setattr(analysis, 'active_filters', lambda *args: signal.raise_signal(signal.SIGINT))
+    argv, code, fragments = dict(
+        layers_without_data=([*base, '--layers', 'backbone.stages.0'], 2, ['--layers', '--data-dir']),
+        other_kind=([*base, '--model', 'linear_mixmo'], 2, ["'cut_mixmo'", "'linear_mixmo'"]),
+        sigint=(base, 130, ['interrupted']),
+    )[case.replace('-', '_')]
+    assert analysis.main(argv) == code
+    _error_line(capsys, *fragments)
+    assert not (tmp_path / 'analysis').exists()
