@@ -27,7 +27,6 @@ from torchvision.transforms.functional import to_tensor
 import timm_mimo  # noqa: F401
 from timm_mimo import analysis, hub
 from timm_mimo.cli import train, validate
-from timm_mimo.data import dataset_class_names, open_dataset
 
 MODEL = ['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
          '--num-classes', '10', '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std', '0.5']
@@ -816,6 +815,7 @@ def test_signal_stops_the_run_with_one_line_and_a_resumable_state(small_digits_d
 # ---- more cases on the paths above -----------------------------------------------------------------------------------
 
 def test_class_map_naming_every_class_orders_the_labels_by_it(small_digits_dir, tmp_path):
+    from timm_mimo.data import dataset_class_names, open_dataset
     class_map = tmp_path / 'classes.txt'
     class_map.write_text('\n'.join(reversed(CLASSES)) + '\n')  # label 0 is folder '9'
     dataset = open_dataset('', str(small_digits_dir), 'validation', class_map=str(class_map))

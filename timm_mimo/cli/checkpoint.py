@@ -60,7 +60,8 @@ def checkpoint_class_names(state: Any) -> Optional[List[str]]:
 
 
 def _base_name(name: str) -> str:
-    return name.split(':')[-1].split('.')[0]
+    """A registered model name without its pretrained tag (``resnet50.a1_in1k`` -> ``resnet50``)."""
+    return name.split('.')[0]
 
 
 def check_checkpoint_model(state: Any, path: str, model_name: Optional[str], model_kwargs: Dict[str, Any],
@@ -74,7 +75,8 @@ def check_checkpoint_model(state: Any, path: str, model_name: Optional[str], mod
     if not isinstance(state, dict):
         return
     arch = state.get('arch')
-    if isinstance(arch, str) and arch and model_name and _base_name(arch) != _base_name(model_name):
+    if isinstance(arch, str) and arch and model_name and ':' not in model_name and \
+            _base_name(arch) != _base_name(model_name):  # (a hf-hub: / local-dir: name says nothing to compare)
         raise CliError(f'{flag} {path!r} holds a {arch!r} model (its arch), not --model {model_name!r}: loading it '
                        f'would use its weights as another kind of model; give --model {arch} (or --config with the '
                        f"run's args.yaml)")

@@ -1363,6 +1363,9 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
         if task.mimo:
             print(f'{task.mixer}  {task.criterion}  input_repeat={task.input_repeat}  pixel_mix={task.pixel_mix}',
                   flush=True)
+        if plan[2] == 'new':
+            print(f'Continuing the run of {os.path.dirname(os.path.abspath(args.resume))} from epoch {start_epoch} '
+                  f'in a new run folder, {output_dir}', flush=True)
         if args.log_wandb:
             import wandb
             wandb.init(project=args.wandb_project, config=recorded_args(args), tags=args.wandb_tags,
