@@ -158,9 +158,28 @@ def test_cuda_device_refused_on_cpu(capsys):
     assert 'CUDA is not available' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('family', ['cnn', 'mixvit', 'loader'])
+@pytest.mark.parametrize('family', ['cnn', 'mixvit', 'loader', 'loop'])
 def test_family_subcommands_still_parse(family, capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark.main([family, '--help'])
     assert exit_info.value.code == 0
     assert f'benchmark.py {family}' in capsys.readouterr().out
+
+
+def test_loop_mode_measures_the_real_loop_of_both_sides(small_digits_dir, tmp_path, capsys):
+    """benchmark.py loop: the MIMO model and its backbone (architecture kwargs only) through the training command's
+    loader, workers and prefetcher, the isolated step beside it, and the ratios."""
+    results = tmp_path / 'loop.csv'
+    benchmark.main(['loop', '--model', 'cut_mixmo', '--batch-repeat', '2', '--steps', '2', '--warmup-steps', '1',
+                    '--rounds', '1', '--results-file', str(results), '--', *TINY, '--num-classes', '10',
+                    '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std', '0.5', '--crop-pad', '1',
+                    '--data-dir', str(small_digits_dir), '-b', '8', '--workers', '1', '--val-split', ''])
+    out = capsys.readouterr().out
+    assert 'ratio_loop_to_step' in out and 'best of 1 alternating rounds' in out
+    with open(results) as f:
+        rows = list(csv.DictReader(f))
+    assert [row['model'] for row in rows] == ['wrn28_2', 'cut_mixmo']
+    assert rows[0]['mimo'] == 'False' and rows[1]['mimo'] == 'True' and rows[1]['batch_repeat'] == '2'
+    for row in rows:
+        assert float(row['loop_samples_per_sec']) > 0 and float(row['step_samples_per_sec']) > 0
+    assert float(rows[1]['ratio_epoch_to_backbone']) > 0

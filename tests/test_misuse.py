@@ -773,18 +773,22 @@ def test_sigint_in_validate_is_one_line_and_writes_nothing(runs, tmp_path, monke
 
 SIGNAL_SCRIPT = '''
 import os, signal, sys
-import torch.utils.data.dataloader as dataloader
 from timm_mimo.cli import train
 how, argv = sys.argv[1], sys.argv[2:]
-if how == 'sigint-epoch-boundary':  # Ctrl-C while the first epoch's loader workers shut down
-    shutdown = dataloader._MultiProcessingDataLoaderIter._shutdown_workers
-    sent = []
-    def shutdown_after_ctrl_c(self):
-        if not sent:
-            sent.append(1)
+if how == 'sigint-epoch-boundary':
+    # Ctrl-C while a destructor runs at the end of the first epoch (as when a data loader iterator shuts its workers
+    # down): Python cannot raise there, it prints "Exception ignored" and goes on
+    run_epoch = train.Run.train_one_epoch
+    class Finalizer:
+        def __del__(self):
             signal.raise_signal(signal.SIGINT)
-        shutdown(self)
-    dataloader._MultiProcessingDataLoaderIter._shutdown_workers = shutdown_after_ctrl_c
+    def epoch_then_ctrl_c(self, epoch, loader):
+        metrics = run_epoch(self, epoch, loader)
+        if epoch == 0:
+            finalizer = Finalizer()
+            del finalizer
+        return metrics
+    train.Run.train_one_epoch = epoch_then_ctrl_c
 else:  # SIGTERM (a job scheduler) in the middle of the second epoch
     run_epoch = train.Run.train_one_epoch
     def terminated_in_epoch_1(self, epoch, loader):

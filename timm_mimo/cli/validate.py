@@ -63,6 +63,7 @@ from timm_mimo.cli.checkpoint import (
     checkpoint_weights,
     read_checkpoint,
 )
+from timm_mimo.cli.data_path import device_batches, pin_memory
 from timm_mimo.cli.evaluate import metric_columns
 from timm_mimo.cli.run_folder import (
     Interrupted,
@@ -375,9 +376,12 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     check_model_input(model, args, data_config['input_size'], 'the ensemble' if args.ensemble_checkpoints else None)
     try:
         transform = create_image_transform(data_config, False, args.crop_pad)
+        # the main loader hands uint8 images to the device prefetcher, which normalises them there
+        loader_transform = transform if args.no_prefetcher else create_image_transform(
+            data_config, False, args.crop_pad, normalize=False)
     except (ValueError, TypeError) as exc:
         raise CliError(f'cannot build the image transform: {one_line(exc)}') from None
-    dataset = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, transform,
+    dataset = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, loader_transform,
                            args.class_map, args.class_map_partial, **reader_kwargs(args))
     where = f'split {args.split!r} of {args.data_dir!r}'
     apply_class_names(dataset, class_names, where)
@@ -399,8 +403,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
             check_corruptible(clean_set)
     except ValueError as exc:  # DataError is a ValueError
         raise CliError(one_line(exc)) from None
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                        pin_memory=args.pin_mem)
+    loader = device_batches(DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                                       pin_memory=pin_memory(args, device)), args, data_config, device)
     eval_model = model
     if args.torchcompile:
         eval_model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
