@@ -21,6 +21,7 @@ The earlier family tables are still there::
     python benchmark.py loop --model cut_mixmo_wrn28_2 --batch-repeat 2 -- --data-dir DIR --crop-pad 4 -b 128
                                  # the real training loop (loader, workers, plans, prefetcher) vs the isolated step,
                                  # MIMO model and backbone side by side
+    python benchmark.py ops      # ATen ops (GPU kernel launches) a MIMO train step adds to its backbone's; host reads
 """
 import argparse
 import importlib
@@ -32,6 +33,7 @@ FAMILIES = {
     'mixvit': 'benchmarks.mixvit',
     'loader': 'benchmarks.loader',
     'loop': 'benchmarks.loop',
+    'ops': 'benchmarks.ops',
 }
 
 

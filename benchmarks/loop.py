@@ -74,7 +74,7 @@ def _build(argv: Sequence[str]) -> Dict[str, Any]:
     data_config = resolve_data_config(vars(args), model=model, verbose=False)
     num_partners = args.batch_size if task.pixel_mix is not None else 0
     data = train.open_train_data(args, data_config, num_partners)
-    optimizer = train.create_optimizer(args, model)
+    optimizer = train.create_optimizer(args, model, device)
     scheduler, num_epochs = train.create_scheduler(args, optimizer, data.sampler.steps_per_epoch)
     loader = train.create_train_loader(args, data, task, num_epochs, device, data_config)
     if args.torchcompile:

@@ -12,6 +12,8 @@ against its backbone and the cost targets. What is measured:
   ``(B, C, H, W)`` batch, cross-entropy, backward, the same optimizer; same B on both sides; ``--torchcompile``
   compiles the whole step of both (``MimoTask.compile``);
 * throughput: alternating timed rounds of the two models (``interleaved_throughput``), best round of each;
+* plan sampling (MIMO): median CPU time to draw one shard's plan (``plan_sample_ms``), the work a loader worker does
+  per step, and its share of the train step (``ratio_plan_to_step``);
 * FLOPs: ``torch.utils.flop_counter`` on one image (``infer_gmacs`` = FLOPs / 2, timm's MAC convention);
 * peak memory: the peak bytes of live tensors (parameters, buffers, gradients, optimizer state, activations,
   temporaries) during one warm inference call / train step of the eager model (also under ``--torchcompile``),
@@ -302,6 +304,19 @@ def _inference_peak_memory_mb(model: nn.Module, x: torch.Tensor, setup: _Setup) 
     return peak_memory_mb(_inference_call(model, x, setup), model)
 
 
+def plan_sample_ms(model: nn.Module, batch_size: int, image_size: Sequence[int], samples: int = 20) -> float:
+    """Median CPU milliseconds to draw one shard's plan (pairs, masks, κ): the work a loader worker does per step."""
+    import statistics
+    import time
+    sampler = MimoTask.from_model(model, seed=0, verbose=False).plan_sampler(tuple(image_size))
+    times = []
+    for step in range(samples):
+        start = time.perf_counter()
+        sampler.sample(batch_size, 150, step, samples, 300)
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
 def explain_train_forward(model: nn.Module, batch_size: int = 2) -> Dict[str, Any]:
     """Graphs and graph breaks of the whole MIMO training step given its plan (pairing gather, mixed forward, member
     loss: what ``--torchcompile`` compiles, ``MimoTask._step``) under ``torch._dynamo.explain``.
@@ -378,6 +393,10 @@ def benchmark_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]
     if is_mimo(model):
         rows['model']['num_members'] = model.num_members
         rows['model']['backbone'] = names['backbone']
+        if args.bench in ('both', 'train'):
+            plan_ms = plan_sample_ms(model, batch, size[-2:])
+            rows['model']['plan_sample_ms'] = round(plan_ms, 3)
+            rows['model']['ratio_plan_to_step'] = round(plan_ms / rows['model']['train_step_time'], 4)
     if backbone is not None:
         _add_ratios(rows['model'], rows['backbone'], cost_targets(model))
     if args.explain and is_mimo(model):

@@ -330,3 +330,27 @@ def test_whole_training_step_compiles_as_one_graph(name, kwargs, size):
     kinds = {plan.mix.binary for plan in plans} if task.mimo else {None}
     assert counters['stats']['unique_graphs'] <= len(kinds) + 1
     torch._dynamo.reset()
+
+
+def test_float16_amp_on_cuda_takes_a_fused_optimizer(tmp_path):
+    """GradScaler reads the inf / NaN flag back to the host every step unless the optimizer is fused: float16 AMP on
+    CUDA picks torch's fused SGD / Adam / AdamW (same update); bfloat16, the CPU, other optimizers or an explicit
+    --opt-kwargs keep timm's optimizer as it is."""
+    model = torch.nn.Linear(3, 2)
+    cuda, cpu = torch.device('cuda'), torch.device('cpu')
+
+    def fused(*argv, device=cuda):
+        args = train.parse_args(['--model', 'resnet18', *argv])
+        return train.fused_for_amp(args, device)
+
+    assert fused('--amp', '--amp-dtype', 'float16')
+    assert fused('--amp', '--amp-dtype', 'float16', '--opt', 'adamw')
+    assert not fused('--amp', '--amp-dtype', 'bfloat16')
+    assert not fused('--amp', '--amp-dtype', 'float16', device=cpu)
+    assert not fused('--amp', '--amp-dtype', 'float16', '--opt', 'lamb')
+    assert not fused('--amp', '--amp-dtype', 'float16', '--opt-kwargs', 'foreach=True')
+    assert not fused()
+    args = train.parse_args(['--model', 'resnet18', '--amp', '--amp-dtype', 'float16', '--lr', '0.1'])
+    optimizer = train.create_optimizer(args, model, cuda)  # the parameters stay on the CPU: fused SGD runs there too
+    assert optimizer.defaults['fused'] is True and optimizer.defaults['nesterov'] is True
+    assert not train.create_optimizer(args, model, cpu).defaults.get('fused')
