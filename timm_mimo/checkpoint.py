@@ -15,7 +15,7 @@ import torch
 import yaml
 
 __all__ = ['SAFE_CHECKPOINT_GLOBALS', 'allow_train_args', 'load_checkpoint_file', 'checkpoint_train_args',
-           'run_train_args']
+           'run_train_args', 'unpickling_reason']
 
 SAFE_CHECKPOINT_GLOBALS = (argparse.Namespace,)  # what a timm train.py checkpoint holds besides tensors and builtins
 
@@ -32,6 +32,16 @@ def load_checkpoint_file(path: str) -> Any:
     """``torch.load(path, map_location='cpu', weights_only=True)`` that also reads timm train.py checkpoints."""
     with allow_train_args():
         return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def unpickling_reason(exc: BaseException) -> str:
+    """The sentence of torch's ``weights_only`` refusal that names what was refused (its message is many lines)."""
+    text = ' '.join(str(exc).replace('\x1b[1m', '').replace('\x1b[0m', '').split())
+    marker = 'WeightsUnpickler error:'
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    end = text.find('. ')
+    return text if end < 0 else text[:end + 1]
 
 
 def checkpoint_train_args(state: Any) -> Dict[str, Any]:

@@ -22,7 +22,6 @@ scripts with the timm_mimo models registered)::
     python -m timm_mimo configs
     python -m timm_mimo run validate.py --model cut_mixmo_wrn28_10 ...
 """
-import argparse
 import contextlib
 import json
 import os
@@ -497,8 +496,12 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike],
     save_directory = Path(save_directory)
     args = dict(runtime_model_args(model), **model_args)
     record = calibration_record(model, (model_card_kwargs or {}).get('results'))
-    save_for_hf(model, str(save_directory), model_args=args or None, safe_serialization=True,
-                model_config=dict(calibration=record) if record else None, data_config=data_config or None)
+    label_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')  # the classes, timm's key
+    model_config = dict(label_names=label_names) if label_names else {}
+    if record:
+        model_config['calibration'] = record
+    save_for_hf(model, str(save_directory), model_config=model_config or None, model_args=args or None,
+                safe_serialization=True, data_config=data_config or None)
     model_card(model, **(model_card_kwargs or {})).save(save_directory / 'README.md')
     return save_directory
 
@@ -587,29 +590,19 @@ def model_from_train_args(train_args: Dict[str, Any]) -> nn.Module:
     return create_model(train_args['model'], pretrained=False, **train_model_kwargs(train_args))
 
 
-def unpickling_reason(exc: BaseException) -> str:
-    """The sentence of torch's ``weights_only`` refusal that names what was refused (its message is many lines)."""
-    text = ' '.join(str(exc).replace('\x1b[1m', '').replace('\x1b[0m', '').split())
-    marker = 'WeightsUnpickler error:'
-    if marker in text:
-        text = text.split(marker, 1)[1].strip()
-    end = text.find('. ')
-    return text if end < 0 else text[:end + 1]
-
-
 def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """A training checkpoint (timm_mimo's or timm's train.py) read with ``weights_only``; one-line errors."""
     import pickle
 
-    from timm_mimo.checkpoint import load_checkpoint_file
+    from timm_mimo.checkpoint import load_checkpoint_file, unpickling_reason
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {str(path)!r} does not exist')
     try:
         state = load_checkpoint_file(str(path))
     except pickle.UnpicklingError as exc:
-        raise ValueError(f'checkpoint {str(path)!r} holds objects other than tensors and plain values, refused by '
-                         f'torch.load(weights_only=True): {unpickling_reason(exc)}') from None
+        raise ValueError(f'checkpoint {str(path)!r} holds objects other than tensors and plain values '
+                         f'(torch.load(weights_only=True) refused to unpickle it: {unpickling_reason(exc)})') from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise ValueError(f'checkpoint {str(path)!r} cannot be read as a torch checkpoint '
                          f'({type(exc).__name__}: {" ".join(str(exc).split())})') from None
@@ -632,7 +625,7 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Optional[
         checkpoint: ``model_best.pth.tar`` / ``last.pth.tar`` / ``checkpoint-<epoch>.pth.tar`` of a run.
         train_args: The run's ``args.yaml``; ``None``: the ``args.yaml`` beside the checkpoint, else the arguments
             stored in it.
-        out: Folder to write; it must not exist or be empty (written in a temporary folder, then renamed).
+        out: Folder to write (new, or without an earlier export; written in a temporary folder, then moved).
         use_ema: Export the EMA weights (refused when the checkpoint has none).
         results: ``validate.py --results-file`` JSON for the card's metrics (and the temperature).
         repo_id: Hub repository the folder is meant for (shown in the card's usage line).
@@ -641,9 +634,6 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Optional[
     """
     from timm_mimo.calibration import set_temperature
     from timm_mimo.checkpoint import run_train_args
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f'--out {str(out)!r} exists and is not an empty folder; export to a new folder')
     args = _read_mapping(train_args, 'train args') if train_args else None
     metrics = _read_mapping(results, 'results file') if results else None
     state = read_checkpoint(checkpoint)
@@ -658,14 +648,24 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Optional[
     if key not in state:
         hint = ' (the run had no --model-ema; export without --use-ema)' if use_ema else ''
         raise ValueError(f'checkpoint {str(checkpoint)!r} has no {key!r}{hint}; found {sorted(state)}')
+    source = repr(str(train_args)) if train_args else "the run's arguments"
+    arch = state.get('arch')
+    if isinstance(arch, str) and arch and args.get('model') and arch.split('.')[0] != str(args['model']).split('.')[0]:
+        raise ValueError(f'checkpoint {str(checkpoint)!r} holds a {arch!r} model (its arch) but {source} builds '
+                         f'{args["model"]!r}: give the args.yaml of the checkpoint\'s run')
     model = model_from_train_args(args)
     state_dict = {k.removeprefix('module.'): v for k, v in state[key].items()}
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        source = f'from {str(train_args)!r}' if train_args else 'from the run\'s arguments'
-        raise ValueError(f'checkpoint {str(checkpoint)!r} does not fit {args["model"]!r} built {source}: '
+        raise ValueError(f'checkpoint {str(checkpoint)!r} does not fit {args["model"]!r} built from {source}: '
                          f'{" ".join(str(exc).split())[:400]}') from None
+    class_names = state.get('class_names') or args.get('class_names')
+    if class_names:  # timm's label_names: a list by output index, or {index: name} when some outputs have none
+        names = [None if name is None else str(name) for name in class_names]
+        label_names = tuple(names) if len(names) == model.num_classes and None not in names else \
+            {index: name for index, name in enumerate(names) if name is not None}
+        model.pretrained_cfg = dict(model.pretrained_cfg, label_names=label_names)
     if metrics and metrics.get('temperature') is not None:
         try:
             set_temperature(model, metrics['temperature'])
@@ -675,13 +675,32 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Optional[
     data_config = {k: args[k] for k in ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation')
                    if args.get(k) not in (None, '', [])}
     card = dict(train_args=args, results=metrics, repo_id=repo_id, install=install, dataset=dataset)
+    return _write_folder(Path(out), lambda folder: save_pretrained(model.eval(), folder, model_card_kwargs=card,
+                                                                    data_config=data_config))
+
+
+EXPORT_FILES = (WEIGHTS_FILE, 'config.json', 'README.md')
+
+
+def _write_folder(out: Path, write: Any) -> Path:
+    """``write(folder)`` into a temporary folder beside ``out``, then moved into place: the export is complete or
+    absent. A folder that already holds an export's files is refused (nothing is overwritten)."""
+    taken = [name for name in EXPORT_FILES if (out / name).exists()]
+    if taken:
+        raise ValueError(f'--out {str(out)!r} already holds {", ".join(taken)} (an earlier export?): nothing is '
+                         'overwritten; pick a new --out, or remove those files first')
+    if out.exists() and not out.is_dir():
+        raise ValueError(f'--out {str(out)!r} is a file; give a folder name')
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.')
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent))
     try:
-        save_pretrained(model.eval(), tmp, model_card_kwargs=card, data_config=data_config)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        write(tmp)
+        if not out.exists():
+            os.rename(tmp, out)
+        else:
+            for item in tmp.iterdir():
+                os.replace(item, out / item.name)
+            tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -689,21 +708,24 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Optional[
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m timm_mimo export | configs | run ...``: one-line errors, exit code 2."""
+    """``python -m timm_mimo export | configs | run ...``: one-line errors, exit code 2; SIGINT / SIGTERM during an
+    export end with one line and status 130 / 143, nothing written."""
+    from timm_mimo.cli.args import ArgumentParser, CliError
+    from timm_mimo.cli.run_folder import Interrupted, SignalGuard
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == 'run':  # the script's own flags (and --help) pass through untouched
         from timm_mimo.cli.timm_scripts import run_script_command
         return run_script_command(argv[1:])
-    parser = argparse.ArgumentParser(prog='python -m timm_mimo',
-                                     description='timm_mimo commands: export a run to a Hub folder, list the shipped '
-                                                 "recipes, run timm's own scripts on timm_mimo models")
+    parser = ArgumentParser(prog='python -m timm_mimo',
+                            description='timm_mimo commands: export a run to a Hub folder, list the shipped recipes, '
+                                        "run timm's own scripts on timm_mimo models")
     commands = parser.add_subparsers(dest='command', required=True)
     export = commands.add_parser('export', help='a train.py checkpoint to a Hub folder (safetensors, config, card)')
     export.add_argument('--checkpoint', required=True, help="checkpoint written by timm_mimo's or timm's train.py")
     export.add_argument('--args', default=None,
                         help="the run's args.yaml (default: the args.yaml beside the checkpoint, else the arguments "
                              'stored in it)')
-    export.add_argument('--out', required=True, help='folder to write (new or empty)')
+    export.add_argument('--out', required=True, help='folder to write (new, or without an earlier export)')
     export.add_argument('--use-ema', action='store_true', help='export the EMA weights')
     export.add_argument('--results', default=None,
                         help='validate.py results JSON for the card; its temperature (--fit-temperature) is applied')
@@ -715,18 +737,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands.add_parser('configs', help='list the shipped training recipes (use one as --config NAME)')
     commands.add_parser('run', help="run a script of timm's (train.py, validate.py, benchmark.py ...) with the "
                                     'timm_mimo models registered: python -m timm_mimo run SCRIPT [ARGS ...]')
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except CliError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
     if args.command == 'configs':
         from timm_mimo.recipes import CONFIG_DIR, list_configs
         print(f'# {CONFIG_DIR}')
         print('\n'.join(list_configs()))
         return 0
-    try:
-        folder = export_checkpoint(args.checkpoint, args.args, args.out, use_ema=args.use_ema, results=args.results,
-                                   repo_id=args.repo_id, install=args.install, dataset=args.dataset_name)
-    except (OSError, ValueError, RuntimeError, TypeError) as exc:
-        print(f'error: {" ".join(str(exc).split())}', file=sys.stderr)
-        return 2
+    with SignalGuard():
+        try:
+            folder = export_checkpoint(args.checkpoint, args.args, args.out, use_ema=args.use_ema,
+                                       results=args.results, repo_id=args.repo_id, install=args.install,
+                                       dataset=args.dataset_name)
+        except (OSError, ValueError, RuntimeError, TypeError) as exc:
+            print(f'error: {" ".join(str(exc).split())}', file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, Interrupted) as exc:
+            name = exc.name if isinstance(exc, Interrupted) else 'SIGINT'
+            print(f'error: interrupted ({name}); nothing was exported', file=sys.stderr)
+            return exc.exit_code if isinstance(exc, Interrupted) else 130
     print(f'wrote {folder} (model.safetensors, config.json, README.md); load it with '
           f"timm.create_model('local-dir:{folder}', pretrained=True) after import timm_mimo")
     return 0
