@@ -943,7 +943,11 @@ def test_export_misuse_is_one_line_and_writes_nothing(runs, tmp_path, capsys, mo
     run = runs / 'cut'
     config = yaml.safe_load(open(run / 'args.yaml'))
     (tmp_path / 'other.yaml').write_text(yaml.safe_dump(dict(config, model='linear_mixmo')))
-    assert hub.main(['export', '--checkpoint', str(run / 'last.pth.tar'), '--out', str(tmp_path / 'x')]) == 2
+    (tmp_path / 'bare').mkdir()  # a state dict with neither an args.yaml beside it nor run arguments in it
+    torch.save(dict(state_dict=torch.load(run / 'last.pth.tar', weights_only=True)['state_dict']),
+               tmp_path / 'bare' / 'weights.pth')
+    assert hub.main(['export', '--checkpoint', str(tmp_path / 'bare' / 'weights.pth'), '--out',
+                     str(tmp_path / 'x')]) == 2
     _error_line(capsys, '--args')
     assert hub.main(['export', '--checkpoint', str(run / 'last.pth.tar'), '--args', str(tmp_path / 'other.yaml'),
                      '--out', str(tmp_path / 'x')]) == 2
@@ -951,7 +955,7 @@ def test_export_misuse_is_one_line_and_writes_nothing(runs, tmp_path, capsys, mo
     monkeypatch.setattr(hub, 'save_pretrained', lambda *args, **kwargs: signal.raise_signal(signal.SIGINT))
     assert hub.main(_export_argv(run, tmp_path / 'x')) == 130
     _error_line(capsys, 'interrupted')
-    assert sorted(os.listdir(tmp_path)) == ['other.yaml']
+    assert sorted(os.listdir(tmp_path)) == ['bare', 'other.yaml']
 
 
 @pytest.mark.parametrize('case', ['layers-without-data', 'other-kind', 'sigint'])

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 import timm_mimo  # noqa: F401  (registers the MIMO models)
 from timm_mimo.analysis import sharing_rates
 from timm_mimo.calibration import get_temperature, temperature_columns, temperature_heads
+from timm_mimo.checkpoint import run_train_args
 from timm_mimo.cli.args import (
     MODEL_CHECKS,
     ArgumentParser,
@@ -83,7 +84,6 @@ from timm_mimo.evaluation import (
     MIN_CORRUPTION_SIZE,
     SEVERITIES,
     CheckpointEnsemble,
-    _run_config,
     corruption_metrics,
     known_corruptions,
     model_from_checkpoint,
@@ -565,7 +565,7 @@ def create_ensemble(paths: Sequence[str], use_ema: bool
                            f'{one_line(exc, 200)})') from None
         if use_ema:  # an error, not the plain weights, when it has no EMA
             load_weights(network, path, use_ema=True, state=state, flag='--ensemble-checkpoints')
-        config = _run_config(path)
+        config = run_train_args(path, state)  # the args.yaml beside it, else the arguments it stores
         run_names = checkpoint_class_names(state) or config.get('class_names')
         if config.get('input_size'):
             size = config['input_size'][1:]
