@@ -109,6 +109,28 @@ def test_apply_pixel_mix_swaps_when_the_visible_share_is_below_half():
     assert mixed_y[0, 1].tolist() == [0.0, 1.0, 0.0]  # right column: kept 0 of 2 -> λ' = 0 -> swap -> 1
 
 
+def test_pixel_mix_keeps_the_mixmo_correction_by_default_and_drops_it_on_request():
+    """Decision: every model (MixViT too) gets MixMo's λ' and swap by default; ``mixmo_correction=False`` is the
+    DeiT-style label, λ = the kept share of the whole image, never swapped."""
+    assert PixelMix(cutmix_alpha=1.0).mixmo_correction
+    xs = torch.ones(1, 2, 1, 2, 2)
+    partner_x = torch.full((1, 2, 1, 2, 2), 5.0)
+    targets = soft_targets(torch.tensor([[0, 1]]), 3)
+    partner_y = soft_targets(torch.tensor([[2, 2]]), 3)
+    keep = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]]])  # shares 3/4 and 1/4
+    member_masks = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]]])
+    mixed_x, mixed_y = apply_pixel_mix(xs, targets, partner_x, partner_y, keep, member_masks, correction=False)
+    assert mixed_x[0, 1, 0].tolist() == [[1.0, 5.0], [5.0, 5.0]]  # not swapped although its share is 1/4
+    assert mixed_y.tolist() == [[[0.75, 0.0, 0.25], [0.0, 0.25, 0.75]]]  # whole-image shares, MixMo masks ignored
+    plan = MixPlan.from_masks(member_masks)
+    mixer = PixelMix(cutmix_alpha=1.0, prob=1.0, mixmo_correction=False)
+    generator = torch.Generator().manual_seed(0)
+    partners = torch.full((4, 1, 2, 2), 5.0)
+    mixed_x, mixed_y = mixer(xs, targets, plan, partners, soft_targets(torch.tensor([2, 2, 2, 2]), 3), generator)
+    own_share = (mixed_x == 1.0).float().mean(dim=(2, 3, 4))
+    torch.testing.assert_close(mixed_y[..., 2], 1.0 - own_share)  # λ = kept share of the whole image
+
+
 def test_pixel_mix_outputs_are_consistent_mixtures():
     generator = torch.Generator().manual_seed(0)
     xs = torch.rand(6, 2, 1, 8, 8)

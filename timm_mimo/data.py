@@ -205,13 +205,22 @@ class PixelMix:
     MixViT openreview.net/forum?id=pOq1HuMI8Dz App. H): a CutMix box of area ``1 - λ_cut`` (λ_cut ~ Beta(α_cut, α_cut))
     inside which the original keeps the continuous Mixup weight λ_mix ~ Beta(α_mix, α_mix); outside the box it keeps 1.
 
+    Decision: MixViT keeps the λ' correction and the swap (``mixmo_correction=True`` for every model): the MixViT code
+    base "built upon the public official implementation of MixMo" (thesis App. A.1.5), whose pixel MSDA applies both,
+    and the MixViT papers describe the pixel mixing only as CutMix and MixUp "applied simultaneously".
+    ``mixmo_correction=False`` gives the plain DeiT-style label instead: λ = the original image's share of the whole
+    picture, no swap.
+
     Args:
         cutmix_alpha: α of the CutMix box ratio; 0 disables CutMix.
         mixup_alpha: α of the Mixup ratio; 0 disables Mixup.
         prob: Probability that one member input is mixed.
+        mixmo_correction: λ' measured inside the member's MixMo region and the λ' < 0.5 swap (thesis App. A.1.3.1);
+            ``False``: λ = mean of the keep mask over the whole image, never swapped.
     """
 
-    def __init__(self, cutmix_alpha: float = 0.0, mixup_alpha: float = 0.0, prob: float = 0.5):
+    def __init__(self, cutmix_alpha: float = 0.0, mixup_alpha: float = 0.0, prob: float = 0.5,
+                 mixmo_correction: bool = True):
         if cutmix_alpha < 0 or mixup_alpha < 0 or (cutmix_alpha <= 0 and mixup_alpha <= 0):
             raise ValueError(f'PixelMix needs cutmix_alpha > 0 or mixup_alpha > 0 (none negative), got '
                              f'{cutmix_alpha} and {mixup_alpha}')
@@ -220,10 +229,11 @@ class PixelMix:
         self.cutmix_alpha = cutmix_alpha
         self.mixup_alpha = mixup_alpha
         self.prob = prob
+        self.mixmo_correction = mixmo_correction
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(cutmix_alpha={self.cutmix_alpha}, mixup_alpha={self.mixup_alpha}, '
-                f'prob={self.prob})')
+                f'prob={self.prob}, mixmo_correction={self.mixmo_correction})')
 
     def sample_keep_masks(self, shape: Tuple[int, int], size: Tuple[int, int],
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -270,11 +280,13 @@ class PixelMix:
         picked_x = partner_x[pick].view_as(xs)
         picked_y = partner_y[pick].view_as(targets)
         keep = self.sample_keep_masks((batch_size, num_members), size, generator).to(xs.device)
-        return apply_pixel_mix(xs, targets, picked_x, picked_y, keep, plan.upsample(size).to(xs.device))
+        return apply_pixel_mix(xs, targets, picked_x, picked_y, keep, plan.upsample(size).to(xs.device),
+                               correction=self.mixmo_correction)
 
 
 def apply_pixel_mix(xs: torch.Tensor, targets: torch.Tensor, partner_x: torch.Tensor, partner_y: torch.Tensor,
-                    keep: torch.Tensor, member_masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                    keep: torch.Tensor, member_masks: torch.Tensor,
+                    correction: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mix member inputs with partners under the λ correction and swap of thesis App. A.1.3.1.
 
     Args:
@@ -282,14 +294,19 @@ def apply_pixel_mix(xs: torch.Tensor, targets: torch.Tensor, partner_x: torch.Te
         targets, partner_y: ``(B, M, K)`` soft targets.
         keep: ``(B, M, H, W)`` pixel masks ``1_m`` (1 where the member's own image stays).
         member_masks: ``(B, M, H, W)`` MixMo masks ``1_M`` at pixel resolution (``plan.upsample``).
+        correction: ``False``: no correction and no swap, λ = ``mean(1_m)`` over the whole image (DeiT's label).
 
     Returns:
-        ``(B, M, C, H, W)`` mixed inputs and ``(B, M, K)`` targets ``λ' y + (1 - λ') y_partner`` with λ' >= 0.5.
+        ``(B, M, C, H, W)`` mixed inputs and ``(B, M, K)`` targets ``λ' y + (1 - λ') y_partner`` (λ' >= 0.5 with
+        the correction).
     """
-    lam = corrected_mix_ratio(keep, member_masks)  # thesis App. A.1.3.1: λ' = Σ(1_m ⊙ 1_M) / Σ 1_M
-    swap = lam < 0.5  # thesis App. A.1.3.1: swap so that the batch-repeated image stays predominant
-    keep = torch.where(swap[:, :, None, None], 1.0 - keep, keep)
-    lam = torch.where(swap, 1.0 - lam, lam)
+    if correction:
+        lam = corrected_mix_ratio(keep, member_masks)  # thesis App. A.1.3.1: λ' = Σ(1_m ⊙ 1_M) / Σ 1_M
+        swap = lam < 0.5  # thesis App. A.1.3.1: swap so that the batch-repeated image stays predominant
+        keep = torch.where(swap[:, :, None, None], 1.0 - keep, keep)
+        lam = torch.where(swap, 1.0 - lam, lam)
+    else:
+        lam = keep.mean(dim=(2, 3))
     keep = keep.unsqueeze(2).to(xs.dtype)
     mixed_x = keep * xs + (1.0 - keep) * partner_x
     mixed_y = lam.unsqueeze(-1) * targets + (1.0 - lam.unsqueeze(-1)) * partner_y

@@ -254,10 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help='absolute learning rate; when set, --lr-base is ignored (default: none); the configs give '
                             'the papers\' rate, (0.1 / b)·(bs / 128) for MixMo')
     group.add_argument('--lr-base', type=float, default=0.1, metavar='LR',
-                       help='reference rate used when --lr is unset, scaled by global batch / --lr-base-size '
-                            '(default: 0.1)')
+                       help='reference rate used when --lr is unset, scaled by the unique images per step (global '
+                            'batch / --batch-repeat) over --lr-base-size (default: 0.1)')
     group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV',
-                       help='batch size at which --lr-base applies unscaled (default: 256)')
+                       help='unique images per step at which --lr-base applies unscaled (default: 256)')
     group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
                        help='how --lr-base scales with the batch: linear or sqrt (default: chosen by the optimizer)')
     group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='FRAC',
@@ -557,11 +557,17 @@ def load_initial_checkpoint(model: nn.Module, path: str) -> None:
 
 
 def resolve_lr(args: argparse.Namespace) -> None:
-    """timm's rule when ``--lr`` is unset: ``lr_base`` scaled by global batch / ``lr_base_size`` (linear or sqrt)."""
+    """timm's rule when ``--lr`` is unset: ``lr_base`` scaled (linear or sqrt) by the batch over ``lr_base_size``.
+
+    Decision: the batch counted is the number of UNIQUE images per optimizer step, ``G / b`` (global batch over
+    ``--batch-repeat``; timm's global batch when b = 1). Both papers' rules count it so: MixMo's ``(0.1 / b) ·
+    (bs / 128)`` (thesis, HAL tel-03952815, App. A.1.3.1) is ``0.1 · (bs / b) / 128``, and MixViT's ``√(b / B)``
+    (thesis App. A.1.5) keeps the 0.001 rate at base batch B = 128 with 3 batch augmentations (384 images a step).
+    """
     if args.lr is not None:
         return
     global_batch = args.batch_size * args.world_size * args.grad_accum_steps
-    ratio = global_batch / args.lr_base_size
+    ratio = global_batch / args.batch_repeat / args.lr_base_size
     scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
     if scale not in ('linear', 'sqrt'):
         raise CliError(f"--lr-base-scale {args.lr_base_scale!r}: must be 'linear', 'sqrt' or ''")
