@@ -8,6 +8,7 @@ from PIL import Image
 from timm_mimo.data import (
     BatchRepeatSampler,
     PixelMix,
+    SimultaneousMixup,
     apply_pixel_mix,
     cifar_transform,
     corrected_mix_ratio,
@@ -182,3 +183,29 @@ def test_transforms_pad_gray_fashion_mnist_to_32_and_3_channels():
     assert gray.shape == (1, 32, 32)
     assert gray[0, 0, 0].item() == pytest.approx((0.0 - 0.4) / 0.5)  # padding, normalised with the mean mean
     assert gray[0, 16, 16].item() == pytest.approx((1.0 - 0.4) / 0.5)
+
+
+def test_simultaneous_mixup_fills_a_cutmix_box_with_a_mixup_blend():
+    """MixViT's pixel MSDA for single-input models (thesis App. A.1.5): outside the box the image is its own, inside
+    it is ``λ_mix x + (1 - λ_mix) x_partner``; the label weight is the kept share of the whole image."""
+    import numpy as np
+    mixup = SimultaneousMixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, label_smoothing=0.0, num_classes=3)
+    seen_blend = False
+    for seed in range(20):
+        np.random.seed(seed)  # noqa: NPY002  (timm's Mixup draws from numpy's global generator)
+        x = torch.cat([torch.zeros(1, 1, 16, 16), torch.full((1, 1, 16, 16), 10.0)])
+        mixed, target = mixup(x.clone(), torch.tensor([0, 1]))
+        partner_share = mixed[0, 0] / 10.0  # image 0 is 0 everywhere, its partner (image 1) 10
+        inside = partner_share > 0
+        assert torch.allclose(mixed[1, 0], 10.0 * (1.0 - partner_share))  # the same mask seen from image 1
+        if inside.any():  # one partner weight, 1 - λ_mix, over one rectangle
+            weights = partner_share[inside].unique()
+            assert weights.numel() == 1 and 0 < weights.item() <= 1
+            rows, cols = inside.nonzero(as_tuple=True)
+            assert inside[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+            seen_blend |= bool(weights.item() < 1 and inside.float().mean() < 1)
+        lam = 1.0 - partner_share.mean().item()
+        torch.testing.assert_close(target, torch.tensor([[lam, 1 - lam, 0.0], [1 - lam, lam, 0.0]]))
+    assert seen_blend  # a box that is neither empty nor the whole image, blended rather than pasted
+    with pytest.raises(ValueError, match='both alphas'):
+        SimultaneousMixup(mixup_alpha=0.0, cutmix_alpha=1.0)

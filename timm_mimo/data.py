@@ -20,10 +20,12 @@ Global-batch semantics (README "Distributed"):
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.data import auto_augment_transform, create_dataset, create_transform, rand_augment_transform
+from timm.data import Mixup, auto_augment_transform, create_dataset, create_transform, rand_augment_transform
+from timm.data.mixup import cutmix_bbox_and_lam
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
@@ -32,7 +34,7 @@ from timm_mimo.mixing import MixPlan, random_cutmix_masks, sample_mixing_ratios
 
 __all__ = [
     'BatchRepeatSampler', 'shard_seed', 'pair_inputs', 'PixelMix', 'apply_pixel_mix', 'corrected_mix_ratio',
-    'soft_targets',
+    'soft_targets', 'SimultaneousMixup',
     'ConvertImageMode', 'PadToSize', 'CifarAugMix', 'pixel_policy', 'cifar_transform', 'eval_transform',
     'create_image_transform', 'open_dataset', 'check_split', 'dataset_num_classes',
     'DataError',
@@ -311,6 +313,36 @@ def apply_pixel_mix(xs: torch.Tensor, targets: torch.Tensor, partner_x: torch.Te
     mixed_x = keep * xs + (1.0 - keep) * partner_x
     mixed_y = lam.unsqueeze(-1) * targets + (1.0 - lam.unsqueeze(-1)) * partner_y
     return mixed_x, mixed_y
+
+
+class SimultaneousMixup(Mixup):
+    """timm's ``Mixup`` (batch mode) with CutMix and Mixup applied AT ONCE, for single-input models.
+
+    MixViT's pixel MSDA (thesis, HAL tel-03952815, App. A.1.5; MixViT openreview.net/forum?id=pOq1HuMI8Dz App. H):
+    "we draw CutMix mask with α = 1.0 but instead of the mask having binary values (0 or 1), it has continuous values
+    like a α = 0.8 MixUp scheme", i.e. :class:`PixelMix`'s keep mask for the papers' single-input baselines: inside a
+    CutMix box of area ``1 - λ_cut`` (λ_cut ~ Beta(α_cut, α_cut), clipped and re-measured as timm does) the image keeps
+    the Mixup weight λ_mix ~ Beta(α_mix, α_mix) against its partner (the batch flipped, timm's pairing); the label
+    weight is the kept share ``1 - (1 - λ_cut)(1 - λ_mix)``. One draw per batch, applied with probability ``prob``.
+    """
+
+    def __init__(self, mixup_alpha: float, cutmix_alpha: float, prob: float = 1.0, label_smoothing: float = 0.1,
+                 num_classes: int = 1000):
+        if not (mixup_alpha > 0 and cutmix_alpha > 0):
+            raise ValueError(f'simultaneous CutMix + Mixup needs both alphas > 0, got mixup_alpha={mixup_alpha} '
+                             f'and cutmix_alpha={cutmix_alpha}')
+        super().__init__(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=0.0,
+                         mode='batch', correct_lam=True, label_smoothing=label_smoothing, num_classes=num_classes)
+
+    def _mix_batch(self, x: torch.Tensor) -> float:
+        if not self.mixup_enabled or np.random.rand() >= self.mix_prob:  # noqa: NPY002  (timm's Mixup draws here)
+            return 1.0
+        lam_cut = float(np.random.beta(self.cutmix_alpha, self.cutmix_alpha))  # noqa: NPY002
+        (yl, yh, xl, xh), lam_cut = cutmix_bbox_and_lam(x.shape, lam_cut, correct_lam=True)
+        lam_mix = float(np.random.beta(self.mixup_alpha, self.mixup_alpha))  # noqa: NPY002
+        partner = x.flip(0)[:, :, yl:yh, xl:xh]
+        x[:, :, yl:yh, xl:xh] = lam_mix * x[:, :, yl:yh, xl:xh] + (1.0 - lam_mix) * partner
+        return 1.0 - (1.0 - lam_cut) * (1.0 - lam_mix)
 
 
 class ConvertImageMode:

@@ -72,7 +72,14 @@ from timm_mimo.cli.args import (
     unit_interval,
 )
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
-from timm_mimo.data import BatchRepeatSampler, DataError, create_image_transform, dataset_num_classes, open_dataset
+from timm_mimo.data import (
+    BatchRepeatSampler,
+    DataError,
+    SimultaneousMixup,
+    create_image_transform,
+    dataset_num_classes,
+    open_dataset,
+)
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.mixing import MASK_KINDS
 from timm_mimo.task import MimoTask
@@ -343,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--mixup-switch-prob', type=float, default=0.5,
                        help='probability of CutMix instead of Mixup when both are on (default: 0.5)')
     group.add_argument('--mixup-mode', type=str, default='batch',
-                       help='granularity of the mixing draws: batch, pair or elem (default: batch)')
+                       help='granularity of the mixing draws: batch, pair or elem; timm_mimo adds simultaneous '
+                            '(plain models, --mixup and --cutmix both > 0: a CutMix box filled by a Mixup blend, '
+                            "MixViT's pixel MSDA, one draw per batch) (default: batch)")
     group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N',
                        help='stop Mixup / CutMix from this epoch on; 0 = never (default: 0)')
     group.add_argument('--smoothing', type=float, default=None,
@@ -477,6 +486,9 @@ TRAIN_CHECKS = MODEL_CHECKS + [
 ]
 
 
+MIXUP_MODES = ('batch', 'pair', 'elem', 'simultaneous')  # timm's three, and MixViT's CutMix + Mixup at once
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse and check every flag; a ``--config`` YAML sets defaults that the command line overrides."""
     parser = build_parser()
@@ -487,6 +499,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.data_dir = args.data
     if args.mix is not None and args.mix not in MASK_KINDS:
         raise CliError(f'--mix {args.mix!r}: unknown mask kind; expected one of {", ".join(MASK_KINDS)}')
+    if args.mixup_mode not in MIXUP_MODES:
+        raise CliError(f'--mixup-mode {args.mixup_mode!r}: expected one of {", ".join(MIXUP_MODES)}')
+    if args.mixup_mode == 'simultaneous' and not (args.mixup > 0 and args.cutmix > 0 and args.cutmix_minmax is None):
+        raise CliError(f'--mixup-mode simultaneous applies CutMix and Mixup at once: it needs --mixup and --cutmix > 0 '
+                       f'(got {args.mixup} and {args.cutmix}) and no --cutmix-minmax')
     if args.crop_pad is not None:
         changed = [dest for dest in TIMM_TRANSFORM_ONLY if getattr(args, dest) != parser.get_default(dest)]
         if changed:
@@ -844,9 +861,14 @@ class Run:
         self.mixup_fn = None
         if not task.mimo and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
             smoothing = 0.1 if args.smoothing is None else args.smoothing
-            self.mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                                  label_smoothing=smoothing, num_classes=args.num_classes_resolved)
+            if args.mixup_mode == 'simultaneous':
+                self.mixup_fn = SimultaneousMixup(args.mixup, args.cutmix, prob=args.mixup_prob,
+                                                  label_smoothing=smoothing, num_classes=args.num_classes_resolved)
+            else:
+                self.mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+                                      cutmix_minmax=args.cutmix_minmax, prob=args.mixup_prob,
+                                      switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                                      label_smoothing=smoothing, num_classes=args.num_classes_resolved)
 
     def train_one_epoch(self, epoch: int, loader: DataLoader) -> Dict[str, float]:
         """One epoch of optimizer steps; logs progress on rank 0."""
