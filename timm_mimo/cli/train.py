@@ -88,7 +88,8 @@ __all__ = ['build_parser', 'parse_args', 'train', 'main', 'save_checkpoint', 'lo
 
 _logger = logging.getLogger('timm_mimo.train')
 
-# MIMO flags: dest -> flag, refused on a non-MIMO model (set = not None, batch_repeat: not 1)
+# MIMO flags: dest -> flag, refused on a non-MIMO model when set (not None); --batch-repeat is not one of them:
+# on a plain model it is batch augmentation (Hoffer et al.), the MixViT papers' single-input baselines
 MIMO_FLAGS = OrderedDict(
     num_members='--num-members', input_repeat='--input-repeat', mix='--mix', mix_prob='--mix-prob',
     mix_prob_decay='--mix-prob-decay', mix_alpha='--mix-alpha', loss_root='--loss-root',
@@ -416,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--num-members', type=int, default=None, help='M, the number of members (model kwarg)')
     group.add_argument('--batch-repeat', type=int, default=1,
                        help='b: every global batch holds G/b unique images, each b times (MIMO arXiv:2010.06610 '
-                            'batch repetition)')
+                            'batch repetition; on a plain model, batch augmentation)')
     group.add_argument('--input-repeat', type=float, default=None,
                        help='ρ in [0, 1]: share of positions where all M inputs are the same image')
     group.add_argument('--mix', default=None, help='mask kind of binary batches: ' + ', '.join(MASK_KINDS))
@@ -550,7 +551,6 @@ def create_train_model(args: argparse.Namespace) -> nn.Module:
         raise CliError(f'cannot create model {args.model!r}: {one_line(exc)}') from None
     if not is_mimo(model):
         given = [flag for dest, flag in MIMO_FLAGS.items() if getattr(args, dest) is not None]
-        given += ['--batch-repeat'] if args.batch_repeat != 1 else []
         if given:
             raise CliError(f'{", ".join(given)} given but {args.model!r} is not a MIMO model (it has no num_members '
                            '/ forward_members); drop the flag or pick a timm_mimo model')
