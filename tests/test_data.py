@@ -7,6 +7,7 @@ from PIL import Image
 
 from timm_mimo.data import (
     BatchRepeatSampler,
+    CifarAugMix,
     PixelMix,
     SimultaneousMixup,
     apply_pixel_mix,
@@ -209,3 +210,17 @@ def test_simultaneous_mixup_fills_a_cutmix_box_with_a_mixup_blend():
     assert seen_blend  # a box that is neither empty nor the whole image, blended rather than pasted
     with pytest.raises(ValueError, match='both alphas'):
         SimultaneousMixup(mixup_alpha=0.0, cutmix_alpha=1.0)
+
+
+def test_cifar_augmix_follows_the_thesis_text():
+    """Decision: thesis App. A.1.3.1's words ("severity is set 3, the mixture's width to 3 and the mixture's depth to
+    4", 8 operations), not the official code's (depth drawn in 1..4, magnitude fixed at 3 / 30, identity and invert
+    among the operations)."""
+    augmix = CifarAugMix()
+    assert (augmix.severity, augmix.mixture_width, augmix.chain_depth) == (3, 3, 4)
+    ops = set(augmix._augmentation_space(10, (32, 32)))
+    assert ops == {'Equalize', 'Posterize', 'Rotate', 'Solarize', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY'}
+    image = Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy())
+    torch.manual_seed(0)
+    out = augmix(image)
+    assert out.size == (32, 32) and out.mode == 'RGB'
