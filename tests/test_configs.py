@@ -423,19 +423,21 @@ def test_every_config_builds_and_runs_one_step(name, digits_dir):
     task = train.build_task(args, model, torch.device('cpu'))
     args.data_config = resolve_data_config(vars(args), model=model)
     num_partners = batch if task.pixel_mix is not None else 0
-    loader, eval_loader, sampler, _, _ = train.build_loaders(args, args.data_config, num_partners)
+    data = train.open_train_data(args, args.data_config, num_partners)
+    sampler = data.sampler
     optimizer = train.create_optimizer(args, model)
     scheduler, num_epochs = train.create_scheduler(args, optimizer, sampler.steps_per_epoch)
+    loader = train.create_train_loader(args, data, task, num_epochs, torch.device('cpu'), args.data_config)
+    eval_loader, _ = train.create_eval_loader(args, args.data_config, torch.device('cpu'))
     assert num_epochs == args.epochs and eval_loader is not None
     if args.l2 is not None:  # the papers' L2 covers every parameter, BatchNorm and biases included
         assert all(group['weight_decay'] == 2 * args.l2 for group in optimizer.param_groups)
         assert sum(len(g['params']) for g in optimizer.param_groups) == len(list(model.parameters()))
-    run = train.Run(args, task, optimizer, scheduler, num_epochs, sampler.steps_per_epoch, torch.device('cpu'),
-                    num_partners)
+    run = train.Run(args, task, optimizer, scheduler, num_epochs, sampler.steps_per_epoch, torch.device('cpu'))
     assert (run.mixup_fn is not None) == (args.mixup > 0 or args.cutmix > 0)
     before = [p.detach().clone() for p in model.parameters()]
     sampler.set_epoch(0)
-    train.seed_epoch(args, 0, loader)
+    train.seed_epoch(args, 0)
     run.steps_per_epoch = 1
     metrics = run.train_one_epoch(0, loader)
     assert math.isfinite(metrics['loss'])

@@ -69,11 +69,10 @@ def free_port() -> int:
 
 
 def test_ddp_two_processes_match_one_process_on_the_same_global_batch(digits_dir, tmp_path):
-    # one global batch of 64 = 2 ranks x 32 = 1 process x 2 micro-batches of 32 (same shards, pairs, plans and pixel
-    # CutMix partners from the whole dataset); no random augmentation: the two set-ups draw their augmentations from
-    # per-process streams
-    args = ['-b', '32', '--batch-repeat', '2', '--crop-pad', '1', '--no-aug', '--lr', '0.05', '--epochs', '1',
-            '--decay-milestones', '5', '--val-split', '', '--mimo-cutmix', '1.0']
+    # one global batch of 64 = 2 ranks x 32 = 1 process x 2 micro-batches of 32 (same shards, pairs, plans, pixel
+    # CutMix partners from the whole dataset and random crops / flips: all seeded per shard, in the loader workers)
+    args = ['-b', '32', '--batch-repeat', '2', '--crop-pad', '1', '--lr', '0.05', '--epochs', '1',
+            '--decay-milestones', '5', '--val-split', '', '--mimo-cutmix', '1.0', '--workers', '1']
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(free_port()), 'train.py',
                            *run_args(digits_dir, tmp_path, 'ddp', *args)],
@@ -98,7 +97,9 @@ def test_killed_run_resumes_to_the_same_weights(digits_dir, tmp_path):
     args = ['-b', '64', '--batch-repeat', '2', '--crop-pad', '1', '--lr', '0.05', '--epochs', '2',
             '--decay-milestones', '1', '--mimo-cutmix', '1.0', '--input-repeat', '0.1']
     assert train.main(run_args(digits_dir, tmp_path, 'whole', *args)) == 0
-    killed = subprocess.run([PYTHON, 'train.py', *run_args(digits_dir, tmp_path, 'cut', *args,
+    # the interrupted run loads with 2 persistent workers, the whole one in-process: shards do not depend on who
+    # loads them
+    killed = subprocess.run([PYTHON, 'train.py', *run_args(digits_dir, tmp_path, 'cut', *args, '--workers', '2',
                                                             '--kill-after-steps', '60')],
                             cwd=REPO, capture_output=True, text=True, timeout=600,
                             # same thread count as this process: bitwise equality needs the same reduction order
@@ -108,7 +109,8 @@ def test_killed_run_resumes_to_the_same_weights(digits_dir, tmp_path):
     assert len(read_summary(run_dir)) == 1
     assert glob.glob(str(run_dir / '*.tmp')) == []
     assert torch.load(run_dir / 'last.pth.tar', weights_only=True)['epoch'] == 0
-    assert train.main(run_args(digits_dir, tmp_path, 'cut', *args, '--resume', str(run_dir / 'last.pth.tar'))) == 0
+    assert train.main(run_args(digits_dir, tmp_path, 'cut', *args, '--workers', '2',
+                               '--resume', str(run_dir / 'last.pth.tar'))) == 0
     resumed, whole = state_dict(run_dir / 'last.pth.tar'), state_dict(tmp_path / 'whole' / 'last.pth.tar')
     for key in whole:
         assert torch.equal(resumed[key], whole[key]), key
@@ -202,6 +204,9 @@ RESUME_CASES += [
     pytest.param(['--sched', 'cosine', '--model-ema', '--model-ema-decay', '0.9'], id='ema'),
     pytest.param(['--sched', 'step', '--decay-epochs', '1', '--sched-on-updates', '--warmup-epochs', '1'],
                  id='step-on-updates-warmup'),
+    pytest.param(['--sched', 'cosine', '--device-data'], id='device-data'),
+    pytest.param(['--sched', 'cosine', '--no-prefetcher', '--reprob', '0.25'], id='no-prefetcher-random-erasing'),
+    pytest.param(['--sched', 'cosine', '--reprob', '0.25'], id='prefetcher-random-erasing'),
 ]
 
 

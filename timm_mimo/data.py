@@ -22,7 +22,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from timm.data import Mixup, auto_augment_transform, create_dataset, create_transform, rand_augment_transform
 from timm.data.mixup import cutmix_bbox_and_lam
@@ -33,10 +32,10 @@ from torchvision import transforms
 from timm_mimo.mixing import MixPlan, random_cutmix_masks, sample_mixing_ratios
 
 __all__ = [
-    'BatchRepeatSampler', 'shard_seed', 'pair_inputs', 'PixelMix', 'apply_pixel_mix', 'corrected_mix_ratio',
-    'soft_targets', 'SimultaneousMixup',
-    'ConvertImageMode', 'PadToSize', 'CifarAugMix', 'pixel_policy', 'cifar_transform', 'eval_transform',
-    'create_image_transform', 'open_dataset', 'check_split', 'dataset_num_classes',
+    'BatchRepeatSampler', 'ShardRequest', 'shard_seed', 'pairing_index', 'gather_pairs', 'pair_inputs', 'PixelMix',
+    'apply_pixel_mix', 'corrected_mix_ratio', 'soft_targets', 'SimultaneousMixup',
+    'ConvertImageMode', 'PadToSize', 'channel_stats', 'CifarAugMix', 'pixel_policy', 'cifar_transform',
+    'eval_transform', 'create_image_transform', 'open_dataset', 'check_split', 'dataset_num_classes',
     'DataError',
 ]
 
@@ -50,14 +49,38 @@ def shard_seed(seed: int, epoch: int, step: int, shard: int) -> int:
     return (value * 1_009 + shard) % (2 ** 63 - 1)
 
 
-class BatchRepeatSampler(Sampler[List[int]]):
+class ShardRequest(list):
+    """The dataset indices of one shard of one optimizer step, and which shard it is.
+
+    A ``list`` of indices (any map-style dataset can load it), followed by ``num_partners`` pixel-mixing partner
+    indices, with ``epoch``, ``step`` and ``shard`` attached: what a loader worker needs to draw the shard's MIMO plan
+    and seed its augmentations as pure functions of (seed, epoch, step, shard).
+    """
+
+    def __init__(self, indices: Sequence[int], epoch: int, step: int, shard: int, num_partners: int = 0):
+        super().__init__(indices)
+        self.epoch = epoch
+        self.step = step
+        self.shard = shard
+        self.num_partners = num_partners
+
+    @property
+    def batch_size(self) -> int:
+        """Images of the shard itself (the partners excluded)."""
+        return len(self) - self.num_partners
+
+    def __reduce__(self):  # pickled to loader workers with its attributes
+        return type(self), (list(self), self.epoch, self.step, self.shard, self.num_partners)
+
+
+class BatchRepeatSampler(Sampler[ShardRequest]):
     """Batch sampler with batch repetition b, DDP and gradient-accumulation aware (thesis Sec. 3.2.3).
 
-    Yields the index lists of this process's shards in order (``grad_accum_steps`` shards per optimizer step).
-    Every process builds the same global batches from ``seed + epoch``; call :meth:`set_epoch` each epoch.
-    With ``num_partners > 0`` every shard's list is followed by ``num_partners`` indices drawn uniformly (with
-    replacement) from the whole dataset, from a generator seeded by (seed, epoch, step, shard): the pixel-MSDA
-    partners of :class:`PixelMix`, the same for a shard whichever process loads it.
+    Yields this process's shards in order (``grad_accum_steps`` shards per optimizer step) as
+    :class:`ShardRequest` lists of indices. Every process builds the same global batches from ``seed + epoch``; call
+    :meth:`set_epoch` each epoch. With ``num_partners > 0`` every shard's list is followed by ``num_partners`` indices
+    drawn uniformly (with replacement) from the whole dataset, from a generator seeded by (seed, epoch, step, shard):
+    the pixel-MSDA partners of :class:`PixelMix`, the same for a shard whichever process loads it.
 
     Args:
         num_samples: |D|.
@@ -120,26 +143,54 @@ class BatchRepeatSampler(Sampler[List[int]]):
         generator = torch.Generator().manual_seed(shard_seed(self.seed + PARTNER_SEED_OFFSET, self.epoch, step, shard))
         return torch.randint(self.num_samples, (self.num_partners,), generator=generator).tolist()
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def __iter__(self) -> Iterator[ShardRequest]:
         for step, batch in enumerate(self.global_batches()):
             for micro_step in range(self.grad_accum_steps):
                 shard = self.rank * self.grad_accum_steps + micro_step
                 indices = batch[shard * self.batch_size:(shard + 1) * self.batch_size].tolist()
                 if self.num_partners:
                     indices += self.partner_indices(step, shard)
-                yield indices
+                yield ShardRequest(indices, self.epoch, step, shard, self.num_partners)
 
     def __len__(self) -> int:
         return self.steps_per_epoch * self.grad_accum_steps
 
 
+def pairing_index(batch_size: int, num_members: int, input_repeat: float = 0.0,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The ``(B, M)`` batch positions each member reads (MIMO arXiv:2010.06610 Sec. 3.1; MixMo arXiv:2103.06132 Sec. 3).
+
+    Member m reads the batch through its own permutation ``π_m`` (column m); the first ``⌊B·ρ⌋`` positions of all
+    permutations agree (input repetition ρ: all M inputs are the same image there), the rest are shuffled per member.
+    Every item appears exactly once in every member slot. Drawn on the CPU from ``generator``.
+    """
+    if not 0.0 <= input_repeat <= 1.0:
+        raise ValueError(f'input repetition must be in [0, 1], got {input_repeat}')
+    num_repeated = int(batch_size * input_repeat)
+    base = torch.randperm(batch_size, generator=generator)
+    perms = [base]
+    for _ in range(1, num_members):
+        tail = base[num_repeated:]
+        perms.append(torch.cat([base[:num_repeated], tail[torch.randperm(tail.numel(), generator=generator)]]))
+    return torch.stack(perms, dim=1)
+
+
+def gather_pairs(images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(B, M, C, H, W)`` member inputs and ``(B, M[, K])`` targets read through a ``(B, M)`` pairing index.
+
+    One gather per tensor on the tensors' device (the index is moved there if needed); the inputs come out contiguous
+    in ``(B, M, C, H, W)`` order, so ``xs.flatten(1, 2)`` is a view (the packed ``(B, M·C, H, W)`` batch).
+    """
+    batch_size, num_members = index.shape
+    flat = index.to(images.device, non_blocking=True).flatten()
+    return (images.index_select(0, flat).view(batch_size, num_members, *images.shape[1:]),
+            targets.index_select(0, flat.to(targets.device)).view(batch_size, num_members, *targets.shape[1:]))
+
+
 def pair_inputs(images: torch.Tensor, targets: torch.Tensor, num_members: int, input_repeat: float = 0.0,
                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pair a batch into M inputs by permutation (MIMO arXiv:2010.06610 Sec. 3.1; MixMo arXiv:2103.06132 Sec. 3).
-
-    Member m reads the batch through its own permutation ``π_m``; the first ``⌊B·ρ⌋`` positions of all permutations
-    agree (input repetition ρ: all M inputs are the same image there), the rest are shuffled per member. Every item
-    appears exactly once in every member slot.
+    """Pair a batch into M inputs by permutation: :func:`pairing_index` then :func:`gather_pairs`.
 
     Args:
         images: ``(B, C, H, W)``.
@@ -151,24 +202,17 @@ def pair_inputs(images: torch.Tensor, targets: torch.Tensor, num_members: int, i
     Returns:
         ``(B, M, C, H, W)`` inputs and ``(B, M)`` (or ``(B, M, K)``) targets.
     """
-    if not 0.0 <= input_repeat <= 1.0:
-        raise ValueError(f'input repetition must be in [0, 1], got {input_repeat}')
-    batch_size = images.shape[0]
-    num_repeated = int(batch_size * input_repeat)
-    base = torch.randperm(batch_size, generator=generator)
-    perms = [base]
-    for _ in range(1, num_members):
-        tail = base[num_repeated:]
-        perms.append(torch.cat([base[:num_repeated], tail[torch.randperm(tail.numel(), generator=generator)]]))
-    index = torch.stack(perms, dim=1).to(images.device)  # (B, M)
-    flat = index.flatten()
-    return (images.index_select(0, flat).view(batch_size, num_members, *images.shape[1:]),
-            targets.index_select(0, flat).view(batch_size, num_members, *targets.shape[1:]))
+    return gather_pairs(images, targets, pairing_index(images.shape[0], num_members, input_repeat, generator))
 
 
 def soft_targets(targets: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """One-hot ``(..., K)`` targets from class indices, with label smoothing ``(1-s)·onehot + s/K``."""
-    onehot = F.one_hot(targets.long(), num_classes).float()
+    """One-hot ``(..., K)`` targets from class indices, with label smoothing ``(1-s)·onehot + s/K``.
+
+    Built by comparison with ``arange(K)``, not ``F.one_hot``, which reads the indices back to the host to check their
+    range (a GPU sync in every step).
+    """
+    classes = torch.arange(num_classes, device=targets.device)
+    onehot = (targets.long().unsqueeze(-1) == classes).float()
     return onehot * (1.0 - smoothing) + smoothing / num_classes
 
 
@@ -257,10 +301,19 @@ class PixelMix:
         keep = torch.where(mixed[:, None, None], keep, torch.ones_like(keep))
         return keep.view(*shape, *size)
 
-    def __call__(self, xs: torch.Tensor, targets: torch.Tensor, plan: MixPlan, partner_x: torch.Tensor,
-                 partner_y: torch.Tensor, generator: Optional[torch.Generator] = None
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mix every member input with a partner picked among ``partner_x``.
+    def sample(self, batch_size: int, num_members: int, size: Tuple[int, int], num_partners: int,
+               generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The random part of pixel mixing, drawn on the CPU: which partner each member input takes ``(B·M,)`` and
+        the keep masks ``1_m`` ``(B, M, H, W)``."""
+        if num_partners < 1:
+            raise ValueError(f'pixel mixing needs at least one partner image, got {num_partners}')
+        pick = torch.randint(0, num_partners, (batch_size * num_members,), generator=generator)
+        return pick, self.sample_keep_masks((batch_size, num_members), size, generator)
+
+    def apply(self, xs: torch.Tensor, targets: torch.Tensor, plan: MixPlan, partner_x: torch.Tensor,
+              partner_y: torch.Tensor, pick: torch.Tensor, keep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mix every member input with its picked partner (:func:`apply_pixel_mix`, with this mixer's
+        ``mixmo_correction``), on the inputs' device.
 
         Args:
             xs: ``(B, M, C, H, W)`` paired inputs.
@@ -268,22 +321,40 @@ class PixelMix:
             plan: The batch's MixMo plan (its masks are upsampled to pixels for the λ correction).
             partner_x: ``(P, C, H, W)`` partner images (drawn from the whole dataset).
             partner_y: ``(P, K)`` their soft targets.
+            pick: ``(B·M,)`` partner index of every member input.
+            keep: ``(B, M, H, W)`` keep masks.
+        """
+        if partner_x.ndim != xs.ndim - 1 or partner_x.shape[0] < 1 or partner_y.shape[0] != partner_x.shape[0]:
+            raise ValueError(f'expected (P, C, H, W) partners with (P, K) targets, got {tuple(partner_x.shape)} and '
+                             f'{tuple(partner_y.shape)}')
+        pick = pick.to(xs.device, non_blocking=True)
+        picked_x = partner_x.index_select(0, pick).view_as(xs)
+        picked_y = partner_y.index_select(0, pick).view_as(targets)
+        keep = keep.to(xs.device, non_blocking=True)
+        member_masks = plan.upsample(tuple(xs.shape[-2:])).to(xs.device, non_blocking=True)
+        return apply_pixel_mix(xs, targets, picked_x, picked_y, keep, member_masks, correction=self.mixmo_correction)
+
+    def __call__(self, xs: torch.Tensor, targets: torch.Tensor, plan: MixPlan, partner_x: torch.Tensor,
+                 partner_y: torch.Tensor, generator: Optional[torch.Generator] = None
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mix every member input with a partner picked among ``partner_x``: :meth:`sample` then :meth:`apply`.
+
+        Args:
+            xs: ``(B, M, C, H, W)`` paired inputs.
+            targets: ``(B, M, K)`` soft targets.
+            plan: The batch's MixMo plan.
+            partner_x: ``(P, C, H, W)`` partner images (drawn from the whole dataset).
+            partner_y: ``(P, K)`` their soft targets.
             generator: Source of the boxes, ratios and partner picks (CPU).
 
         Returns:
             Mixed inputs and ``(B, M, K)`` soft targets.
         """
-        batch_size, num_members = xs.shape[:2]
         if partner_x.ndim != xs.ndim - 1 or partner_x.shape[0] < 1 or partner_y.shape[0] != partner_x.shape[0]:
             raise ValueError(f'expected (P, C, H, W) partners with (P, K) targets, got {tuple(partner_x.shape)} and '
                              f'{tuple(partner_y.shape)}')
-        size = tuple(xs.shape[-2:])
-        pick = torch.randint(0, partner_x.shape[0], (batch_size * num_members,), generator=generator).to(xs.device)
-        picked_x = partner_x[pick].view_as(xs)
-        picked_y = partner_y[pick].view_as(targets)
-        keep = self.sample_keep_masks((batch_size, num_members), size, generator).to(xs.device)
-        return apply_pixel_mix(xs, targets, picked_x, picked_y, keep, plan.upsample(size).to(xs.device),
-                               correction=self.mixmo_correction)
+        pick, keep = self.sample(xs.shape[0], xs.shape[1], tuple(xs.shape[-2:]), partner_x.shape[0], generator)
+        return self.apply(xs, targets, plan, partner_x, partner_y, pick, keep)
 
 
 def apply_pixel_mix(xs: torch.Tensor, targets: torch.Tensor, partner_x: torch.Tensor, partner_y: torch.Tensor,
@@ -376,7 +447,7 @@ class PadToSize:
         return f'{type(self).__name__}(size={self.size})'
 
 
-def _channel_stats(values: Sequence[float], in_chans: int) -> Tuple[float, ...]:
+def channel_stats(values: Sequence[float], in_chans: int) -> Tuple[float, ...]:
     """Per-channel mean or std for ``in_chans``: a 3-value RGB statistic becomes its average for 1-channel input."""
     values = tuple(values)
     if len(values) == in_chans:
@@ -419,16 +490,26 @@ def pixel_policy(name: str, hparams: Dict[str, Any], fill: Any) -> Callable:
     return policy(name, hparams)
 
 
+def _to_tensor_steps(mean: Sequence[float], std: Sequence[float], in_chans: int, normalize: bool) -> List[Callable]:
+    """PIL -> float tensor normalised with ``mean`` / ``std``, or (``normalize=False``) -> uint8 tensor (the
+    :class:`~timm_mimo.loader.Prefetcher` normalises on the device)."""
+    if not normalize:
+        return [transforms.PILToTensor()]
+    return [transforms.ToTensor(), transforms.Normalize(channel_stats(mean, in_chans), channel_stats(std, in_chans))]
+
+
 def cifar_transform(input_size: Tuple[int, int, int], mean: Sequence[float], std: Sequence[float],
                     crop_pad: int = 4, hflip: float = 0.5, auto_augment: Optional[str] = None,
-                    re_prob: float = 0.0, re_mode: str = 'pixel', re_count: int = 1) -> transforms.Compose:
+                    re_prob: float = 0.0, re_mode: str = 'pixel', re_count: int = 1,
+                    normalize: bool = True) -> transforms.Compose:
     """CIFAR-style training transform (thesis App. A.1.3.1 "vanilla pixels data augmentation"): pad, crop, h-flip.
 
     Images smaller than ``input_size`` are first zero-padded (centred) to it; the mode follows the channel count.
     Optional ``auto_augment`` after the flip: ``'cifar10'`` is torchvision's CIFAR-10 AutoAugment policy (MixViT
     recipes, thesis App. A.1.5), ``'augmix'`` torchvision's AugMix without the ops that overlap CIFAR-100-c
     (:class:`CifarAugMix`, thesis App. A.1.3.1), anything else a timm policy (``'original'``, ``'rand-m9-mstd0.5'``);
-    timm's random erasing (``re_prob``) after normalisation (MixViT, thesis App. A.1.5).
+    timm's random erasing (``re_prob``) after normalisation (MixViT, thesis App. A.1.5). ``normalize=False`` ends with
+    uint8 tensors (normalisation and random erasing then happen on the device, :class:`~timm_mimo.loader.Prefetcher`).
     """
     in_chans, height, width = input_size
     steps = [ConvertImageMode(_image_mode(in_chans)), PadToSize((height, width)),
@@ -436,22 +517,23 @@ def cifar_transform(input_size: Tuple[int, int, int], mean: Sequence[float], std
     if hflip > 0:
         steps.append(transforms.RandomHorizontalFlip(hflip))
     if auto_augment:
-        fill = tuple(round(255 * m) for m in _channel_stats(mean, in_chans))
+        fill = tuple(round(255 * m) for m in channel_stats(mean, in_chans))
         hparams = dict(translate_const=int(min(height, width) * 0.45), img_mean=fill if in_chans == 3 else fill[0])
         steps.append(pixel_policy(auto_augment, hparams, fill if in_chans == 3 else fill[0]))
-    steps += [transforms.ToTensor(),
-              transforms.Normalize(_channel_stats(mean, in_chans), _channel_stats(std, in_chans))]
-    if re_prob > 0:
+    steps += _to_tensor_steps(mean, std, in_chans, normalize)
+    if re_prob > 0 and normalize:
         steps.append(RandomErasing(re_prob, mode=re_mode, max_count=re_count, device='cpu'))
     return transforms.Compose(steps)
 
 
-def eval_transform(input_size: Tuple[int, int, int], mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
-    """Evaluation transform for CIFAR-shaped data: mode, centred pad (or centre crop) to ``input_size``, normalise."""
+def eval_transform(input_size: Tuple[int, int, int], mean: Sequence[float], std: Sequence[float],
+                   normalize: bool = True) -> transforms.Compose:
+    """Evaluation transform for CIFAR-shaped data: mode, centred pad (or centre crop) to ``input_size``, normalise
+    (or, ``normalize=False``, uint8 tensors normalised later on the device)."""
     in_chans, height, width = input_size
     return transforms.Compose([
         ConvertImageMode(_image_mode(in_chans)), PadToSize((height, width)), transforms.CenterCrop((height, width)),
-        transforms.ToTensor(), transforms.Normalize(_channel_stats(mean, in_chans), _channel_stats(std, in_chans))])
+        *_to_tensor_steps(mean, std, in_chans, normalize)])
 
 
 
@@ -460,7 +542,8 @@ class DataError(ValueError):
 
 
 def create_image_transform(data_config: Dict[str, Any], is_training: bool, crop_pad: Optional[int] = None,
-                           hflip: float = 0.5, no_aug: bool = False, **timm_kwargs: Any) -> Callable:
+                           hflip: float = 0.5, no_aug: bool = False, normalize: bool = True,
+                           **timm_kwargs: Any) -> Callable:
     """The dataset transform: CIFAR-style when ``crop_pad`` is set, else timm's ``create_transform``.
 
     Args:
@@ -469,6 +552,9 @@ def create_image_transform(data_config: Dict[str, Any], is_training: bool, crop_
         crop_pad: Padding of the CIFAR-style random crop (papers: 4); ``None`` uses timm's transforms.
         hflip: Horizontal-flip probability.
         no_aug: Training transform without augmentation.
+        normalize: End with normalised float tensors; ``False``: uint8 images for a loader with a
+            :class:`~timm_mimo.loader.Prefetcher`, which normalises (and random-erases) them on the device (timm's
+            ``use_prefetcher``).
         **timm_kwargs: Passed to ``timm.data.create_transform`` (``auto_augment``, ``re_prob``, ...).
     """
     input_size, mean, std = data_config['input_size'], data_config['mean'], data_config['std']
@@ -477,13 +563,13 @@ def create_image_transform(data_config: Dict[str, Any], is_training: bool, crop_
             return cifar_transform(input_size, mean, std, crop_pad=crop_pad, hflip=hflip,
                                    auto_augment=timm_kwargs.get('auto_augment'),
                                    re_prob=timm_kwargs.get('re_prob', 0.0), re_mode=timm_kwargs.get('re_mode', 'pixel'),
-                                   re_count=timm_kwargs.get('re_count', 1))
-        return eval_transform(input_size, mean, std)
+                                   re_count=timm_kwargs.get('re_count', 1), normalize=normalize)
+        return eval_transform(input_size, mean, std, normalize=normalize)
     in_chans = input_size[0]
     transform = create_transform(
-        input_size, is_training=is_training, no_aug=no_aug, hflip=hflip, mean=_channel_stats(mean, in_chans),
-        std=_channel_stats(std, in_chans), interpolation=data_config.get('interpolation', 'bilinear'),
-        crop_pct=data_config.get('crop_pct'), **(timm_kwargs if is_training else {}))
+        input_size, is_training=is_training, no_aug=no_aug, hflip=hflip, mean=channel_stats(mean, in_chans),
+        std=channel_stats(std, in_chans), interpolation=data_config.get('interpolation', 'bilinear'),
+        crop_pct=data_config.get('crop_pct'), use_prefetcher=not normalize, **(timm_kwargs if is_training else {}))
     return transforms.Compose([ConvertImageMode(_image_mode(in_chans)), transform])
 
 

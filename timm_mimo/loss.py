@@ -10,7 +10,8 @@ import torch.nn.functional as F
 __all__ = ['mixing_loss_weights', 'MimoLoss']
 
 
-def mixing_loss_weights(kappas: torch.Tensor, root: float = 3.0, weight_sum: Optional[float] = None) -> torch.Tensor:
+def mixing_loss_weights(kappas: torch.Tensor, root: float = 3.0, weight_sum: Optional[float] = None,
+                        check: bool = True) -> torch.Tensor:
     """The loss weight of every member from its mixing ratio (thesis eq. 3.3 and A.1).
 
     ``w_r(κ_m) = M · κ_m^{1/r} / Σ_j κ_j^{1/r}``; for M = 2 this is ``2 κ^{1/r} / (κ^{1/r} + (1-κ)^{1/r})``.
@@ -21,13 +22,16 @@ def mixing_loss_weights(kappas: torch.Tensor, root: float = 3.0, weight_sum: Opt
         root: r (MixMo: 3, MixShare / MixViT: 1).
         weight_sum: What the weights of one sample add up to; ``None`` means M (MixMo). MixViT's eq. 4.4
             (``λ CE_0 + (1 - λ) CE_1``) is ``root=1, weight_sum=1``.
+        check: Check the values (non-negative, a positive ratio per sample): reads the tensor back to the host.
+            :class:`MimoLoss` does not: its ratios come from a :class:`~timm_mimo.mixing.MixPlan`, checked where the
+            plan was made, so the training step never waits for the device.
 
     Returns:
         ``(B, M)`` weights.
     """
     if kappas.ndim != 2:
         raise ValueError(f'expected kappas of shape (B, M), got {tuple(kappas.shape)}')
-    if (kappas < 0).any():
+    if check and (kappas < 0).any():
         raise ValueError('mixing ratios must be non-negative')
     num_members = kappas.shape[1]
     total = float(num_members) if weight_sum is None else float(weight_sum)
@@ -37,7 +41,7 @@ def mixing_loss_weights(kappas: torch.Tensor, root: float = 3.0, weight_sum: Opt
     else:
         powered = kappas.clamp_min(0).pow(1.0 / root)
     powered_sum = powered.sum(dim=1, keepdim=True)
-    if (powered_sum == 0).any():
+    if check and (powered_sum == 0).any():
         raise ValueError('every sample needs a member with a positive mixing ratio; got a row of zeros')
     return total * powered / powered_sum
 
@@ -65,7 +69,7 @@ class MimoLoss(nn.Module):
         Args:
             logits: ``(B, M, K)`` member logits.
             targets: ``(B, M)`` class indices or ``(B, M, K)`` soft targets (rows summing to 1).
-            kappas: ``(B, M)`` mixing ratios of the plan.
+            kappas: ``(B, M)`` mixing ratios of the plan (checked where the plan was made, not here).
         """
         if logits.ndim != 3:
             raise ValueError(f'expected member logits of shape (B, M, K), got {tuple(logits.shape)}')
@@ -86,5 +90,5 @@ class MimoLoss(nn.Module):
                 flat_logits, targets.reshape(-1), reduction='none', label_smoothing=self.label_smoothing)
         else:
             member_ce = -(targets.reshape(-1, num_classes).float() * F.log_softmax(flat_logits, dim=-1)).sum(-1)
-        weights = mixing_loss_weights(kappas.float(), self.root, self.weight_sum)
+        weights = mixing_loss_weights(kappas.float(), self.root, self.weight_sum, check=False)
         return (weights * member_ce.view(batch_size, num_members)).sum(dim=1).mean()

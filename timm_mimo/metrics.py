@@ -303,11 +303,13 @@ def collect_member_logits(model: torch.nn.Module, loader, device: torch.device,
     mimo = is_mimo(model)
     all_logits, all_targets = [], []
     for images, targets in loader:
-        images = images.to(device)
+        images = images.to(device, non_blocking=True)  # no copy when a prefetcher put it there already
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model.forward_members(images) if mimo else model(images).unsqueeze(1)
-        all_logits.append(logits.float().cpu())
-        all_targets.append(targets.cpu())
-    return torch.cat(all_logits), torch.cat(all_targets)
+        all_logits.append(logits.float())  # kept on the device: one copy back at the end, not one per batch
+        all_targets.append(targets)
+    if not all_logits:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(all_logits).cpu(), torch.cat([t.to(device) for t in all_targets]).cpu()

@@ -41,10 +41,15 @@ class MixPlan:
 
     @classmethod
     def from_masks(cls, masks: torch.Tensor) -> 'MixPlan':
-        """Build a plan from ``(B, M, H, W)`` masks; κ is the mask mean, ``binary`` is read off the values."""
+        """Build a plan from ``(B, M, H, W)`` masks; κ is the mask mean, ``binary`` is read off the values.
+
+        The values are checked here (non-negative, summing to 1 over members), where plans are made (on the CPU, in
+        the training loader's workers), so that the models and the loss never read a tensor back to the host.
+        """
         if masks.ndim != 4:
             raise ValueError(f'expected masks of shape (B, M, H, W), got {tuple(masks.shape)}')
         masks = masks.float()
+        _check_member_shares(masks, 'masks', 'at every position')
         binary = bool(((masks == 0) | (masks == 1)).all())
         return cls(masks=masks, kappas=masks.mean(dim=(2, 3)), binary=binary)
 
@@ -54,6 +59,7 @@ class MixPlan:
         if kappas.ndim != 2:
             raise ValueError(f'expected kappas of shape (B, M), got {tuple(kappas.shape)}')
         kappas = kappas.float()
+        _check_member_shares(kappas, 'kappas', 'for every sample')
         masks = kappas[:, :, None, None].expand(-1, -1, *grid)
         return cls(masks=masks, kappas=kappas, binary=bool(((kappas == 0) | (kappas == 1)).all()))
 
@@ -69,9 +75,18 @@ class MixPlan:
     def grid(self) -> Tuple[int, int]:
         return tuple(self.masks.shape[2:])
 
-    def to(self, device: torch.device) -> 'MixPlan':
-        return MixPlan(masks=self.masks.to(device), kappas=self.kappas.to(device), binary=self.binary,
+    def to(self, device: torch.device, non_blocking: bool = False) -> 'MixPlan':
+        """The plan on ``device`` (the same object when it is there already: no copy, no host work)."""
+        if self.masks.device == torch.device(device) and self.kappas.device == self.masks.device:
+            return self
+        return MixPlan(masks=self.masks.to(device, non_blocking=non_blocking),
+                       kappas=self.kappas.to(device, non_blocking=non_blocking), binary=self.binary,
                        unmix_relax=self.unmix_relax)
+
+    def pin_memory(self) -> 'MixPlan':
+        """Page-locked, contiguous copies of the masks and ratios (for asynchronous copies to a GPU)."""
+        return MixPlan(masks=self.masks.contiguous().pin_memory(), kappas=self.kappas.contiguous().pin_memory(),
+                       binary=self.binary, unmix_relax=self.unmix_relax)
 
     def check(self, batch_size: int, num_members: int, grid: Tuple[int, int]) -> None:
         """Raise ``ValueError`` naming the expected shape unless this plan fits the batch and the model's grid."""
@@ -90,6 +105,14 @@ class MixPlan:
             return self.masks
         return torch.nn.functional.interpolate(self.masks, size=tuple(size), mode='nearest')
 
+
+
+def _check_member_shares(shares: torch.Tensor, name: str, where: str) -> None:
+    """``ValueError`` unless ``shares`` (members on dim 1) are non-negative and sum to 1 over members."""
+    if (shares < 0).any():
+        raise ValueError(f'MixPlan {name} must be non-negative (mixing shares), got a minimum of {shares.min():g}')
+    if not torch.allclose(shares.sum(dim=1), torch.ones((), dtype=shares.dtype, device=shares.device), atol=1e-5):
+        raise ValueError(f'MixPlan {name} must sum to 1 over members {where}')
 
 
 # --------------------------------------------------------------------------------------------------------------------

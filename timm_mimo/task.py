@@ -27,10 +27,11 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.task import TrainingTask
 from timm.utils import unwrap_model
 
-from timm_mimo.data import PixelMix, pair_inputs, shard_seed, soft_targets
+from timm_mimo.data import PixelMix, gather_pairs, shard_seed, soft_targets
 from timm_mimo.loss import MimoLoss
 from timm_mimo.metrics import is_mimo
-from timm_mimo.mixing import Mixer, progress
+from timm_mimo.mixing import Mixer, MixPlan, progress
+from timm_mimo.shard_plan import PlanSampler, ShardPlan
 
 __all__ = ['MimoTask', 'MIXER_OVERRIDES', 'LOSS_OVERRIDES']
 
@@ -103,6 +104,8 @@ class MimoTask(TrainingTask):
             self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.input_repeat = input_repeat
         self.pixel_mix = pixel_mix
+        self._plan_samplers: Dict[Tuple[int, int], PlanSampler] = {}
+        self._compiled_step: Optional[Callable] = None
         if verbose:
             _logger.info(f'{type(self).__name__}: mixer={self.mixer}, criterion={self.criterion}, '
                          f'input_repeat={input_repeat}, pixel_mix={pixel_mix}')
@@ -191,6 +194,24 @@ class MimoTask(TrainingTask):
         self.epoch_float = epoch + step / steps_per_epoch  # fractional epoch, for epoch-based schedules
         self.generator.manual_seed(shard_seed(self.seed, epoch, step, shard))
 
+    def plan_sampler(self, image_size: Tuple[int, int]) -> PlanSampler:
+        """A picklable sampler of this task's shard plans for training images of ``image_size`` (loader workers)."""
+        image_size = tuple(int(v) for v in image_size[-2:])
+        sampler = self._plan_samplers.get(image_size)
+        if sampler is None:
+            if not self.mimo:
+                raise ValueError(f'{type(unwrap_model(self.trainable_module)).__name__} is not a MIMO model: '
+                                 'its training step has no plan')
+            grid = unwrap_model(self.trainable_module).mix_grid(image_size)
+            sampler = self._plan_samplers[image_size] = PlanSampler(
+                self.num_members, self.mixer, self.input_repeat, self.pixel_mix, grid, image_size, self.seed)
+        return sampler
+
+    def sample_plan(self, batch_size: int, image_size: Tuple[int, int], num_partners: int = 0) -> ShardPlan:
+        """The plan of the step set by :meth:`set_step`, drawn now from the task's generator (CPU)."""
+        return self.plan_sampler(image_size).sample_with(self.generator, batch_size, self.progress, self.epoch_float,
+                                                         num_partners)
+
     def prepare_distributed(self, device_ids: Optional[list] = None, **ddp_kwargs: Any) -> 'MimoTask':
         """Wrap the model in DistributedDataParallel (after :meth:`compile` and :meth:`setup_ema`)."""
         from torch.nn.parallel import DistributedDataParallel
@@ -198,32 +219,73 @@ class MimoTask(TrainingTask):
         return self
 
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs: Any) -> nn.Module:
-        """``torch.compile`` the model (before DDP); the same compiled module serves training and evaluation."""
-        self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
-        self.eval_model = self.trainable_module
-        return self.trainable_module
+        """``torch.compile`` the training step's tensor work and the evaluation model (call before DDP).
+
+        The whole step given its plan (pairing gather, pixel mixing, the model's mixed forward, the member loss) is one
+        compiled function, so its backward is compiled too; the model itself stays eager for the training step (DDP
+        wraps it) and a compiled copy of its forward serves evaluation (returned, as timm's tasks do).
+        """
+        self._compiled_step = torch.compile(self._step, backend=backend, mode=mode, **compile_kwargs)
+        self.eval_model = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
+        return self.eval_model
 
     def mix_inputs(self, images: torch.Tensor, targets: torch.Tensor, partner_images: Optional[torch.Tensor] = None,
-                   partner_targets: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, Any]:
-        """The multi-input batch of one shard: ``(B, M, C, H, W)`` inputs, their targets and the plan."""
-        grid_model = unwrap_model(self.trainable_module)
-        xs, ys = pair_inputs(images, targets, self.num_members, self.input_repeat, self.generator)
-        plan = self.mixer(xs.shape[0], grid_model.mix_grid(tuple(images.shape[-2:])), self.progress,
-                          device=images.device, epoch=self.epoch_float)
+                   partner_targets: Optional[torch.Tensor] = None, plan: Optional[ShardPlan] = None
+                   ) -> Tuple[torch.Tensor, torch.Tensor, MixPlan]:
+        """The multi-input batch of one shard: ``(B, M, C, H, W)`` inputs, their targets and the mixing plan.
+
+        Args:
+            images: ``(B, C, H, W)`` images of this shard.
+            targets: ``(B,)`` class indices.
+            partner_images: ``(P, C, H, W)`` pixel-mixing partners (pixel mixing only; default: the batch itself).
+            partner_targets: ``(P,)`` their labels.
+            plan: The shard's plan, drawn ahead (the training loader's workers); ``None`` draws it now from the
+                task's generator (:meth:`set_step`).
+        """
+        partner_images, partner_targets, plan = self._complete(images, targets, partner_images, partner_targets, plan)
+        return self._apply_plan(images, targets, partner_images, partner_targets, plan)
+
+    def _complete(self, images: torch.Tensor, targets: torch.Tensor, partner_images: Optional[torch.Tensor],
+                  partner_targets: Optional[torch.Tensor], plan: Optional[ShardPlan]
+                  ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], ShardPlan]:
+        """The partners (the batch itself when pixel mixing has none) and the plan (drawn now when not given)."""
+        if partner_images is not None and self.pixel_mix is None:
+            raise ValueError('partner images given but this task does no pixel mixing (mimo_cutmix / mimo_mixup)')
+        if self.pixel_mix is not None and partner_images is None:
+            partner_images, partner_targets = images, targets  # a loop without dataset partners: the batch
+        if plan is None:
+            num_partners = 0 if partner_images is None else partner_images.shape[0]
+            plan = self.sample_plan(images.shape[0], tuple(images.shape[-2:]), num_partners)
+        return partner_images, partner_targets, plan
+
+    def _apply_plan(self, images: torch.Tensor, targets: torch.Tensor, partner_images: Optional[torch.Tensor],
+                    partner_targets: Optional[torch.Tensor], plan: ShardPlan
+                    ) -> Tuple[torch.Tensor, torch.Tensor, MixPlan]:
+        """Pairs gathered and pixel mixing applied on the images' device: no host work, no host reads."""
+        xs, ys = gather_pairs(images, targets, plan.pair_index)
+        mix = plan.mix.to(images.device, non_blocking=True)
         if self.pixel_mix is not None:
-            if partner_images is None:
-                partner_images, partner_targets = images, targets  # a loop without dataset partners: the batch
             smoothing = getattr(self.criterion, 'label_smoothing', 0.0)
             ys = soft_targets(ys, self.num_classes, smoothing)
             partner_y = partner_targets if partner_targets.ndim == 2 else soft_targets(
                 partner_targets, self.num_classes, smoothing)
-            xs, ys = self.pixel_mix(xs, ys, plan, partner_images, partner_y, self.generator)
-        elif partner_images is not None:
-            raise ValueError('partner images given but this task does no pixel mixing (mimo_cutmix / mimo_mixup)')
-        return xs, ys, plan
+            xs, ys = self.pixel_mix.apply(xs, ys, mix, partner_images, partner_y, plan.pixel_pick,
+                                          plan.pixel_keep)
+        return xs, ys, mix
+
+    def _step(self, images: torch.Tensor, targets: torch.Tensor, partner_images: Optional[torch.Tensor],
+              partner_targets: Optional[torch.Tensor], plan: Optional[ShardPlan]) -> Dict[str, Any]:
+        """The tensor work of one training forward given its plan (what :meth:`compile` compiles)."""
+        if not self.mimo:
+            output = self.trainable_module(images)
+            return {'loss': self.criterion(output, targets), 'output': output}
+        xs, ys, mix = self._apply_plan(images, targets, partner_images, partner_targets, plan)
+        output = self.trainable_module(xs, mix)
+        loss = self.criterion(output, ys, mix.kappas)
+        return {'loss': loss, 'output': output, 'target': ys, 'kappas': mix.kappas}
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, partner_input: Optional[torch.Tensor] = None,
-                partner_target: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+                partner_target: Optional[torch.Tensor] = None, plan: Optional[ShardPlan] = None) -> Dict[str, Any]:
         """One training forward.
 
         Args:
@@ -232,17 +294,21 @@ class MimoTask(TrainingTask):
             partner_input: ``(P, C, H, W)`` pixel-MSDA partners from the whole dataset (MIMO with pixel mixing); when
                 absent the batch itself is the partner pool.
             partner_target: ``(P,)`` their labels.
+            plan: The shard's :class:`~timm_mimo.shard_plan.ShardPlan`, drawn ahead by the loader (its tensors on
+                the images' device for a step without host work); ``None``: drawn now (:meth:`set_step`).
 
         Returns:
             ``loss``; ``output`` (``(B, M, K)`` member logits for MIMO models, ``(B, K)`` logits otherwise);
             for MIMO models also ``target`` (the paired, possibly soft targets), ``kappas`` ``(B, M)`` and ``binary``
-            (whether the batch used a binary mask, as a 0-d bool tensor).
+            (whether the batch used a binary mask, as a 0-d bool tensor on the CPU).
         """
+        step = self._compiled_step if self._compiled_step is not None else self._step
         if not self.mimo:
-            output = self.trainable_module(input)
-            return {'loss': self.criterion(output, target), 'output': output}
-        xs, ys, plan = self.mix_inputs(input, target, partner_input, partner_target)
-        output = self.trainable_module(xs, plan)
-        loss = self.criterion(output, ys, plan.kappas)
-        return {'loss': loss, 'output': output, 'target': ys, 'kappas': plan.kappas,
-                'binary': torch.tensor(plan.binary)}
+            if plan is not None or partner_input is not None:
+                raise ValueError(f'{type(unwrap_model(self.trainable_module)).__name__} is not a MIMO model: '
+                                 'its training step takes no plan or partners')
+            return step(input, target, None, None, None)
+        partner_input, partner_target, plan = self._complete(input, target, partner_input, partner_target, plan)
+        result = step(input, target, partner_input, partner_target, plan)
+        result['binary'] = torch.tensor(plan.mix.binary)
+        return result

@@ -312,11 +312,13 @@ def add_loader_args(group: argparse._ArgumentGroup) -> None:
     """Data loader options common to training and validation."""
     group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
                        help='data loading worker processes (default: 4)')
-    group.add_argument('--pin-mem', action='store_true', default=False,
-                       help='pin host memory in the data loaders (can speed up copies to the GPU)')
+    group.add_argument('--pin-mem', action=argparse.BooleanOptionalAction, default=None,
+                       help='page-locked loader memory, so copies to the GPU do not block (default: on with CUDA, '
+                            'off on the CPU)')
     group.add_argument('--no-prefetcher', action='store_true', default=False,
-                       help="accepted for timm compatibility and ignored: timm_mimo's loaders never use timm's CUDA "
-                            "prefetcher")
+                       help='no device prefetcher: the workers normalise the images and each batch is copied when the '
+                            'step needs it (default: uint8 batches copied one ahead on a side CUDA stream and '
+                            'normalised on the device, as timm\'s prefetcher)')
 
 
 MODEL_CHECKS: List[Check] = [

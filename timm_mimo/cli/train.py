@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -45,8 +45,7 @@ from timm.models import clean_state_dict
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.scheduler.plateau_lr import PlateauLRScheduler
-from timm.utils import AverageMeter, NativeScaler, dispatch_clip_grad, distribute_bn, init_distributed_device
-from torch.utils.data import DataLoader, Subset
+from timm.utils import NativeScaler, dispatch_clip_grad, distribute_bn, init_distributed_device
 
 import timm_mimo  # noqa: F401  (registers the MIMO models)
 from timm_mimo.cli.args import (
@@ -68,18 +67,11 @@ from timm_mimo.cli.args import (
     parse_with_config,
     positive,
     quiet_warnings,
-    reader_kwargs,
     unit_interval,
 )
+from timm_mimo.cli.data_path import DEVICE_DATA_REFUSED, create_eval_loader, create_train_loader, open_train_data
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
-from timm_mimo.data import (
-    BatchRepeatSampler,
-    DataError,
-    SimultaneousMixup,
-    create_image_transform,
-    dataset_num_classes,
-    open_dataset,
-)
+from timm_mimo.data import DataError, SimultaneousMixup
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.mixing import MASK_KINDS
 from timm_mimo.task import MimoTask
@@ -395,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N',
                        help='per-epoch checkpoints kept, the newest ones; 0 = none (default: 10)')
     add_loader_args(group)
+    group.add_argument('--device-data', action='store_true', default=False,
+                       help='timm_mimo: decode the training and validation splits once and keep them on the device as '
+                            'uint8; the CIFAR recipe (--crop-pad pad-crop, --hflip) runs there, every batch-repeated '
+                            'copy with its own crop. For small data sets of one image size (CIFAR, Tiny ImageNet); '
+                            'needs --crop-pad')
     group.add_argument('--output', default='', type=str, metavar='PATH',
                        help='parent folder of the run folders (default: ./output/train)')
     group.add_argument('--experiment', default='', type=str, metavar='NAME',
@@ -513,6 +510,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                            '--crop-pad selects the CIFAR-style one (pad, random crop, flip): drop one of them')
     elif args.aa in ('cifar10', 'augmix'):
         raise CliError(f'--aa {args.aa!r} is a CIFAR policy of the --crop-pad transform: add --crop-pad 4')
+    if args.device_data:
+        if args.crop_pad is None:
+            raise CliError('--device-data runs the CIFAR recipe on the device (pad-crop, flip): add --crop-pad N '
+                           '(the papers use 4), or drop --device-data for timm\'s transforms')
+        for dest, default, flag in DEVICE_DATA_REFUSED:
+            if getattr(args, dest) != default:
+                raise CliError(f'{flag} {getattr(args, dest)!r} is an image-level augmentation of the loader '
+                               'workers; --device-data augments on the device with pad-crop and flip only: drop one '
+                               'of them')
     if args.l2 is not None:
         if args.weight_decay:
             raise CliError(f'--l2 {args.l2} and --weight-decay {args.weight_decay} both set: the papers\' L2 '
@@ -616,44 +622,6 @@ def create_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer,
         raise CliError(f'cannot create scheduler --sched {args.sched!r}: {one_line(exc)}') from None
 
 
-def build_loaders(args: argparse.Namespace, data_config: Dict[str, Any], num_partners: int
-                  ) -> Tuple[DataLoader, Optional[DataLoader], BatchRepeatSampler, int, Optional[int]]:
-    """Training loader with the batch-repetition sampler, evaluation loader on this rank's share of the val set."""
-    timm_kwargs = dict(auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
-    train_config = dict(data_config)
-    if args.crop_pad is None:
-        timm_kwargs.update(train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio, vflip=args.vflip,
-                           color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
-                           grayscale_prob=args.grayscale_prob or 0., gaussian_blur_prob=args.gaussian_blur_prob or 0.)
-        if args.train_interpolation and not args.no_aug:
-            train_config['interpolation'] = args.train_interpolation
-    try:
-        train_tf = create_image_transform(train_config, True, args.crop_pad, args.hflip, args.no_aug, **timm_kwargs)
-        eval_tf = create_image_transform(data_config, False, args.crop_pad)
-    except (ValueError, TypeError, AssertionError) as exc:
-        raise CliError(f'cannot build the image transforms: {one_line(exc)}') from None
-    train_set = open_dataset(args.dataset, args.data_dir, args.train_split, True, args.dataset_download, train_tf,
-                             args.class_map, **reader_kwargs(args))
-    try:
-        sampler = BatchRepeatSampler(len(train_set), args.batch_size, args.batch_repeat, args.world_size, args.rank,
-                                     args.grad_accum_steps, args.seed, num_partners)
-    except ValueError as exc:
-        raise CliError(f'-b {args.batch_size} / --batch-repeat {args.batch_repeat} / --grad-accum-steps '
-                       f'{args.grad_accum_steps}: {one_line(exc)}') from None
-    loader_gen = torch.Generator()
-    train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers, pin_memory=args.pin_mem,
-                              generator=loader_gen, persistent_workers=False)
-    eval_loader, num_eval = None, 0
-    if args.val_split:
-        eval_set = open_dataset(args.dataset, args.data_dir, args.val_split, False, args.dataset_download, eval_tf,
-                                args.class_map, **reader_kwargs(args))
-        num_eval = len(eval_set)
-        shard = Subset(eval_set, list(range(args.rank, num_eval, args.world_size)))
-        eval_loader = DataLoader(shard, batch_size=args.validation_batch_size or args.batch_size, shuffle=False,
-                                 num_workers=args.workers, pin_memory=args.pin_mem)
-    return train_loader, eval_loader, sampler, num_eval, dataset_num_classes(train_set)
-
-
 def gather_eval(member_logits: torch.Tensor, targets: torch.Tensor, args: argparse.Namespace,
                 num_eval: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Every rank's evaluation shard (indices ``rank::world``) back in dataset order, on every rank."""
@@ -748,11 +716,17 @@ def load_scheduler_state(scheduler: Any, state: Optional[Dict[str, Any]]) -> Non
 
 
 def non_finite_tensor(model: nn.Module) -> Optional[str]:
-    """The name of the first parameter or buffer holding NaN or inf, ``None`` if all are finite."""
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            return name
-    return None
+    """The name of the first parameter or buffer holding NaN or inf, ``None`` if all are finite.
+
+    One host read for the whole model (a flag per tensor, stacked on the device), once per epoch.
+    """
+    named = [(name, tensor) for name, tensor in list(model.named_parameters()) + list(model.named_buffers())
+             if tensor.is_floating_point() and tensor.numel()]
+    if not named:
+        return None
+    finite = torch.stack([torch.isfinite(tensor).all() for _, tensor in named]).cpu()
+    bad = (~finite).nonzero()
+    return named[int(bad[0])][0] if bad.numel() else None
 
 
 def load_resume(path: str, task: MimoTask, optimizer: Optional[torch.optim.Optimizer], scheduler: Any,
@@ -794,14 +768,14 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 7919 + epoch * 104729 + rank) % (2 ** 31)
 
 
-def seed_epoch(args: argparse.Namespace, epoch: int, loader: DataLoader) -> None:
-    """Seed every random source of one epoch: torch, Python's ``random`` and numpy (timm's AutoAugment / random
-    erasing use them, also with ``--workers 0``), and the loader generator that seeds the workers."""
+def seed_epoch(args: argparse.Namespace, epoch: int) -> None:
+    """Seed the process's random sources for one epoch: torch (dropout, stochastic depth), Python's ``random`` and
+    numpy (timm's Mixup, random erasing on the device). The loader's image augmentations and plans are seeded per
+    shard in the workers (:mod:`timm_mimo.loader`)."""
     seed = epoch_seed(args.seed, epoch, args.rank)
     torch.manual_seed(seed)
     random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002  (the global numpy RNG is the one augmentations draw from)
-    loader.generator.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (the global numpy RNG is the one timm's Mixup draws from)
 
 
 def recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
@@ -844,7 +818,7 @@ class Run:
     """One training run's objects: the task, optimizer, scheduler, AMP and the timm Mixup of plain models."""
 
     def __init__(self, args: argparse.Namespace, task: MimoTask, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 num_epochs: int, steps_per_epoch: int, device: torch.device, num_partners: int):
+                 num_epochs: int, steps_per_epoch: int, device: torch.device):
         self.args = args
         self.task = task
         self.optimizer = optimizer
@@ -852,7 +826,6 @@ class Run:
         self.num_epochs = num_epochs
         self.steps_per_epoch = steps_per_epoch
         self.device = device
-        self.num_partners = num_partners
         self.autocast_dtype = None
         if args.amp:
             self.autocast_dtype = torch.float16 if args.amp_dtype == 'float16' and device.type == 'cuda' \
@@ -870,67 +843,88 @@ class Run:
                                       switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                                       label_smoothing=smoothing, num_classes=args.num_classes_resolved)
 
-    def train_one_epoch(self, epoch: int, loader: DataLoader) -> Dict[str, float]:
-        """One epoch of optimizer steps; logs progress on rank 0."""
+    def forward_shard(self, batch: Any, epoch: int, step: int, shard: int) -> Dict[str, Any]:
+        """The task's forward on one shard already on the device (a :class:`~timm_mimo.loader.MimoBatch`)."""
+        self.task.set_step(epoch, step, self.steps_per_epoch, self.num_epochs, shard)
+        images, targets = batch.images, batch.targets
+        if self.mixup_fn is not None:
+            images, targets = self.mixup_fn(images, targets)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            if self.task.mimo:
+                return self.task(images, targets, batch.partner_images, batch.partner_targets, plan=batch.plan)
+            return self.task(images, targets)
+
+    def train_step(self, batches: Iterator[Any], epoch: int, step: int) -> Tuple[torch.Tensor, int, int]:
+        """One optimizer step over ``grad_accum_steps`` shards; no host read of any device value.
+
+        Returns:
+            The sum of the shards' losses times their image counts (a device tensor), the images and binary batches.
+        """
+        args, task, accum = self.args, self.task, self.args.grad_accum_steps
+        loss_sum, images, binary = None, 0, 0
+        for micro_step in range(accum):
+            batch = next(batches)
+            update = micro_step == accum - 1
+            sync = contextlib.nullcontext() if update or not args.distributed else task.no_sync()
+            with sync:
+                result = self.forward_shard(batch, epoch, step, args.rank * accum + micro_step)
+                self.backward(result['loss'] / accum, update)
+            count = batch.images.shape[0]
+            weighted = result['loss'].detach().float() * count
+            loss_sum = weighted if loss_sum is None else loss_sum + weighted
+            images += count
+            binary += int(task.mimo and batch.plan.mix.binary)  # a host bool drawn with the plan: no device read
+        num_updates = epoch * self.steps_per_epoch + step + 1
+        task.update_ema(step=num_updates)
+        if self.scheduler is not None:
+            self.scheduler.step_update(num_updates=num_updates)
+        return loss_sum, images, binary
+
+    def train_one_epoch(self, epoch: int, loader: Any) -> Dict[str, float]:
+        """One epoch of optimizer steps; logs progress on rank 0.
+
+        The loss stays on the device: it is summed there and read back (one host read) only every ``--log-interval``
+        steps and at the end of the epoch, where a non-finite value stops the run before any checkpoint is written.
+        """
         args, task = self.args, self.task
         task.train()
         if self.mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
             self.mixup_fn.mixup_enabled = False
-        loss_meter, binary_meter, time_meter = AverageMeter(), AverageMeter(), AverageMeter()
-        accum = args.grad_accum_steps
-        step_start = time.perf_counter()
-        data_iter = iter(loader)
+        epoch_loss, epoch_images, binary_batches = 0.0, 0, 0
+        window_loss: Optional[torch.Tensor] = None
+        window_images, window_start = 0, time.perf_counter()
+        batches = iter(loader)
         for step in range(self.steps_per_epoch):
-            step_images = 0
-            for micro_step in range(accum):
-                images, targets = next(data_iter)
-                images, targets = images.to(self.device), targets.to(self.device)
-                partners: Tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None)
-                if self.num_partners:
-                    cut = images.shape[0] - self.num_partners
-                    partners = (images[cut:], targets[cut:])
-                    images, targets = images[:cut], targets[:cut]
-                step_images += images.shape[0]
-                task.set_step(epoch, step, self.steps_per_epoch, self.num_epochs, args.rank * accum + micro_step)
-                if self.mixup_fn is not None:
-                    images, targets = self.mixup_fn(images, targets)
-                if args.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                update = micro_step == accum - 1
-                sync = contextlib.nullcontext() if update or not args.distributed else task.no_sync()
-                with sync:
-                    with torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                                        enabled=self.autocast_dtype is not None):
-                        result = task(images, targets, *partners) if task.mimo else task(images, targets)
-                    loss_value = result['loss'].item()
-                    if not math.isfinite(loss_value):
-                        raise CliError(f'loss is {loss_value} at epoch {epoch} step {step}: the run diverged; lower '
-                                       f'--lr (now {args.lr:g}) or add --clip-grad (no checkpoint written for this '
-                                       'epoch)')
-                    self.backward(result['loss'] / accum, update)
-                loss_meter.update(loss_value, images.shape[0])
-                if task.mimo:
-                    binary_meter.update(float(result['binary']))
-            num_updates = epoch * self.steps_per_epoch + step + 1
-            task.update_ema(step=num_updates)
-            if self.scheduler is not None:
-                self.scheduler.step_update(num_updates=num_updates, metric=loss_meter.avg)
+            loss_sum, images, binary = self.train_step(batches, epoch, step)
+            window_loss = loss_sum if window_loss is None else window_loss + loss_sum
+            window_images += images
+            binary_batches += binary
             if args.synchronize_step and self.device.type == 'cuda':
                 torch.cuda.synchronize()
-            time_meter.update(time.perf_counter() - step_start)
-            step_start = time.perf_counter()
+            num_updates = epoch * self.steps_per_epoch + step + 1
             if args.kill_after_steps is not None and num_updates >= args.kill_after_steps:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: die like a killed job, without any cleanup
             last = step + 1 == self.steps_per_epoch
-            if args.rank == 0 and (step % args.log_interval == 0 or last):
-                rate = step_images * args.world_size / max(time_meter.val, 1e-9)
-                lr = self.optimizer.param_groups[0]['lr']
-                done = 100 * (step + 1) / self.steps_per_epoch
-                print(f'Train: {epoch} [{step + 1:>5d}/{self.steps_per_epoch} ({done:3.0f}%)]'
-                      f'  loss {loss_meter.val:.4f} ({loss_meter.avg:.4f})  lr {lr:.3e}  {rate:,.0f} img/s', flush=True)
-        metrics = OrderedDict(loss=loss_meter.avg)
+            if step % args.log_interval == 0 or last:
+                window_value = window_loss.item()  # the host read of the loss: at the log interval only
+                if not math.isfinite(window_value):
+                    raise CliError(f'the loss is not finite ({window_value}) in epoch {epoch} by step {step}: the '
+                                   f'run diverged; lower --lr (now {args.lr:g}) or add --clip-grad (no checkpoint '
+                                   'written for this epoch)')
+                elapsed = time.perf_counter() - window_start
+                epoch_loss += window_value
+                epoch_images += window_images
+                if args.rank == 0:
+                    rate = window_images * args.world_size / max(elapsed, 1e-9)
+                    lr = self.optimizer.param_groups[0]['lr']
+                    done = 100 * (step + 1) / self.steps_per_epoch
+                    print(f'Train: {epoch} [{step + 1:>5d}/{self.steps_per_epoch} ({done:3.0f}%)]'
+                          f'  loss {window_value / window_images:.4f} ({epoch_loss / epoch_images:.4f})'
+                          f'  lr {lr:.3e}  {rate:,.0f} img/s', flush=True)
+                window_loss, window_images, window_start = None, 0, time.perf_counter()
+        metrics = OrderedDict(loss=epoch_loss / epoch_images)
         if task.mimo:
-            metrics['binary_batches'] = binary_meter.avg
+            metrics['binary_batches'] = binary_batches / (self.steps_per_epoch * args.grad_accum_steps)
         return metrics
 
     def backward(self, loss: torch.Tensor, update: bool) -> None:
@@ -949,7 +943,7 @@ class Run:
         if update:
             self.optimizer.zero_grad(set_to_none=True)
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, num_eval: int) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: Any, num_eval: int) -> Dict[str, float]:
         """The evaluation columns of ``model`` on the whole validation split (shards gathered across ranks)."""
         member_logits, targets = collect_member_logits(timm.utils.unwrap_model(model), loader, self.device,
                                                        self.autocast_dtype, self.args.channels_last)
@@ -1015,15 +1009,18 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
         raise CliError(f'bad MIMO flags: {one_line(exc)}') from None
     args.data_config = resolve_data_config(vars(args), model=model, verbose=False)
     num_partners = args.batch_size if task.pixel_mix is not None else 0
-    train_loader, eval_loader, sampler, num_eval, data_classes = build_loaders(args, args.data_config, num_partners)
-    check_labels(data_classes, model.num_classes, args)
+    train_data = open_train_data(args, args.data_config, num_partners)
+    sampler = train_data.sampler
+    check_labels(train_data.num_classes, model.num_classes, args)
     optimizer = create_optimizer(args, model)
     scheduler, num_epochs = create_scheduler(args, optimizer, sampler.steps_per_epoch)
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
-    if eval_loader is not None:
+    if args.val_split:
         check_eval_metric(args, task)
-    run = Run(args, task, optimizer, scheduler, num_epochs, sampler.steps_per_epoch, device, num_partners)
+    train_loader = create_train_loader(args, train_data, task, num_epochs, device, args.data_config)
+    eval_loader, num_eval = create_eval_loader(args, args.data_config, device)
+    run = Run(args, task, optimizer, scheduler, num_epochs, sampler.steps_per_epoch, device)
     start_epoch, best_metric = 0, None
     if args.resume:
         start_epoch, best_metric, _ = load_resume(args.resume, task, None if args.no_resume_opt else optimizer,
@@ -1060,9 +1057,11 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
                        id=args.wandb_resume_id or None, resume='must' if args.wandb_resume_id else None)
 
     eval_metrics: Dict[str, float] = {}
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     for epoch in range(start_epoch, num_epochs):
         sampler.set_epoch(epoch)
-        seed_epoch(args, epoch, train_loader)
+        seed_epoch(args, epoch)
         train_metrics = run.train_one_epoch(epoch, train_loader)
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
             distribute_bn(model, args.world_size, args.dist_bn == 'reduce')

@@ -57,6 +57,7 @@ from timm_mimo.cli.args import (
     quiet_warnings,
     reader_kwargs,
 )
+from timm_mimo.cli.data_path import device_batches, pin_memory
 from timm_mimo.cli.evaluate import metric_columns
 from timm_mimo.data import DataError, create_image_transform, dataset_num_classes, open_dataset
 from timm_mimo.evaluation import (
@@ -362,9 +363,12 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         check_ensemble_input(model, data_config['input_size'][0])
     try:
         transform = create_image_transform(data_config, False, args.crop_pad)
+        # the main loader hands uint8 images to the device prefetcher, which normalises them there
+        loader_transform = transform if args.no_prefetcher else create_image_transform(
+            data_config, False, args.crop_pad, normalize=False)
     except (ValueError, TypeError) as exc:
         raise CliError(f'cannot build the image transform: {one_line(exc)}') from None
-    dataset = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, transform,
+    dataset = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, loader_transform,
                            args.class_map, **reader_kwargs(args))
     num_data_classes = dataset_num_classes(dataset)
     if num_data_classes is not None and num_data_classes > model.num_classes:
@@ -385,8 +389,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
             check_corruptible(clean_set)
     except ValueError as exc:  # DataError is a ValueError
         raise CliError(one_line(exc)) from None
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                        pin_memory=args.pin_mem)
+    loader = device_batches(DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                                       pin_memory=pin_memory(args, device)), args, data_config, device)
     eval_model = model
     if args.torchcompile:
         eval_model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)

@@ -1,0 +1,287 @@
+"""The GPU-first data path and loop: plans drawn ahead, the prefetcher, device-resident data, no host reads per step.
+
+A GPU is not needed to check what would stall one: a host read of a device value (``.item()``, ``bool(t)``,
+``torch.equal``, ...) dispatches ``aten._local_scalar_dense`` (or ``aten.equal``) on any device, so counting those
+ops while the training loop runs on the CPU finds every read that would synchronise a GPU step.
+"""
+import random
+import traceback
+from collections import Counter
+
+import numpy as np
+import pytest
+import timm
+import torch
+from test_train import MODEL, run_args  # noqa: E402  (tests/ is on sys.path under pytest)
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.data import DataLoader, Dataset
+
+import timm_mimo  # noqa: F401
+from timm_mimo.cli import train
+from timm_mimo.data import BatchRepeatSampler, PixelMix, ShardRequest
+from timm_mimo.loader import (
+    DeviceDraws,
+    DeviceImages,
+    DeviceShardDataset,
+    MimoBatch,
+    Prefetcher,
+    ShardDataset,
+    keep_batch,
+    seeded_global_rngs,
+)
+from timm_mimo.task import MimoTask
+
+HOST_READS = ('aten._local_scalar_dense', 'aten.equal', 'aten.is_nonzero')
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the ATen ops that read a tensor's value back to the host (each one a GPU sync).
+
+    Reads made by torch's DataLoader itself (its iterator draws a base seed from a CPU generator once per epoch) are
+    not counted: they never touch a GPU tensor.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if name in HOST_READS and not any('torch/utils/data/' in frame.filename
+                                          for frame in traceback.extract_stack()):
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def tiny_mimo(**kwargs):
+    return timm.create_model('cut_mixmo', backbone='wrn28_2', depth=10, widen_factor=1, num_classes=3, in_chans=1,
+                             **kwargs)
+
+
+@pytest.mark.parametrize('extra', [
+    pytest.param(['--mimo-cutmix', '1.0', '--input-repeat', '0.2'], id='cut_mixmo-pixel-mix'),
+    pytest.param(['--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1', 'unmixing=fadeout',
+                  'fadeout_epochs=1', '--model', 'mixshare'], id='mixshare-fadeout'),
+    pytest.param(['--device-data', '--grad-accum-steps', '2'], id='device-data-accumulation'),
+])
+def test_training_steps_read_nothing_back_to_the_host(small_digits_dir, tmp_path, monkeypatch, extra):
+    """Zero host reads inside every optimizer step; exactly one per logged step (the loss); the plans come from the
+    loader's worker, so none of their sampling runs in the training process."""
+    step_reads, epoch_reads, steps = Counter(), Counter(), []
+    real_step, real_epoch = train.Run.train_step, train.Run.train_one_epoch
+
+    def counted_step(self, batches, epoch, step):
+        with HostReads() as reads:
+            out = real_step(self, batches, epoch, step)
+        step_reads.update(reads.counts)
+        steps.append(step)
+        return out
+
+    def counted_epoch(self, epoch, loader):
+        with HostReads() as reads:
+            out = real_epoch(self, epoch, loader)
+        epoch_reads.update(reads.counts)
+        return out
+
+    monkeypatch.setattr(train.Run, 'train_step', counted_step)
+    monkeypatch.setattr(train.Run, 'train_one_epoch', counted_epoch)
+    argv = run_args(small_digits_dir, tmp_path, 'reads', '-b', '16', '--batch-repeat', '2', '--crop-pad', '1',
+                    '--lr', '0.05', '--epochs', '2', '--val-split', '', '--workers', '1', '--log-interval', '3',
+                    '--model-ema', *extra)
+    assert train.main(argv) == 0
+    assert steps, 'no training step ran'
+    assert sum(step_reads.values()) == 0, step_reads
+    per_epoch = max(steps) + 1
+    logged = sum(1 for step in range(per_epoch) if step % 3 == 0 or step + 1 == per_epoch)
+    assert sum(epoch_reads.values()) == 2 * logged, epoch_reads  # the loss, at the log interval only
+
+
+def test_diverged_run_still_stops_before_a_checkpoint(small_digits_dir, tmp_path, capsys):
+    """The non-finite check happens at the log interval and at the epoch's end: no checkpoint holds the NaNs."""
+    argv = run_args(small_digits_dir, tmp_path, 'nan', '-b', '16', '--crop-pad', '1', '--lr', '1e30', '--epochs', '1',
+                    '--val-split', '', '--log-interval', '1000')
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert 'diverged' in err and 'not finite' in err or 'is not finite' in err, err
+    assert not (tmp_path / 'nan' / 'last.pth.tar').exists()
+
+
+def test_worker_plans_are_the_tasks_plans():
+    """The loader's PlanSampler draws, for a shard, exactly what the task draws after set_step (pairs, masks, κ, pixel
+    picks and keep masks): the same function of (seed, epoch, step, shard)."""
+    task = MimoTask.from_model(tiny_mimo(), seed=11, mimo_cutmix=1.0, input_repeat=0.25, verbose=False)
+    sampler = task.plan_sampler((8, 8))
+    for epoch, step, shard in ((0, 0, 0), (2, 5, 1), (7, 3, 3)):
+        task.set_step(epoch, step, 10, 8, shard)
+        own = task.sample_plan(6, (8, 8), num_partners=6)
+        drawn = sampler.sample(6, epoch, step, 10, 8, shard, num_partners=6)
+        for a, b in ((own.pair_index, drawn.pair_index), (own.mix.masks, drawn.mix.masks),
+                     (own.mix.kappas, drawn.mix.kappas), (own.pixel_pick, drawn.pixel_pick),
+                     (own.pixel_keep, drawn.pixel_keep)):
+            assert torch.equal(a, b)
+        assert own.mix.binary == drawn.mix.binary
+
+
+def test_step_with_a_drawn_plan_equals_the_step_that_draws_it():
+    model = tiny_mimo()
+    task = MimoTask.from_model(model, seed=4, mimo_cutmix=1.0, verbose=False)
+    images, targets = torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
+    partners, partner_targets = torch.randn(5, 1, 8, 8), torch.randint(0, 3, (5,))
+    task.set_step(1, 2, 10, 4, shard=1)
+    drawn_now = task(images, targets, partners, partner_targets)
+    plan = task.plan_sampler((8, 8)).sample(6, 1, 2, 10, 4, 1, num_partners=5)
+    drawn_ahead = task(images, targets, partners, partner_targets, plan=plan)
+    assert torch.equal(drawn_now['loss'], drawn_ahead['loss'])
+    assert torch.equal(drawn_now['output'], drawn_ahead['output'])
+
+
+class _Noisy(Dataset):
+    """Images built from the global RNGs, as timm's / torchvision's random transforms draw them."""
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, index):
+        value = torch.rand(()).item() + random.random() + float(np.random.rand())  # noqa: NPY002
+        return torch.full((1, 2, 2), value), index % 3
+
+
+def _shards(workers):
+    sampler = BatchRepeatSampler(40, batch_size=4, batch_repeat=2, seed=3, num_partners=2)
+    task = MimoTask.from_model(tiny_mimo(), seed=3, mimo_cutmix=1.0, verbose=False)
+    dataset = ShardDataset(_Noisy(), task.plan_sampler((2, 2)), sampler.steps_per_epoch, 2, seed=3)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=keep_batch, num_workers=workers,
+                        persistent_workers=workers > 0)
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        epochs.append(list(loader))
+    return epochs
+
+
+def test_shards_do_not_depend_on_the_worker_that_loads_them():
+    """Augmentations and plans are seeded per shard: 0 or 2 persistent workers load identical epochs."""
+    torch.manual_seed(0)
+    inline, workers = _shards(0), _shards(2)
+    for epoch_a, epoch_b in zip(inline, workers):
+        assert len(epoch_a) == len(epoch_b) > 0
+        for a, b in zip(epoch_a, epoch_b):
+            assert isinstance(a, MimoBatch)
+            for name in ('images', 'targets', 'partner_images', 'partner_targets'):
+                assert torch.equal(getattr(a, name), getattr(b, name)), name
+            assert torch.equal(a.plan.mix.masks, b.plan.mix.masks) and torch.equal(a.plan.pair_index,
+                                                                                   b.plan.pair_index)
+    assert not torch.equal(inline[0][0].images, inline[1][0].images)  # epochs differ
+
+
+def test_seeded_global_rngs_restore_the_process_streams():
+    torch.manual_seed(5)
+    random.seed(5)
+    np.random.seed(5)  # noqa: NPY002
+    expected = (torch.rand(3), random.random(), np.random.rand())  # noqa: NPY002
+    torch.manual_seed(5)
+    random.seed(5)
+    np.random.seed(5)  # noqa: NPY002
+    with seeded_global_rngs(123):
+        first = torch.rand(2)
+    with seeded_global_rngs(123):
+        assert torch.equal(torch.rand(2), first)
+    got = (torch.rand(3), random.random(), np.random.rand())  # noqa: NPY002
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+def test_prefetcher_normalises_uint8_on_the_device_like_the_workers():
+    images = torch.randint(0, 256, (3, 3, 4, 4), dtype=torch.uint8)
+    mean, std = (0.2, 0.4, 0.6), (0.5, 0.25, 0.125)
+    plain = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    prefetcher = Prefetcher([(images, torch.arange(3))], torch.device('cpu'), mean, std, channels_last=True)
+    (got, targets), = list(prefetcher)
+    assert torch.allclose(got, plain, atol=1e-5) and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(targets, torch.arange(3))
+    batch = MimoBatch(images, torch.arange(3), images[:1], torch.arange(1))
+    moved, = list(Prefetcher([batch], torch.device('cpu'), mean, std))
+    assert torch.allclose(moved.images, plain, atol=1e-5) and torch.allclose(moved.partner_images, plain[:1],
+                                                                             atol=1e-5)
+
+
+def test_prefetcher_yields_every_batch_once_in_order():
+    batches = [(torch.full((1, 1, 1, 1), i, dtype=torch.uint8), torch.tensor([i])) for i in range(5)]
+    got = [int(t) for _, t in Prefetcher(batches, torch.device('cpu'), (0.0,), (1.0,))]
+    assert got == [0, 1, 2, 3, 4]
+    assert list(Prefetcher([], torch.device('cpu'))) == []
+
+
+def test_device_images_crop_and_flip_by_hand():
+    """One gather does pad-crop-flip: compared with slicing the zero-padded image by hand."""
+    images = torch.arange(2 * 1 * 3 * 3, dtype=torch.uint8).view(2, 1, 3, 3) + 1
+    data = DeviceImages(images, torch.tensor([4, 7]), pad=1, mean=(0.0,), std=(1.0 / 255,), device='cpu')
+    draws = DeviceDraws(torch.tensor([1, 0, 1]), torch.tensor([[0, 0], [1, 1], [2, 1]]),
+                        torch.tensor([False, True, True]))
+    crops, labels = data.augment(draws)  # std 1/255: the normalised value is the pixel value
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1)).float()
+    assert torch.equal(crops[0], padded[1, :, 0:3, 0:3])
+    assert torch.equal(crops[1], padded[0, :, 1:4, 1:4].flip(-1))  # the centred crop, flipped: image 0 mirrored
+    assert torch.equal(crops[1], images[0].float().flip(-1))
+    assert torch.equal(crops[2], padded[1, :, 2:5, 1:4].flip(-1))
+    assert labels.tolist() == [7, 4, 7]
+    centre, centre_labels = next(data.batches(8))
+    assert torch.equal(centre, images.float()) and centre_labels.tolist() == [4, 7]
+
+
+def test_device_shard_draws_are_per_copy_and_per_shard():
+    """Batch-repeated copies draw their crops independently; a shard's draws depend only on (seed, epoch, step,
+    shard); --no-aug gives the centred crop without flips."""
+    request = ShardRequest([3, 3, 3, 3, 5, 5, 5, 5], epoch=1, step=2, shard=0)
+    dataset = DeviceShardDataset(10, pad=4, hflip=0.5, plan_sampler=None, steps_per_epoch=5, num_epochs=3, seed=0)
+    first, again = dataset.__getitems__(request), dataset.__getitems__(request)
+    assert torch.equal(first.draws.offsets, again.draws.offsets) and torch.equal(first.draws.flips, again.draws.flips)
+    assert len({tuple(o) for o in first.draws.offsets[:4].tolist()}) > 1  # copies of image 3, different crops
+    other = dataset.__getitems__(ShardRequest(list(request), epoch=1, step=2, shard=1))
+    assert not torch.equal(first.draws.offsets, other.draws.offsets)
+    fixed = DeviceShardDataset(10, pad=4, hflip=0.5, plan_sampler=None, steps_per_epoch=5, num_epochs=3, seed=0,
+                               random_crop=False).__getitems__(request)
+    assert (fixed.draws.offsets == 4).all()
+
+
+def test_device_data_run_learns(small_digits_dir, tmp_path):
+    """--device-data trains the MIMO model on the device copy of the split (loss falls, above chance)."""
+    argv = run_args(small_digits_dir, tmp_path, 'device', '-b', '32', '--batch-repeat', '2', '--crop-pad', '1',
+                    '--lr', '0.05', '--epochs', '4', '--device-data', '--mimo-cutmix', '1.0')
+    assert train.main(argv) == 0
+    rows = train_rows(tmp_path / 'device')
+    assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
+    assert float(rows[-1]['eval_top1']) > 30.0  # 10 classes
+
+
+def train_rows(run_dir):
+    import csv
+    with open(run_dir / 'summary.csv') as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--device-data'], '--device-data runs the CIFAR recipe on the device'),
+    (['--device-data', '--crop-pad', '4', '--aa', 'cifar10'], "--aa 'cifar10' is an image-level augmentation"),
+    (['--device-data', '--crop-pad', '4', '--reprob', '0.25'], '--reprob 0.25 is an image-level augmentation'),
+])
+def test_device_data_refuses_what_it_cannot_do(argv, message, tmp_path, capsys):
+    assert train.main([*MODEL, '--data-dir', str(tmp_path), '--output', str(tmp_path / 'out'), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_pixel_mix_sample_then_apply_is_the_call():
+    generator = torch.Generator().manual_seed(2)
+    xs, ys = torch.rand(3, 2, 1, 4, 4), torch.softmax(torch.randn(3, 2, 5), -1)
+    partners, partner_y = torch.rand(4, 1, 4, 4), torch.softmax(torch.randn(4, 5), -1)
+    from timm_mimo.mixing import MixPlan
+    plan = MixPlan.from_masks(torch.stack([torch.ones(3, 2, 2), torch.zeros(3, 2, 2)], dim=1))
+    mix = PixelMix(cutmix_alpha=1.0, prob=1.0)
+    called = mix(xs, ys, plan, partners, partner_y, generator)
+    pick, keep = mix.sample(3, 2, (4, 4), 4, torch.Generator().manual_seed(2))
+    applied = PixelMix.apply(xs, ys, plan, partners, partner_y, pick, keep)
+    assert torch.equal(called[0], applied[0]) and torch.equal(called[1], applied[1])
