@@ -18,6 +18,10 @@ The earlier family tables are still there::
     python benchmark.py cnn      # MIMO / MixMo CNN vs backbone table (noise control included)
     python benchmark.py mixvit   # MixViT vs backbone: FLOPs against the papers' bound, latency, train step
     python benchmark.py loader   # multi-input loader with batch repetition vs timm's plain loader
+    python benchmark.py loop --model cut_mixmo_wrn28_2 --batch-repeat 2 -- --data-dir DIR --crop-pad 4 -b 128
+                                 # the real training loop (loader, workers, plans, prefetcher) vs the isolated step,
+                                 # MIMO model and backbone side by side
+    python benchmark.py ops      # ATen ops (GPU kernel launches) a MIMO train step adds to its backbone's; host reads
 """
 import argparse
 import importlib
@@ -28,6 +32,8 @@ FAMILIES = {
     'cnn': 'benchmarks.cnn',
     'mixvit': 'benchmarks.mixvit',
     'loader': 'benchmarks.loader',
+    'loop': 'benchmarks.loop',
+    'ops': 'benchmarks.ops',
 }
 
 

@@ -6,10 +6,14 @@ For each model: parameters, forward FLOPs, inference and train-step throughput, 
 against its backbone and the cost targets. What is measured:
 
 * inference: ``model(x)`` on a ``(B, C, H, W)`` batch, eval mode, ``no_grad``;
-* train step: the real MIMO step of :class:`timm_mimo.task.MimoTask`: pair the batch into ``(B, M, C, H, W)``,
-  draw the model's Mixer plan, forward, the model's MIMO loss, backward, optimizer step; the backbone: the same
-  ``(B, C, H, W)`` batch, cross-entropy, backward, the same optimizer; same B on both sides;
+* train step: the real MIMO step of :class:`timm_mimo.task.MimoTask` as the training loop runs it: the plan (pairs,
+  the model's Mixer masks and κ) drawn ahead and already on the device (the loader's workers draw it), the pairs
+  gathered into ``(B, M, C, H, W)``, forward, the model's MIMO loss, backward, optimizer step; the backbone: the same
+  ``(B, C, H, W)`` batch, cross-entropy, backward, the same optimizer; same B on both sides; ``--torchcompile``
+  compiles the whole step of both (``MimoTask.compile``);
 * throughput: alternating timed rounds of the two models (``interleaved_throughput``), best round of each;
+* plan sampling (MIMO): median CPU time to draw one shard's plan (``plan_sample_ms``), the work a loader worker does
+  per step, and its share of the train step (``ratio_plan_to_step``);
 * FLOPs: ``torch.utils.flop_counter`` on one image (``infer_gmacs`` = FLOPs / 2, timm's MAC convention);
 * peak memory: the peak bytes of live tensors (parameters, buffers, gradients, optimizer state, activations,
   temporaries) during one warm inference call / train step of the eager model (also under ``--torchcompile``),
@@ -27,7 +31,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.utils import ParseKwargs
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -35,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import timm_mimo  # noqa: F401  (registration)
-from benchmarks.common import count_flops, count_params, interleaved_throughput
+from benchmarks.common import count_flops, count_params, device_synchronizer, interleaved_throughput
 from timm_mimo.metrics import is_mimo
 from timm_mimo.models import mixvit as mixvit_module
 from timm_mimo.models.mimo_cnn import MimoCNN
@@ -43,7 +46,8 @@ from timm_mimo.models.mimo_vit import MimoViT
 from timm_mimo.models.mixvit import MixViT
 from timm_mimo.task import MimoTask
 
-__all__ = ['add_arguments', 'create_pair', 'cost_targets', 'benchmark_model', 'explain_train_forward', 'run']
+__all__ = ['add_arguments', 'create_pair', 'backbone_model_kwargs', 'cost_targets', 'benchmark_model',
+           'explain_train_forward', 'run']
 
 MIB = 2 ** 20
 COMPILED_TRAIN_WARMUP = 10  # seed-0 Mixer plans: both kinds and both orders of them within 10 steps
@@ -120,16 +124,22 @@ def create_pair(name: str, args: argparse.Namespace) -> Tuple[nn.Module, Optiona
         probe = timm.create_model(name, **kwargs)
     if args.no_backbone:
         return probe, None
-    mimo_options = {p for p in inspect.signature(type(probe).__init__).parameters
-                    if p not in ('self', 'num_classes', 'global_pool')}
-    mimo_options |= {'backbone_kwargs', 'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir'}
-    backbone_kwargs = {k: v for k, v in args.model_kwargs.items() if k not in mimo_options}
+    backbone_kwargs = backbone_model_kwargs(probe, args.model_kwargs)
     backbone_kwargs.update(num_classes=probe.num_classes, in_chans=probe.in_chans)
     if isinstance(probe, MixViT):
         backbone = mixvit_module.create_backbone(probe.backbone_name, **backbone_kwargs)
     else:
         backbone = timm.create_model(probe.backbone_name, **backbone_kwargs)
     return probe, backbone
+
+
+def backbone_model_kwargs(model: nn.Module, model_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The model kwargs that are the architecture's own (``depth``, ``widen_factor``, ``img_size``...): those that are
+    not options of the MIMO class (``backbone``, ``num_members``, ``method``, ``source``, ...)."""
+    mimo_options = {p for p in inspect.signature(type(model).__init__).parameters
+                    if p not in ('self', 'num_classes', 'global_pool')}
+    mimo_options |= {'backbone_kwargs', 'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir'}
+    return {k: v for k, v in model_kwargs.items() if k not in mimo_options}
 
 
 def cost_targets(model: nn.Module) -> Dict[str, Tuple[str, float]]:
@@ -194,29 +204,40 @@ def _inference_call(forward: Callable, x: torch.Tensor, setup: _Setup) -> Callab
     return call
 
 
-def _train_step(model: nn.Module, forward: Callable, images: torch.Tensor, targets: torch.Tensor,
-                args: argparse.Namespace, setup: _Setup) -> Callable[[], None]:
-    """One optimizer step; MIMO models run the real MIMO step (pairing, Mixer plan, MimoLoss)."""
+TRAIN_PLANS = 8  # plans drawn ahead and cycled: both plan kinds (binary / linear) among them for seed 0
+
+
+def _train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, args: argparse.Namespace,
+                setup: _Setup, compile_step: bool = False) -> Callable[[], None]:
+    """One optimizer step of :class:`timm_mimo.task.MimoTask`, as the training loop runs it.
+
+    MIMO models: the plans (pairs, masks, κ) are drawn ahead on the CPU and already on the device, as the loader's
+    workers deliver them; the step gathers the pairs, runs the mixed forward and the model's MIMO loss, backward and
+    the optimizer. The backbone: the same ``(B, C, H, W)`` batch, cross-entropy. Same B and optimizer on both sides;
+    ``compile_step`` compiles the whole step (``MimoTask.compile``), as ``--torchcompile`` in training does.
+    """
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr)
     model.train()
     if is_mimo(model):
-        # the training step of timm_mimo.task.MimoTask (pairing, input repetition, the model's Mixer and loss), taken
-        # half-way through a 300-epoch schedule; the forward is the (possibly compiled) one being measured
-        task = MimoTask.from_model(model, seed=0)
-        task.set_step(epoch=150, step=0, steps_per_epoch=1, num_epochs=300)
-
-        def loss() -> torch.Tensor:
-            xs, ys, plan = task.mix_inputs(images, targets)
-            with setup.autocast():
-                return task.criterion(forward(xs, plan), ys, plan.kappas)
+        task = MimoTask.from_model(model, seed=0, verbose=False)
+        sampler = task.plan_sampler(tuple(images.shape[-2:]))
+        # half-way through a 300-epoch schedule, as the loader would deliver them
+        plans = [sampler.sample(images.shape[0], 150, step, TRAIN_PLANS, 300).to(images.device)
+                 for step in range(TRAIN_PLANS)]
     else:
-        def loss() -> torch.Tensor:
-            with setup.autocast():
-                return F.cross_entropy(forward(images), targets)
+        task = MimoTask.from_model(model, smoothing=0.0, verbose=False)
+        plans = [None]
+    if compile_step:
+        task.compile(backend=setup.compile_backend)
+    turn = [0]
 
     def step() -> None:
+        plan = plans[turn[0] % len(plans)]
+        turn[0] += 1
         optimizer.zero_grad(set_to_none=True)
-        loss().backward()
+        with setup.autocast():
+            loss = task(images, targets, plan=plan)['loss'] if plan is not None else task(images, targets)['loss']
+        loss.backward()
         optimizer.step()
     step.optimizer = optimizer
     return step
@@ -283,20 +304,33 @@ def _inference_peak_memory_mb(model: nn.Module, x: torch.Tensor, setup: _Setup) 
     return peak_memory_mb(_inference_call(model, x, setup), model)
 
 
+def plan_sample_ms(model: nn.Module, batch_size: int, image_size: Sequence[int], samples: int = 20) -> float:
+    """Median CPU milliseconds to draw one shard's plan (pairs, masks, κ): the work a loader worker does per step."""
+    import statistics
+    import time
+    sampler = MimoTask.from_model(model, seed=0, verbose=False).plan_sampler(tuple(image_size))
+    times = []
+    for step in range(samples):
+        start = time.perf_counter()
+        sampler.sample(batch_size, 150, step, samples, 300)
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
 def explain_train_forward(model: nn.Module, batch_size: int = 2) -> Dict[str, Any]:
-    """Graphs and graph breaks of the MIMO training forward ``model(xs, plan)`` under ``torch._dynamo.explain``.
+    """Graphs and graph breaks of the whole MIMO training step given its plan (pairing gather, mixed forward, member
+    loss: what ``--torchcompile`` compiles, ``MimoTask._step``) under ``torch._dynamo.explain``.
 
     Returns:
         ``graph_count``, ``graph_break_count`` and ``break_reasons`` (``reason @ file:line`` strings).
     """
     size = model.pretrained_cfg['input_size']
-    task = MimoTask.from_model(model, seed=0)
-    task.set_step(epoch=150, step=0, steps_per_epoch=1, num_epochs=300)  # as the timed train step
-    _, _, plan = task.mix_inputs(torch.randn(batch_size, *size), torch.zeros(batch_size, dtype=torch.long))
-    xs = torch.randn(batch_size, model.num_members, *size)
+    task = MimoTask.from_model(model, seed=0, verbose=False)
+    plan = task.plan_sampler(size[-2:]).sample(batch_size, 150, 0, 1, 300)  # as the timed train step
+    images, targets = torch.randn(batch_size, *size), torch.zeros(batch_size, dtype=torch.long)
     model.train()
     torch._dynamo.reset()
-    explanation = torch._dynamo.explain(model)(xs, plan)
+    explanation = torch._dynamo.explain(task._step)(images, targets, None, None, plan)
     reasons = []
     for reason in explanation.break_reasons:
         frame = reason.user_stack[-1] if reason.user_stack else None
@@ -335,7 +369,7 @@ def benchmark_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]
             module.eval()
         calls = {key: _inference_call(forwards[key], x, setup) for key in sides}
         speeds = interleaved_throughput(calls, batch, warmup=args.num_warm_iter, rounds=args.rounds,
-                                        min_seconds=args.min_seconds)
+                                        min_seconds=args.min_seconds, synchronize=device_synchronizer(setup.device))
         for key in sides:
             rows[key].update(infer_samples_per_sec=round(speeds[key], 2),
                              infer_step_time=round(1000 * batch / speeds[key], 3), infer_batch_size=batch,
@@ -343,20 +377,26 @@ def benchmark_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]
             if not args.no_memory:
                 rows[key]['infer_peak_mem_mb'] = round(_inference_peak_memory_mb(sides[key], x, setup), 3)
     if args.bench in ('both', 'train'):
-        steps = {key: _train_step(m, forwards[key], x, targets, args, setup) for key, m in sides.items()}
+        steps = {key: _train_step(m, x, targets, args, setup, compile_step=bool(setup.compile_backend))
+                 for key, m in sides.items()}
         # compiled MIMO steps meet cut-like and linear plans (different graphs): warm up until both are compiled
         warmup = max(args.num_warm_iter, COMPILED_TRAIN_WARMUP) if setup.compile_backend else args.num_warm_iter
-        speeds = interleaved_throughput(steps, batch, warmup=warmup, rounds=args.rounds, min_seconds=args.min_seconds)
+        speeds = interleaved_throughput(steps, batch, warmup=warmup, rounds=args.rounds, min_seconds=args.min_seconds,
+                                        synchronize=device_synchronizer(setup.device))
         for key in sides:
             rows[key].update(train_samples_per_sec=round(speeds[key], 2),
                              train_step_time=round(1000 * batch / speeds[key], 3), train_batch_size=batch,
                              train_img_size=size[-1])
             if not args.no_memory:
-                eager = _train_step(sides[key], sides[key], x, targets, args, setup)
+                eager = _train_step(sides[key], x, targets, args, setup)
                 rows[key]['train_peak_mem_mb'] = round(peak_memory_mb(eager, sides[key], eager.optimizer), 3)
     if is_mimo(model):
         rows['model']['num_members'] = model.num_members
         rows['model']['backbone'] = names['backbone']
+        if args.bench in ('both', 'train'):
+            plan_ms = plan_sample_ms(model, batch, size[-2:])
+            rows['model']['plan_sample_ms'] = round(plan_ms, 3)
+            rows['model']['ratio_plan_to_step'] = round(plan_ms / rows['model']['train_step_time'], 4)
     if backbone is not None:
         _add_ratios(rows['model'], rows['backbone'], cost_targets(model))
     if args.explain and is_mimo(model):

@@ -158,9 +158,61 @@ def test_cuda_device_refused_on_cpu(capsys):
     assert 'CUDA is not available' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('family', ['cnn', 'mixvit', 'loader'])
+@pytest.mark.parametrize('family', ['cnn', 'mixvit', 'loader', 'loop'])
 def test_family_subcommands_still_parse(family, capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark.main([family, '--help'])
     assert exit_info.value.code == 0
     assert f'benchmark.py {family}' in capsys.readouterr().out
+
+
+def test_loop_mode_measures_the_real_loop_of_both_sides(small_digits_dir, tmp_path, capsys):
+    """benchmark.py loop: the MIMO model and its backbone (architecture kwargs only) through the training command's
+    loader, workers and prefetcher, the isolated step beside it, and the ratios."""
+    results = tmp_path / 'loop.csv'
+    benchmark.main(['loop', '--model', 'cut_mixmo', '--batch-repeat', '2', '--steps', '2', '--warmup-steps', '1',
+                    '--rounds', '1', '--results-file', str(results), '--', *TINY, '--num-classes', '10',
+                    '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std', '0.5', '--crop-pad', '1',
+                    '--data-dir', str(small_digits_dir), '-b', '8', '--workers', '1', '--val-split', ''])
+    out = capsys.readouterr().out
+    assert 'ratio_loop_to_step' in out and 'best of 1 alternating rounds' in out
+    with open(results) as f:
+        rows = list(csv.DictReader(f))
+    assert [row['model'] for row in rows] == ['wrn28_2', 'cut_mixmo']
+    assert rows[0]['mimo'] == 'False' and rows[1]['mimo'] == 'True' and rows[1]['batch_repeat'] == '2'
+    for row in rows:
+        assert float(row['loop_samples_per_sec']) > 0 and float(row['step_samples_per_sec']) > 0
+    assert float(rows[1]['ratio_epoch_to_backbone']) > 0
+
+
+def test_gpu_check_runs_every_part_in_cpu_mode(small_digits_dir, tmp_path):
+    """benchmarks/gpu_check.py --cpu: the model tables (eager, compiled), the loop mode on a folder and on the device,
+    two train.py epochs (float16 / bfloat16 AMP flags), validate.py and a one-process torchrun all succeed, and the CSV
+    holds their figures."""
+    from benchmarks import gpu_check
+    out = tmp_path / 'check'
+    assert gpu_check.main(['--cpu', '--data-dir', str(small_digits_dir), '--val-split', 'validation', '--workers', '1',
+                           '--out', str(out)]) == 0
+    with open(out / 'gpu_check.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and all(row['status'] == 'ok' for row in rows), [(r['part'], r['status']) for r in rows]
+    figures = {key for row in rows for key, value in row.items() if value}
+    assert 'cut_mixmo:ratio_train_samples_per_sec' in figures and 'cut_mixmo:ratio_loop_to_step' in figures
+    assert 'eval_top1' in figures and 'top1' in figures
+    assert (out / 'gpu_check.log').read_text().count('$ ') == 8
+
+
+def test_ops_mode_counts_what_the_mimo_step_adds_and_no_host_reads(capsys):
+    """benchmark.py ops: the GPU encoder path adds no conv (one grouped conv), the CPU path one conv and its backward;
+    no host read in either step."""
+    from benchmarks import ops
+    parser = __import__('argparse').ArgumentParser()
+    ops.add_arguments(parser)
+    rows = ops.run(parser.parse_args(['--model', 'cut_mixmo', '-b', '2', '--img-size', '8', *TINY]))
+    by_side = {row['side']: row for row in rows}
+    assert by_side['backbone']['host_reads'] == 0
+    gpu, cpu = by_side['GPU path (grouped conv)'], by_side['CPU path (M convs)']
+    assert gpu['host_reads'] == 0 and cpu['host_reads'] == 0
+    assert 'convolution' not in gpu['extra'] and 'convolutionx1' in cpu['extra']
+    assert 0 < gpu['extra_compute_ops'] < cpu['extra_compute_ops'] <= 24  # whatever the backbone's depth
+    assert 'index_selectx2' in gpu['extra']  # the pairing gather of images and targets

@@ -285,3 +285,72 @@ def test_pixel_mix_sample_then_apply_is_the_call():
     pick, keep = mix.sample(3, 2, (4, 4), 4, torch.Generator().manual_seed(2))
     applied = mix.apply(xs, ys, plan, partners, partner_y, pick, keep)
     assert torch.equal(called[0], applied[0]) and torch.equal(called[1], applied[1])
+
+
+COMPILE_FAMILIES = [
+    pytest.param('cut_mixmo', dict(backbone='wrn28_2', depth=10, widen_factor=1), 8, id='cut_mixmo-wrn'),
+    pytest.param('linear_mixmo', dict(backbone='resnet18'), 16, id='linear_mixmo-resnet18'),
+    pytest.param('mixshare', dict(backbone='wrn28_2', depth=10, widen_factor=1), 8, id='mixshare-fadeout'),
+    pytest.param('mixvit_convit_gpsa5_ca2', dict(img_size=16, patch_size=4, embed_dim=48, num_heads=4), 16,
+                 id='mixvit-convit'),
+    pytest.param('mixvit_deit_tiny_patch16_224', dict(img_size=16, patch_size=4, depth=3), 16, id='mixvit-deit'),
+    pytest.param('mixmo_vit', dict(img_size=16, patch_size=4, embed_dim=48, num_heads=4, depth=3), 16,
+                 id='naive-mixmo-vit'),
+    pytest.param('wrn28_2', dict(depth=10, widen_factor=1), 8, id='plain-wrn'),
+]
+
+
+@pytest.mark.parametrize('name, kwargs, size', COMPILE_FAMILIES)
+def test_whole_training_step_compiles_as_one_graph(name, kwargs, size):
+    """--torchcompile compiles the step given its plan (pairing gather, pixel mixing, mixed forward, member loss) as
+    ONE graph per plan kind (binary / linear), with no graph break, for every family; MixShare's fadeout strength,
+    which changes every step, does not recompile it."""
+    from torch._dynamo.utils import counters
+    model = timm.create_model(name, num_classes=5, **kwargs).train()
+    task = MimoTask.from_model(model, seed=0, verbose=False)
+    images, targets = torch.randn(4, 3, size, size), torch.randint(0, 5, (4,))
+    plans = [None] * 6
+    if task.mimo:
+        task = MimoTask.from_model(model, seed=0, verbose=False, mimo_cutmix=1.0)
+        sampler = task.plan_sampler((size, size))
+        plans = [sampler.sample(4, step // 3, step % 3, 3, 4, num_partners=4) for step in range(6)]
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(task._step)(images, targets, images if task.mimo else None,
+                                                    targets if task.mimo else None, plans[0])
+    assert explanation.graph_break_count == 0, [str(r.reason)[:200] for r in explanation.break_reasons]
+    assert explanation.graph_count == 1
+    torch._dynamo.reset()
+    counters.clear()
+    task.compile(backend='eager')  # dynamo's graphs without inductor code generation: what is traced and guarded
+    for plan in plans:
+        if task.mimo:
+            task(images, targets, images, targets, plan=plan)['loss'].backward()
+        else:
+            task(images, targets)['loss'].backward()
+    kinds = {plan.mix.binary for plan in plans} if task.mimo else {None}
+    assert counters['stats']['unique_graphs'] <= len(kinds) + 1
+    torch._dynamo.reset()
+
+
+def test_float16_amp_on_cuda_takes_a_fused_optimizer(tmp_path):
+    """GradScaler reads the inf / NaN flag back to the host every step unless the optimizer is fused: float16 AMP on
+    CUDA picks torch's fused SGD / Adam / AdamW (same update); bfloat16, the CPU, other optimizers or an explicit
+    --opt-kwargs keep timm's optimizer as it is."""
+    model = torch.nn.Linear(3, 2)
+    cuda, cpu = torch.device('cuda'), torch.device('cpu')
+
+    def fused(*argv, device=cuda):
+        args = train.parse_args(['--model', 'resnet18', *argv])
+        return train.fused_for_amp(args, device)
+
+    assert fused('--amp', '--amp-dtype', 'float16')
+    assert fused('--amp', '--amp-dtype', 'float16', '--opt', 'adamw')
+    assert not fused('--amp', '--amp-dtype', 'bfloat16')
+    assert not fused('--amp', '--amp-dtype', 'float16', device=cpu)
+    assert not fused('--amp', '--amp-dtype', 'float16', '--opt', 'lamb')
+    assert not fused('--amp', '--amp-dtype', 'float16', '--opt-kwargs', 'foreach=True')
+    assert not fused()
+    args = train.parse_args(['--model', 'resnet18', '--amp', '--amp-dtype', 'float16', '--lr', '0.1'])
+    optimizer = train.create_optimizer(args, model, cuda)  # the parameters stay on the CPU: fused SGD runs there too
+    assert optimizer.defaults['fused'] is True and optimizer.defaults['nesterov'] is True
+    assert not train.create_optimizer(args, model, cpu).defaults.get('fused')

@@ -485,3 +485,30 @@ def test_tied_encoder_makes_the_inputs_exchangeable():
         out = model(xs, MixPlan.from_masks(masks))
         swapped = model(xs.flip(1), MixPlan.from_masks(masks.flip(1)))
     torch.testing.assert_close(out, swapped)
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(tied_encoder=True), dict(num_members=3)],
+                         ids=['independent', 'tied', 'three-members'])
+def test_grouped_conv_encoders_equal_member_convs(kwargs):
+    """The GPU path (one grouped conv for the M encoders) computes what the CPU path (M convs) does: forward and the
+    gradients of every parameter."""
+    model = timm.create_model('cut_mixmo', backbone='wrn28_2', depth=10, widen_factor=1, num_classes=3, **kwargs)
+    num_members = model.num_members
+    xs = torch.randn(4, num_members, 3, 8, 8)
+    plan = Mixer(num_members, generator=torch.Generator().manual_seed(0), prob=1.0)(4, model.mix_grid(8))
+    outputs, grads = [], []
+    for grouped in (False, True):
+        model.encoders.grouped_conv = grouped
+        model.zero_grad()
+        out = model(xs, plan)
+        out.square().sum().backward()
+        outputs.append(out)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-4), name
+    packed = xs.flatten(1, 2)
+    model.encoders.grouped_conv = True
+    grouped = model.encoders.forward_members(packed)
+    model.encoders.grouped_conv = False
+    assert torch.allclose(grouped, model.encoders.forward_members(packed), atol=1e-5)

@@ -597,8 +597,28 @@ def resolve_lr(args: argparse.Namespace) -> None:
     args.lr = args.lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio)
 
 
-def create_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
-    """timm's optimizer from the flags; ``--l2`` is coupled weight decay 2·λ on every parameter (no filtering)."""
+FUSED_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+def fused_for_amp(args: argparse.Namespace, device: Optional[torch.device]) -> bool:
+    """Whether the optimizer runs fused: float16 AMP on CUDA with torch's SGD / Adam / AdamW (``--opt-kwargs fused``
+    unset). A fused step reads GradScaler's inf / NaN flag on the device; otherwise ``GradScaler.step`` reads it back
+    to the host every step. The update it computes is the same."""
+    if device is None or device.type != 'cuda' or not args.amp or args.amp_dtype != 'float16':
+        return False
+    if 'fused' in args.opt_kwargs or 'foreach' in args.opt_kwargs:
+        return False
+    try:
+        opt_class = timm.optim.get_optimizer_class(args.opt, bind_defaults=False)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return opt_class in FUSED_OPTIMIZERS
+
+
+def create_optimizer(args: argparse.Namespace, model: nn.Module,
+                     device: Optional[torch.device] = None) -> torch.optim.Optimizer:
+    """timm's optimizer from the flags; ``--l2`` is coupled weight decay 2·λ on every parameter (no filtering); fused
+    with float16 AMP on CUDA (:func:`fused_for_amp`)."""
     kwargs = optimizer_kwargs(cfg=args)
     filter_bias_and_bn = True
     if args.l2 is not None:
@@ -606,8 +626,10 @@ def create_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.
         # official code adds 3e-4·ΣW² over all parameters to the loss; its gradient 6e-4·W is SGD's weight decay.
         kwargs['weight_decay'] = 2.0 * args.l2
         filter_bias_and_bn = False
+    extra = dict(fused=True) if fused_for_amp(args, device) else {}
     try:
-        return create_optimizer_v2(model, **kwargs, filter_bias_and_bn=filter_bias_and_bn, **args.opt_kwargs)
+        return create_optimizer_v2(model, **kwargs, filter_bias_and_bn=filter_bias_and_bn, **args.opt_kwargs,
+                                   **extra)
     except (ValueError, TypeError, AssertionError, KeyError) as exc:
         raise CliError(f'cannot create optimizer --opt {args.opt!r}: {one_line(exc)}') from None
 
@@ -1012,7 +1034,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     train_data = open_train_data(args, args.data_config, num_partners)
     sampler = train_data.sampler
     check_labels(train_data.num_classes, model.num_classes, args)
-    optimizer = create_optimizer(args, model)
+    optimizer = create_optimizer(args, model, device)
     scheduler, num_epochs = create_scheduler(args, optimizer, sampler.steps_per_epoch)
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
@@ -1050,6 +1072,9 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
               f'{sampler.steps_per_epoch} steps/epoch, lr {args.lr:g}; output {output_dir}', flush=True)
         if task.mimo:
             print(f'{task.mixer}  {task.criterion}  input_repeat={task.input_repeat}  pixel_mix={task.pixel_mix}',
+                  flush=True)
+        if fused_for_amp(args, device):
+            print(f'{type(optimizer).__name__} runs fused: float16 AMP reads no inf / NaN flag back to the host',
                   flush=True)
         if args.log_wandb:
             import wandb

@@ -160,6 +160,9 @@ class MemberEncoders(nn.Module):
         self.padding = 0 if self.same_pad else conv.padding
         self.padding_mode = conv.padding_mode
         self._reversed_padding = getattr(conv, '_reversed_padding_repeated_twice', None)
+        # None: one grouped conv on GPUs, M plain convs on the CPU (oneDNN's grouped conv with few channels per group
+        # is slow); True / False force one of them (both compute the same encodings)
+        self.grouped_conv: Optional[bool] = None
 
         factors = None
         if encoder_init in ('colinear', 'colinear_filter') and not pretrained:
@@ -252,28 +255,51 @@ class MemberEncoders(nn.Module):
     def forward_members(self, x: torch.Tensor) -> torch.Tensor:
         """All M encodings: ``(B, M·C, H, W)`` -> ``(B, M, O, h, w)``, member m reading input channels m.
 
-        M plain convs rather than one grouped conv: on CPU (oneDNN) a grouped conv with few input channels per group
-        is slow (resnet18's 7x7 stem, M=2, B=64 at 64 px, one thread: forward + backward 128 ms grouped vs 54 ms as
-        two convs, 24 ms for the single conv of the backbone).
+        On GPUs one grouped conv (:meth:`_grouped_members`); on the CPU M plain convs, since there oneDNN's grouped
+        conv with few input channels per group is slow (resnet18's 7x7 stem, M=2, B=64 at 64 px, one thread: forward +
+        backward 128 ms grouped vs 54 ms as two convs, 24 ms for the single conv of the backbone).
         """
+        if self._use_grouped_conv(x):
+            self._check_channels(x, self.num_members * self.in_channels, '(B, M·C, H, W)')
+            return self._grouped_members(x)
         member_inputs = self._member_inputs(x)
         return torch.stack([self._member_conv(member_inputs, m) for m in range(self.num_members)], dim=1)
 
+    def _use_grouped_conv(self, x: torch.Tensor) -> bool:
+        """One grouped conv for the M encoders (GPU), or M plain convs (CPU, see :meth:`forward_members`)."""
+        return x.device.type != 'cpu' if self.grouped_conv is None else self.grouped_conv
+
+    def _grouped_members(self, x: torch.Tensor) -> torch.Tensor:
+        """All M encodings as ONE conv with ``groups = M·g`` on the packed input: ``(B, M, O, h, w)``.
+
+        The weight ``(M·O, C/g, kh, kw)`` is already the grouped conv's (a tied encoder is repeated M times), the
+        packed ``(B, M·C, H, W)`` batch is its input as it is: one kernel forward, one backward, no copy of the inputs
+        and no per-member slices of the weight (whose gradients would each be a full-size zero tensor).
+        """
+        weight, bias = self.weight, self.bias
+        if self.tied:
+            weight = weight.repeat(self.num_members, *([1] * (weight.ndim - 1)))
+            bias = None if bias is None else bias.repeat(self.num_members)
+        encoded = self._conv(x, weight, bias, self.groups * self.num_members)
+        return encoded.view(x.shape[0], self.num_members, self.out_channels, *encoded.shape[-2:])
+
     def forward_mixed(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """``M · Σ_m mask_m ⊙ c_m(x_m)`` (thesis eq. 3.2, A.3, A.4) on a packed ``(B, M·C, H, W)`` input."""
-        member_inputs = self._member_inputs(x)
+        self._check_channels(x, self.num_members * self.in_channels, '(B, M·C, H, W)')
+        expected = (x.shape[0], self.num_members, *self.output_size(tuple(x.shape[-2:])))
+        if tuple(masks.shape) != expected:
+            raise ValueError(f'MixPlan masks have shape {tuple(masks.shape)}, expected (B, M, H, W) = {expected} '
+                             '(the encoder output grid)')
         # thesis eq. 3.2 / A.3: the factor M keeps the train-time scale equal to the inference-time sum Σ_m c_m(x)
+        if self._use_grouped_conv(x):
+            encoded = self._grouped_members(x)
+            return (encoded * (masks * self.num_members).to(encoded.dtype).unsqueeze(2)).sum(dim=1)
+        member_inputs = self._member_inputs(x)
         scaled_masks = masks.unsqueeze(2) * self.num_members
         mixed = None
         for m in range(self.num_members):
             encoded = self._member_conv(member_inputs, m)
-            if m == 0:
-                expected = (x.shape[0], self.num_members, *encoded.shape[-2:])
-                if tuple(masks.shape) != expected:
-                    raise ValueError(f'MixPlan masks have shape {tuple(masks.shape)}, expected (B, M, H, W) = '
-                                     f'{expected} (the encoder output grid)')
-                scaled_masks = scaled_masks.to(encoded.dtype)
-            term = encoded * scaled_masks[:, m]
+            term = encoded * scaled_masks[:, m].to(encoded.dtype)
             mixed = term if mixed is None else mixed.add_(term)
         return mixed
 
