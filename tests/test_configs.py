@@ -484,7 +484,7 @@ def test_config_by_name_or_path_and_an_unknown_name_is_one_line(tmp_path):
     by_path = train.parse_args(['--config', config_path('cut_mixmo_wrn28_10_cifar10_b4.yaml'), '--data-dir', '/data'])
     assert {**vars(by_name), 'config': ''} == {**vars(by_path), 'config': ''} and by_name.batch_repeat == 4
     own = tmp_path / 'cut_mixmo_wrn28_10_cifar10_b4.yaml'  # a user's file of the same name wins when it exists
-    own.write_text('epochs: 3\n')
+    own.write_text('epochs: 3\nwarmup_epochs: 0\n')
     assert train.parse_args(['--config', str(own), '--data-dir', '/data']).epochs == 3
     with pytest.raises(CliError, match=r"'cut_mixmo_wrn28_10_cifar10_b9' is neither a file nor a shipped recipe.*"
                                        r'cut_mixmo_wrn28_10_cifar10_b4'):

@@ -225,3 +225,38 @@ def test_validate_cli_corruption_dir_errors_are_one_line(clean_digits, tmp_path,
     assert len(err) == 1 and err[0].startswith('error: ')
     import re
     assert re.search(message, err[0]), err[0]
+
+
+def test_validate_cli_tiny_imagenet_c_maps_wnids_through_the_clean_split(tmp_path, capsys):
+    """Tiny-ImageNet-C class folders take the clean split's indices; a wnid the split lacks is a one-line error."""
+    import timm
+    from timm.data import resolve_data_config
+
+    from timm_mimo.cli import validate
+    from timm_mimo.data import create_image_transform
+    wnids = ('n01443537', 'n01629819')
+    for k, wnid in enumerate(wnids):  # the clean split: the same classes, as folders
+        folder = tmp_path / 'clean' / 'val' / wnid
+        folder.mkdir(parents=True)
+        Image.fromarray(level_image(k, 64)).save(folder / f'{k}.JPEG')
+    release = write_tiny_c(tmp_path / 'Tiny-ImageNet-C', ['fog'], wnids=wnids)
+    torch.manual_seed(0)
+    model = timm.create_model('cut_mixmo', backbone='wrn28_2', depth=10, widen_factor=1, num_classes=10).eval()
+    checkpoint = tmp_path / 'model.pth'
+    torch.save(model.state_dict(), checkpoint)
+    results = tmp_path / 'val.json'
+    argv = [*MODEL, '--img-size', '64', '--checkpoint', checkpoint, '--data-dir', tmp_path / 'clean', '--split', 'val',
+            '--corruption-dir', release, '--corruptions', 'fog', '--corruption-severities', '1', '2',
+            '--results-file', results]
+    assert validate.main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    out = json.load(open(results))
+    transform = create_image_transform(resolve_data_config({'img_size': 64}, model=model), False)
+    expected = released_corruption_metrics(
+        model, CorruptionRelease(str(release), class_to_idx={w: k for k, w in enumerate(wnids)}), transform, CPU,
+        corruptions=['fog'], severities=[1, 2])
+    assert {k: out[k] for k in expected} == pytest.approx(expected, abs=1e-4) and out['c_num_images'] == 4
+    (release / 'fog' / '1' / 'n09999999').mkdir()
+    (release / 'fog' / '1' / wnids[0] / f'val_{0}{0}.JPEG').rename(release / 'fog' / '1' / 'n09999999' / 'x.JPEG')
+    assert validate.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--corruption-dir: class folder 'n09999999'" in err[0]

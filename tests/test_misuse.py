@@ -5,9 +5,15 @@ the user) and checks: the exit code, exactly one ``error: ...`` line on stderr n
 way out), and that the files that existed before (a previous run folder) are byte-for-byte unchanged. ``CASES`` is
 plain data so the same cases can be replayed against another version of the scripts.
 """
+import csv
 import hashlib
+import json
 import os
 import pickle
+import shutil
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -15,8 +21,11 @@ import pytest
 import timm
 import torch
 import yaml
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
 
 import timm_mimo  # noqa: F401
+from timm_mimo import analysis, hub
 from timm_mimo.cli import train, validate
 
 MODEL = ['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
@@ -182,13 +191,13 @@ CASES = [
     if not torch.cuda.is_available() else Case('bad device', 'train', _train('--device', 'nodevice'),
                                                ['nodevice']),
     # checkpoints
-    Case('resume a text file', 'train', _train('--resume', _path('notes.txt'), run='existing'), ['notes.txt'],
+    Case('resume a text file', 'train', _train('--resume', _path('notes.txt')), ['notes.txt'],
          setup=_write('notes.txt', b'just some notes\n')),
-    Case('resume a pickle payload', 'train', _train('--resume', _path('payload.pth.tar'), run='existing'),
+    Case('resume a pickle payload', 'train', _train('--resume', _path('payload.pth.tar')),
          ['payload.pth.tar', 'refused to unpickle'], setup=_payload, check=_payload_not_run),
-    Case('resume a 0-byte file', 'train', _train('--resume', _path('empty.pth.tar'), run='existing'),
+    Case('resume a 0-byte file', 'train', _train('--resume', _path('empty.pth.tar')),
          ['empty.pth.tar', '0 bytes'], setup=_write('empty.pth.tar', b'')),
-    Case('resume a finished run', 'train', _train('--resume', _path('done.pth.tar'), run='existing'),
+    Case('resume a finished run', 'train', _train('--resume', _path('done.pth.tar')),
          ['done.pth.tar', '--epochs'], setup=_checkpoint('done.pth.tar', epoch=0, version=2)),
     Case('initial checkpoint missing', 'train', _train('--initial-checkpoint', _path('missing.pth.tar')),
          ['--initial-checkpoint', 'missing.pth.tar', 'does not exist']),
@@ -255,6 +264,10 @@ CASES = [
          lambda tmp, data: ['--data-dir', data, '--workers', '0', '--img-size', '8',
                             '--ensemble-checkpoints', os.path.join(tmp, 'run2', 'last.pth.tar')],
          ['1 input channels', '--in-chans 1'], setup=_run_checkpoint),
+    Case('validate mean of two values for one channel', 'validate',
+         _validate('--mean', '0.5', '0.5', '--checkpoint', _path('m2.pth.tar')), ['--mean 0.5 0.5', '2 values'],
+         setup=_checkpoint('m2.pth.tar')),
+    Case('extend-lr without resume', 'train', _train('--extend-lr', '0.01'), ['--extend-lr 0.01', '--resume']),
     Case('missing data dir', 'train', lambda tmp, data: _train()(tmp, os.path.join(tmp, 'nowhere')),
          ['nowhere', 'does not exist']),
     Case('unknown model', 'train', _train(model=['--model', 'no_such_model']), ["'no_such_model'"]),
@@ -339,3 +352,618 @@ def test_yaml_config_of_a_run_is_reusable(digits_dir, tmp_path):
     assert yaml.safe_load(open(config))['model'] == 'cut_mixmo'
     assert validate.main(['--config', str(config), '--checkpoint', str(tmp_path / 'out' / 'ok' / 'last.pth.tar'),
                           '--workers', '0']) == 0
+
+
+# ====================================================================================================================
+# Labels, run folders, resumed runs, combinations that cannot run, the analysis / export commands, faults
+# ====================================================================================================================
+
+TINY = ['--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1']
+DIGITS = ['--num-classes', '10', '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std', '0.5']
+SMALL = ['--workers', '0', '--sched', 'cosine', '--warmup-epochs', '0', '--log-interval', '1000', '--seed', '7',
+         '-b', '32', '--crop-pad', '1', '--lr', '0.05']
+CLASSES = [str(i) for i in range(10)]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_argv(model, data, out, name, *extra):
+    return ['--model', model, *TINY, *DIGITS, *SMALL, '--data-dir', str(data), '--output', str(out),
+            '--experiment', name, *[str(e) for e in extra]]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, digits_dir):
+    """Two finished 2-epoch runs on the digits (cosine schedule): Cut-MixMo ``cut`` and MixShare ``share``."""
+    out = tmp_path_factory.mktemp('runs')
+    for name, model in (('cut', 'cut_mixmo'), ('share', 'mixshare')):
+        assert train.main(_run_argv(model, digits_dir, out, name, '--epochs', '2')) == 0
+    return out
+
+
+@pytest.fixture
+def out(runs, tmp_path):
+    """A private copy of the finished runs (each test may resume or damage them)."""
+    copy = tmp_path / 'out'
+    shutil.copytree(runs, copy)
+    return copy
+
+
+def _error_line(capsys, *fragments):
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def _digit_split(root, split, source, classes=CLASSES, rename=None):
+    """``root/split/<class>``: links to ``source/split/<class>`` for a subset of the classes, optionally renamed."""
+    for name in classes:
+        link = root / split / (rename or {}).get(name, name)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(source / split / name, target_is_directory=True)
+
+
+def _accuracy_by_folder_name(checkpoint, split_dir):
+    """Top-1 (%) of a run's Cut-MixMo weights on ``split_dir/<class>/*.png``, the label being the folder's name."""
+    model = timm.create_model('cut_mixmo', backbone='wrn28_2', depth=10, widen_factor=1, num_classes=10, in_chans=1)
+    model.load_state_dict(torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict'])
+    model.eval()
+    correct = total = 0
+    for folder in sorted(split_dir.iterdir()):
+        images = torch.stack([(to_tensor(Image.open(path).convert('L')) - 0.5) / 0.5
+                              for path in sorted(folder.glob('*.png'))])
+        with torch.no_grad():
+            correct += int((model(images).argmax(-1) == CLASSES.index(folder.name)).sum())
+        total += len(images)
+    return 100.0 * correct / total
+
+
+def _summary(run):
+    with open(run / 'summary.csv') as f:
+        return list(csv.DictReader(f))
+
+
+# ---- classes are named, not counted ---------------------------------------------------------------------------------
+
+def test_validate_maps_a_split_without_a_class_by_name(runs, small_digits_dir, tmp_path):
+    data = tmp_path / 'data'
+    _digit_split(data, 'validation', small_digits_dir, CLASSES[1:])  # no '0' folder: '1' must stay label 1
+    run = runs / 'cut'
+    results = tmp_path / 'val.json'
+    assert validate.main(['--config', str(run / 'args.yaml'), '--checkpoint', str(run / 'last.pth.tar'),
+                          '--data-dir', str(data), '--workers', '0', '--results-file', str(results)]) == 0
+    top1 = json.loads(results.read_text())['top1']
+    assert top1 == pytest.approx(_accuracy_by_folder_name(run / 'last.pth.tar', data / 'validation'))
+
+
+def test_validate_refuses_a_split_with_a_renamed_class_folder(runs, small_digits_dir, tmp_path, capsys):
+    data = tmp_path / 'data'
+    _digit_split(data, 'validation', small_digits_dir, rename={'9': 'nine'})
+    run = runs / 'cut'
+    code = validate.main(['--config', str(run / 'args.yaml'), '--checkpoint', str(run / 'last.pth.tar'),
+                          '--data-dir', str(data), '--workers', '0', '--results-file', str(tmp_path / 'val.json')])
+    assert code == 2
+    _error_line(capsys, "'nine'", "'9'")
+    assert not (tmp_path / 'val.json').exists()
+
+
+def test_train_evaluates_a_validation_split_without_a_class_by_name(small_digits_dir, tmp_path):
+    data = tmp_path / 'data'
+    (data / 'train').parent.mkdir(parents=True, exist_ok=True)
+    (data / 'train').symlink_to(small_digits_dir / 'train', target_is_directory=True)
+    _digit_split(data, 'validation', small_digits_dir, CLASSES[1:])
+    assert train.main(_run_argv('cut_mixmo', data, tmp_path / 'out', 'partial', '--epochs', '1')) == 0
+    run = tmp_path / 'out' / 'partial'
+    expected = _accuracy_by_folder_name(run / 'last.pth.tar', data / 'validation')
+    assert float(_summary(run)[0]['eval_top1']) == pytest.approx(expected)
+    assert torch.load(run / 'model_best.pth.tar', weights_only=True)['metric'] == pytest.approx(expected)
+
+
+def test_run_records_its_class_names_in_args_and_every_checkpoint(runs):
+    run = runs / 'cut'
+    assert yaml.safe_load(open(run / 'args.yaml'))['class_names'] == CLASSES
+    for name in ('last.pth.tar', 'model_best.pth.tar', 'checkpoint-0.pth.tar', 'checkpoint-1.pth.tar'):
+        assert torch.load(run / name, weights_only=True)['class_names'] == CLASSES, name
+
+
+def test_export_writes_the_label_names(runs, tmp_path):
+    run = runs / 'cut'
+    folder = tmp_path / 'export'
+    assert hub.main(['export', '--checkpoint', str(run / 'last.pth.tar'), '--args', str(run / 'args.yaml'),
+                     '--out', str(folder)]) == 0
+    assert json.loads((folder / 'config.json').read_text())['label_names'] == CLASSES
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert list(model.pretrained_cfg['label_names']) == CLASSES
+
+
+def test_partial_class_map_is_refused(small_digits_dir, tmp_path, capsys):
+    class_map = tmp_path / 'classes.txt'
+    class_map.write_text('\n'.join(CLASSES[:9]) + '\n')
+    code = train.main(_run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'run', '--epochs', '1',
+                                '--class-map', class_map))
+    assert code == 2
+    _error_line(capsys, '--class-map', "'9'", '--class-map-partial')
+    assert not (tmp_path / 'out' / 'run').exists()
+
+
+def test_val_split_typo_names_the_empty_value(small_digits_dir, tmp_path, capsys):
+    code = train.main(_run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'run', '--val-split', 'valdation'))
+    assert code == 2
+    _error_line(capsys, "'valdation'", "--val-split ''")
+
+
+# ---- a run folder belongs to one run; no output is an input ---------------------------------------------------------
+
+def test_resume_into_another_existing_run_is_refused(out, small_digits_dir, capsys):
+    before = snapshot(out / 'share')
+    code = train.main(_run_argv('cut_mixmo', small_digits_dir, out, 'share', '--epochs', '2',
+                                '--resume', out / 'cut' / 'checkpoint-0.pth.tar'))
+    assert code == 2
+    _error_line(capsys, '--resume', 'share')
+    assert snapshot(out / 'share') == before
+
+
+def _validate_argv(run, *extra):
+    return ['--config', str(run / 'args.yaml'), '--workers', '0', *[str(e) for e in extra]]
+
+
+@pytest.mark.parametrize('collision', ['results-checkpoint', 'results-config', 'diagram-results',
+                                       'diagram-checkpoint'])
+def test_validate_output_that_is_an_input_is_refused(out, collision, capsys):
+    run = out / 'cut'
+    checkpoint, config = run / 'last.pth.tar', run / 'args.yaml'
+    if collision == 'diagram-checkpoint':
+        shutil.copy(checkpoint, run / 'weights.png')
+        checkpoint = run / 'weights.png'
+    extra = dict(
+        results_checkpoint=['--results-file', checkpoint],
+        results_config=['--results-file', config],
+        diagram_results=['--results-file', run / 'val.png', '--reliability-diagram', run / 'val.png'],
+        diagram_checkpoint=['--reliability-diagram', checkpoint])[collision.replace('-', '_')]
+    before = snapshot(out)
+    assert validate.main(_validate_argv(run, '--checkpoint', checkpoint, *extra)) == 2
+    _error_line(capsys, str(extra[1]))
+    assert snapshot(out) == before
+
+
+def test_two_runs_started_in_the_same_second_get_two_folders(small_digits_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train.time, 'strftime', lambda *args: '20250101-000000')  # the same instant for both
+    argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', '', '--epochs', '1')
+    argv.remove('--experiment')
+    argv.remove('')
+    assert train.main(argv) == 0 and train.main([*argv, '--seed', '8']) == 0
+    folders = sorted(os.listdir(tmp_path / 'out'))
+    assert len(folders) == 2, folders
+    seeds = {yaml.safe_load(open(tmp_path / 'out' / folder / 'args.yaml'))['seed'] for folder in folders}
+    assert seeds == {7, 8} and all(len(_summary(tmp_path / 'out' / folder)) == 1 for folder in folders)
+
+
+# ---- resume is the same run, or it says so ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('flags, fragments', [
+    (['--lr', '0.2'], ['--lr 0.2', '0.05']),
+    (['--opt', 'adamw'], ['--opt', 'adamw', 'sgd']),
+    (['--sched', 'step'], ['--sched', 'step', 'cosine']),
+    (['-b', '16'], ['--batch-size 16', '32']),
+    (['--num-members', '3'], ['--num-members 3']),
+], ids=['lr', 'opt', 'sched', 'batch', 'members'])
+def test_resume_with_a_flag_that_changes_the_run_is_refused(out, small_digits_dir, flags, fragments, capsys):
+    code = train.main(_run_argv('cut_mixmo', small_digits_dir, out, 'fork', '--epochs', '2',
+                                '--resume', out / 'cut' / 'checkpoint-0.pth.tar', *flags))
+    assert code == 2
+    _error_line(capsys, *fragments)
+    assert not (out / 'fork').exists()
+
+
+@pytest.mark.parametrize('run, model', [('share', 'cut_mixmo'), ('cut', 'linear_mixmo')])
+def test_resume_into_another_kind_of_model_is_refused(out, small_digits_dir, run, model, capsys):
+    kind = 'mixshare' if run == 'share' else 'cut_mixmo'
+    code = train.main(_run_argv(model, small_digits_dir, out, 'fork', '--epochs', '2',
+                                '--resume', out / run / 'checkpoint-0.pth.tar'))
+    assert code == 2
+    _error_line(capsys, repr(kind), repr(model))
+    assert not (out / 'fork').exists()
+
+
+def test_resume_with_more_epochs_needs_a_schedule_for_them(out, small_digits_dir, capsys):
+    before = snapshot(out / 'cut')
+    code = train.main(_run_argv('cut_mixmo', small_digits_dir, out, 'cut', '--epochs', '3',
+                                '--resume', out / 'cut' / 'last.pth.tar'))
+    assert code == 2
+    _error_line(capsys, '--epochs 3', '--extend-lr')
+    assert snapshot(out / 'cut') == before
+
+
+def test_resume_extended_with_a_schedule_trains_at_that_schedule(out, small_digits_dir, capsys):
+    rows_before = _summary(out / 'cut')
+    code = train.main(_run_argv('cut_mixmo', small_digits_dir, out, 'cut', '--epochs', '4', '--extend-lr', '0.02',
+                                '--resume', out / 'cut' / 'last.pth.tar'))
+    assert code == 0
+    printed = capsys.readouterr().out
+    rows = _summary(out / 'cut')
+    assert rows[:2] == rows_before and [row['epoch'] for row in rows] == ['0', '1', '2', '3']
+    # a fresh cosine from 0.02 over the two added epochs: 0.02 during epoch 2, 0.01 during epoch 3, then 0
+    assert 'Train: 2 [' in printed and 'lr 2.000e-02' in printed.split('Train: 2 [')[1].splitlines()[0]
+    assert float(rows[2]['lr']) == pytest.approx(0.01) and float(rows[3]['lr']) == pytest.approx(0.0)
+    recorded = yaml.safe_load(open(out / 'cut' / 'args.yaml'))
+    assert recorded['epochs'] == 4 and recorded['extend_lr'] == 0.02
+
+
+def test_extended_run_resumes_exactly_inside_its_extension(out, small_digits_dir, monkeypatch):
+    shutil.copytree(out / 'cut', out / 'cut2')
+
+    def argv(name):
+        return _run_argv('cut_mixmo', small_digits_dir, out, name, '--epochs', '4', '--extend-lr', '0.02', '--resume',
+                         out / name / 'last.pth.tar')
+    assert train.main(argv('cut')) == 0  # the whole extension
+    real_write_summary = train.write_summary
+
+    def stop_after_epoch_2(path, epoch, row):
+        real_write_summary(path, epoch, row)
+        if epoch == 2:
+            raise KeyboardInterrupt  # a Ctrl-C inside the extension, after the epoch-2 checkpoint
+    monkeypatch.setattr(train, 'write_summary', stop_after_epoch_2)
+    assert train.main(argv('cut2')) == 130
+    monkeypatch.setattr(train, 'write_summary', real_write_summary)
+    assert torch.load(out / 'cut2' / 'last.pth.tar', weights_only=True)['epoch'] == 2
+    assert train.main(argv('cut2')) == 0  # resumed inside the extension: its schedule, not a new one
+    whole = torch.load(out / 'cut' / 'last.pth.tar', weights_only=True)
+    resumed = torch.load(out / 'cut2' / 'last.pth.tar', weights_only=True)
+    assert all(torch.equal(resumed['state_dict'][key], value) for key, value in whole['state_dict'].items())
+    assert resumed['scheduler'] == whole['scheduler'] and resumed['schedule_segment'] == dict(start=2, lr=0.02)
+    assert _summary(out / 'cut2') == _summary(out / 'cut')
+
+
+def test_validate_checkpoint_of_another_kind_of_model_is_refused(runs, capsys):
+    run = runs / 'cut'
+    code = validate.main(_validate_argv(run, '--checkpoint', run / 'last.pth.tar', '--model', 'linear_mixmo'))
+    assert code == 2
+    _error_line(capsys, "'cut_mixmo'", "'linear_mixmo'")
+
+
+# ---- combinations that cannot run are refused before the run folder exists -----------------------------------------
+
+MIXVIT = ['--model', 'mixvit', '--model-kwargs', 'backbone=deit_tiny_patch16_224', 'patch_size=4', 'depth=3',
+          'embed_dim=48', 'num_heads=3']
+
+
+@pytest.mark.parametrize('argv, fragments', [
+    (['--model', 'mixshare', *TINY, '--mix-prob', '0.5'], ['--mix-prob', 'binary']),
+    (['--model', 'mixshare', *TINY, '--mix', 'linear'], ['--mix', 'linear']),
+    ([*MIXVIT, 'img_size=16'], ['--img-size 8', '16']),
+    ([*MIXVIT, 'img_size=18', '--img-size', '18'], ['18', 'patch']),
+    (['--model', 'cut_mixmo', *TINY, '--mean', '0.5', '0.5'], ['--mean', '2 values', '1 input channel']),
+    (['--model', 'cut_mixmo', *TINY, '--std', '0.5', '0.5', '0.5', '0.5'], ['--std', '4 values']),
+], ids=['mixshare-mix-prob', 'mixshare-linear', 'mixvit-size', 'mixvit-patch', 'mean-count', 'std-count'])
+def test_combination_that_cannot_run_is_refused_before_the_run_folder(small_digits_dir, tmp_path, argv, fragments,
+                                                                       capsys):
+    full = [*DIGITS, *SMALL, '--epochs', '1', *argv, '--data-dir', str(small_digits_dir), '--output',
+            str(tmp_path / 'out'), '--experiment', 'run']
+    assert train.main(full) == 2
+    _error_line(capsys, *fragments)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_warmup_as_long_as_the_run_is_refused(small_digits_dir, tmp_path, capsys):
+    argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'run', '--epochs', '1', '--warmup-epochs', '5')
+    assert train.main(argv) == 2
+    _error_line(capsys, '--warmup-epochs 5', '--epochs 1')
+    assert not (tmp_path / 'out').exists()
+
+
+def _unrelated_weights(path):
+    torch.save(timm.create_model('test_resnet', num_classes=10).state_dict(), path)
+
+
+@pytest.mark.parametrize('weights, fragments', [('unrelated', ['--pretrained-path', 'unrelated.pth']),
+                                                ('mimo', ['--pretrained-path', '--initial-checkpoint'])])
+def test_pretrained_path_without_a_matching_weight_is_refused(runs, small_digits_dir, tmp_path, weights, fragments,
+                                                              capsys):
+    path = tmp_path / 'unrelated.pth'
+    if weights == 'unrelated':
+        _unrelated_weights(path)
+    else:
+        path = runs / 'cut' / 'last.pth.tar'
+    argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'run', '--epochs', '1', '--pretrained-path', path)
+    assert train.main(argv) == 2
+    _error_line(capsys, *fragments)
+    assert not (tmp_path / 'out').exists()
+
+
+def _sized_run(tmp, name, img_size, class_names=CLASSES):
+    run = os.path.join(tmp, name)
+    os.makedirs(run)
+    torch.save(dict(state_dict=_cut_mixmo().state_dict(), arch='cut_mixmo', class_names=class_names),
+               os.path.join(run, 'last.pth.tar'))
+    with open(os.path.join(run, 'args.yaml'), 'w') as f:
+        yaml.safe_dump(dict(model='cut_mixmo', model_kwargs=dict(backbone='wrn28_2', depth=10, widen_factor=1),
+                            num_classes=10, in_chans=1, img_size=img_size, class_names=class_names), f)
+    return os.path.join(run, 'last.pth.tar')
+
+
+def test_ensemble_of_networks_trained_at_two_sizes_is_refused(small_digits_dir, tmp_path, capsys):
+    paths = [_sized_run(tmp_path, 'r16', 16), _sized_run(tmp_path, 'r32', 32)]
+    code = validate.main(['--data-dir', str(small_digits_dir), '--workers', '0', '--in-chans', '1', '--mean', '0.5',
+                          '--std', '0.5', '--ensemble-checkpoints', *paths])
+    assert code == 2
+    _error_line(capsys, '16', '32')
+
+
+# ---- timm-mimo-analysis meets the standard of train / validate -----------------------------------------------------
+
+@pytest.mark.parametrize('case', ['use-ema', 'text', 'empty', 'model-kwargs', 'layers', 'wrong-pair'])
+def test_analysis_misuse_is_one_line_and_writes_nothing(runs, small_digits_dir, tmp_path, case, capsys):
+    run = runs / 'cut'
+    (tmp_path / 'notes.txt').write_text('just some notes\n')
+    (tmp_path / 'empty.pth.tar').write_bytes(b'')
+    base = ['--config', str(run / 'args.yaml'), '--checkpoint', str(run / 'last.pth.tar')]
+    argv, fragments = dict(
+        use_ema=([*base, '--use-ema'], ['--use-ema', 'no EMA']),
+        text=(['--config', str(run / 'args.yaml'), '--checkpoint', str(tmp_path / 'notes.txt')], ['notes.txt']),
+        empty=(['--config', str(run / 'args.yaml'), '--checkpoint', str(tmp_path / 'empty.pth.tar')],
+               ['empty.pth.tar', '0 bytes']),
+        model_kwargs=([*base, '--model-kwargs', 'widen_factor=wide'], ['--model-kwargs', 'wide']),
+        layers=([*base, '--data-dir', str(small_digits_dir), '--num-images', '8', '--layers', 'bogus'],
+                ["--layers 'bogus'"]),
+        wrong_pair=(['--model', 'mixshare_wrn28_2', '--checkpoint', str(run / 'last.pth.tar')],
+                    [str(run / 'last.pth.tar')]),
+    )[case.replace('-', '_')]
+    assert analysis.main([*argv, '--out', str(tmp_path / 'analysis')]) == 2
+    _error_line(capsys, *fragments)
+    assert not (tmp_path / 'analysis').exists()
+
+
+# ---- faults: disk full, SIGINT, SIGTERM ------------------------------------------------------------------------------
+
+def _fail_replace_once(monkeypatch, suffix, calls_before=0):
+    """``os.replace`` onto a path ending in ``suffix`` fails like a full disk (after ``calls_before`` successes)."""
+    real_replace = os.replace
+    seen = []
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith(suffix):
+            seen.append(dst)
+            if len(seen) == calls_before + 1:
+                raise OSError(28, 'No space left on device')
+        return real_replace(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, 'replace', replace)
+
+
+@pytest.mark.parametrize('suffix, calls_before', [('checkpoint-1.pth.tar', 0), ('summary.csv', 1)],
+                         ids=['epoch-checkpoint', 'summary'])
+def test_disk_full_at_an_epoch_end_resumes_with_every_summary_row(small_digits_dir, tmp_path, monkeypatch, capsys,
+                                                                  suffix, calls_before):
+    argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'full', '--epochs', '3')
+    run = tmp_path / 'out' / 'full'
+    with monkeypatch.context() as patch:
+        _fail_replace_once(patch, suffix, calls_before)  # the disk is full at the end of epoch 1
+        assert train.main(argv) == 2
+    _error_line(capsys, 'No space left on device', '--resume')
+    assert not [name for name in os.listdir(run) if name.endswith('.tmp')]
+    assert train.main([*argv, '--resume', str(run / 'last.pth.tar')]) == 0
+    assert [row['epoch'] for row in _summary(run)] == ['0', '1', '2']
+    assert torch.load(run / 'checkpoint-1.pth.tar', weights_only=True)['epoch'] == 1
+
+
+def test_disk_full_writing_the_results_file_is_one_line(runs, tmp_path, monkeypatch, capsys):
+    run = runs / 'cut'
+    _fail_replace_once(monkeypatch, 'val.csv')
+    assert validate.main(_validate_argv(run, '--checkpoint', run / 'last.pth.tar', '--results-file',
+                                        tmp_path / 'val.csv')) == 2
+    _error_line(capsys, 'val.csv', 'No space left on device')
+    assert os.listdir(tmp_path) == []
+
+
+def test_sigint_in_validate_is_one_line_and_writes_nothing(runs, tmp_path, monkeypatch, capsys):
+    run = runs / 'cut'
+
+    def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C while the split is evaluated
+    monkeypatch.setattr(validate, 'collect_member_logits', interrupted)
+    code = validate.main(_validate_argv(run, '--checkpoint', run / 'last.pth.tar', '--results-file',
+                                        tmp_path / 'val.csv'))
+    assert code == 130
+    _error_line(capsys, 'interrupted')
+    assert os.listdir(tmp_path) == []
+
+
+SIGNAL_SCRIPT = '''
+import os, signal, sys
+from timm_mimo.cli import train
+how, argv = sys.argv[1], sys.argv[2:]
+if how == 'sigint-epoch-boundary':
+    # Ctrl-C while a destructor runs at the end of the first epoch (as when a data loader iterator shuts its workers
+    # down): Python cannot raise there, it prints "Exception ignored" and goes on
+    run_epoch = train.Run.train_one_epoch
+    class Finalizer:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+    def epoch_then_ctrl_c(self, epoch, loader):
+        metrics = run_epoch(self, epoch, loader)
+        if epoch == 0:
+            finalizer = Finalizer()
+            del finalizer
+        return metrics
+    train.Run.train_one_epoch = epoch_then_ctrl_c
+else:  # SIGTERM (a job scheduler) in the middle of the second epoch
+    run_epoch = train.Run.train_one_epoch
+    def terminated_in_epoch_1(self, epoch, loader):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return run_epoch(self, epoch, loader)
+    train.Run.train_one_epoch = terminated_in_epoch_1
+sys.exit(train.main(argv))
+'''
+
+
+@pytest.mark.parametrize('how, code', [('sigint-epoch-boundary', 130), ('sigterm', 143)])
+def test_signal_stops_the_run_with_one_line_and_a_resumable_state(small_digits_dir, tmp_path, how, code):
+    argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'sig', '--epochs', '3', '--workers', '1')
+    proc = subprocess.run([sys.executable, '-c', SIGNAL_SCRIPT, how, *argv], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code and len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+    assert '--resume' in lines[0]
+    run = tmp_path / 'out' / 'sig'
+    assert not [name for name in os.listdir(run) if name.endswith('.tmp')]
+    assert torch.load(run / 'last.pth.tar', weights_only=True)['epoch'] == 0
+    assert [row['epoch'] for row in _summary(run)] == ['0']
+    assert train.main([*argv, '--workers', '0', '--resume', str(run / 'last.pth.tar')]) == 0
+    assert [row['epoch'] for row in _summary(run)] == ['0', '1', '2']
+
+
+# ---- more cases on the paths above -----------------------------------------------------------------------------------
+
+def test_class_map_naming_every_class_orders_the_labels_by_it(small_digits_dir, tmp_path):
+    from timm_mimo.data import dataset_class_names, open_dataset
+    class_map = tmp_path / 'classes.txt'
+    class_map.write_text('\n'.join(reversed(CLASSES)) + '\n')  # label 0 is folder '9'
+    dataset = open_dataset('', str(small_digits_dir), 'validation', class_map=str(class_map))
+    assert dataset_class_names(dataset) == list(reversed(CLASSES))
+    for index in (0, len(dataset) - 1):
+        folder = os.path.basename(os.path.dirname(dataset.reader.samples[index][0]))
+        assert dataset[index][1] == 9 - int(folder)
+
+
+def test_partial_class_map_when_asked_trains_and_records_the_mapped_classes(small_digits_dir, tmp_path):
+    class_map = tmp_path / 'classes.txt'
+    names = list(reversed(CLASSES[:9]))  # no '9'; label 0 is '8'
+    class_map.write_text('\n'.join(names) + '\n')
+    argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'run', '--epochs', '1', '--class-map', class_map,
+                     '--class-map-partial')
+    assert train.main(argv) == 0
+    run = tmp_path / 'out' / 'run'
+    assert yaml.safe_load(open(run / 'args.yaml'))['class_names'] == names
+    assert torch.load(run / 'last.pth.tar', weights_only=True)['class_names'] == names
+
+
+def test_training_split_with_a_class_outside_class_names_is_refused(small_digits_dir, tmp_path, capsys):
+    argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'run', '--epochs', '1',
+                     '--class-names', *CLASSES[:9])
+    assert train.main(argv) == 2
+    _error_line(capsys, "'9'", 'training split')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_class_names_label_a_checkpoint_that_records_none(runs, small_digits_dir, tmp_path, capsys):
+    data = tmp_path / 'data'
+    _digit_split(data, 'validation', small_digits_dir, CLASSES[1:])
+    state = torch.load(runs / 'cut' / 'last.pth.tar', weights_only=True)
+    del state['class_names']  # a checkpoint of an older version
+    torch.save(state, tmp_path / 'legacy.pth.tar')
+    config = yaml.safe_load(open(runs / 'cut' / 'args.yaml'))
+    del config['class_names']
+    (tmp_path / 'legacy.yaml').write_text(yaml.safe_dump(config))
+    argv = ['--config', str(tmp_path / 'legacy.yaml'), '--checkpoint', str(tmp_path / 'legacy.pth.tar'),
+            '--data-dir', str(data), '--workers', '0', '--class-names', *CLASSES]
+    assert validate.main([*argv, '--results-file', str(tmp_path / 'val.json')]) == 0
+    top1 = json.loads((tmp_path / 'val.json').read_text())['top1']
+    assert top1 == pytest.approx(_accuracy_by_folder_name(runs / 'cut' / 'last.pth.tar', data / 'validation'))
+    # names given against the ones a checkpoint records are refused
+    run = runs / 'cut'
+    assert validate.main(['--config', str(run / 'args.yaml'), '--checkpoint', str(run / 'last.pth.tar'),
+                          '--data-dir', str(data), '--workers', '0', '--class-names', *reversed(CLASSES)]) == 2
+    _error_line(capsys, '--class-names', 'trained on')
+
+
+def test_ensemble_of_networks_trained_on_other_classes_is_refused(small_digits_dir, tmp_path, capsys):
+    paths = [_sized_run(tmp_path, 'a', 8), _sized_run(tmp_path, 'b', 8, class_names=list(reversed(CLASSES)))]
+    code = validate.main(['--data-dir', str(small_digits_dir), '--workers', '0', '--in-chans', '1', '--img-size', '8',
+                          '--mean', '0.5', '--std', '0.5', '--ensemble-checkpoints', *paths])
+    assert code == 2
+    _error_line(capsys, 'different classes')
+
+
+def test_resume_of_an_older_checkpoint_in_its_own_folder_is_refused(out, small_digits_dir, capsys):
+    before = snapshot(out / 'cut')
+    code = train.main(_run_argv('cut_mixmo', small_digits_dir, out, 'cut', '--epochs', '2',
+                                '--resume', out / 'cut' / 'checkpoint-0.pth.tar'))
+    assert code == 2
+    _error_line(capsys, 'epoch 0', 'epoch 1', '--experiment')
+    assert snapshot(out / 'cut') == before
+
+
+def test_resume_in_a_new_folder_continues_a_copy_of_the_run(out, small_digits_dir):
+    before = snapshot(out / 'cut')
+    assert train.main(_run_argv('cut_mixmo', small_digits_dir, out, 'fork', '--epochs', '2',
+                                '--resume', out / 'cut' / 'checkpoint-0.pth.tar')) == 0
+    assert snapshot(out / 'cut') == before
+    rows = _summary(out / 'fork')
+    assert [row['epoch'] for row in rows] == ['0', '1'] and rows[0] == _summary(out / 'cut')[0]
+
+
+def test_resume_with_the_runs_config_applies_and_prints_other_flags(out, small_digits_dir, capsys):
+    run = out / 'cut'
+    shutil.copy(run / 'checkpoint-0.pth.tar', run / 'last.pth.tar')  # as if stopped after epoch 0
+    os.remove(run / 'checkpoint-1.pth.tar')
+    argv = ['--config', str(run / 'args.yaml'), '--resume', str(run / 'last.pth.tar'), '--output', str(out),
+            '--experiment', 'cut', '--data-dir', str(small_digits_dir), '--hflip', '0']
+    assert train.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert 'Resumed with changed flags' in printed and '--hflip 0 (was 0.5)' in printed
+    assert yaml.safe_load(open(run / 'args.yaml'))['hflip'] == 0
+    assert [row['epoch'] for row in _summary(run)] == ['0', '1']
+
+
+def test_run_folder_inside_the_data_is_refused(small_digits_dir, tmp_path, capsys):
+    data = tmp_path / 'data'
+    shutil.copytree(small_digits_dir, data, symlinks=True)
+    assert train.main(_run_argv('cut_mixmo', data, data / 'train', 'run', '--epochs', '1')) == 2
+    _error_line(capsys, '--output', 'inside --data-dir')
+    assert not (data / 'train' / 'run').exists()
+
+
+def test_disk_full_writing_args_yaml_leaves_no_run_folder(small_digits_dir, tmp_path, monkeypatch, capsys):
+    _fail_replace_once(monkeypatch, 'args.yaml')
+    assert train.main(_run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'full', '--epochs', '1')) == 2
+    _error_line(capsys, 'args.yaml', 'No space left on device')
+    assert os.listdir(tmp_path / 'out') == []
+
+
+def _export_argv(run, folder):
+    return ['export', '--checkpoint', str(run / 'last.pth.tar'), '--args', str(run / 'args.yaml'), '--out',
+            str(folder)]
+
+
+def test_export_never_overwrites_an_earlier_export(runs, tmp_path, capsys):
+    folder = tmp_path / 'export'
+    assert hub.main(_export_argv(runs / 'cut', folder)) == 0
+    capsys.readouterr()
+    before = snapshot(folder)
+    assert hub.main(_export_argv(runs / 'cut', folder)) == 2
+    _error_line(capsys, 'already holds', 'model.safetensors')
+    assert snapshot(folder) == before
+
+
+def test_export_misuse_is_one_line_and_writes_nothing(runs, tmp_path, capsys, monkeypatch):
+    run = runs / 'cut'
+    config = yaml.safe_load(open(run / 'args.yaml'))
+    (tmp_path / 'other.yaml').write_text(yaml.safe_dump(dict(config, model='linear_mixmo')))
+    assert hub.main(['export', '--checkpoint', str(run / 'last.pth.tar'), '--out', str(tmp_path / 'x')]) == 2
+    _error_line(capsys, '--args')
+    assert hub.main(['export', '--checkpoint', str(run / 'last.pth.tar'), '--args', str(tmp_path / 'other.yaml'),
+                     '--out', str(tmp_path / 'x')]) == 2
+    _error_line(capsys, "'cut_mixmo'", "'linear_mixmo'")
+    monkeypatch.setattr(hub, 'save_pretrained', lambda *args, **kwargs: signal.raise_signal(signal.SIGINT))
+    assert hub.main(_export_argv(run, tmp_path / 'x')) == 130
+    _error_line(capsys, 'interrupted')
+    assert sorted(os.listdir(tmp_path)) == ['other.yaml']
+
+
+@pytest.mark.parametrize('case', ['layers-without-data', 'other-kind', 'sigint'])
+def test_analysis_refusals_and_interruption_write_nothing(runs, tmp_path, monkeypatch, case, capsys):
+    run = runs / 'cut'
+    base = ['--config', str(run / 'args.yaml'), '--checkpoint', str(run / 'last.pth.tar'), '--out',
+            str(tmp_path / 'analysis')]
+    if case == 'sigint':
+        monkeypatch.setattr(analysis, 'active_filters', lambda *args: signal.raise_signal(signal.SIGINT))
+    argv, code, fragments = dict(
+        layers_without_data=([*base, '--layers', 'backbone.stages.0'], 2, ['--layers', '--data-dir']),
+        other_kind=([*base, '--model', 'linear_mixmo'], 2, ["'cut_mixmo'", "'linear_mixmo'"]),
+        sigint=(base, 130, ['interrupted']),
+    )[case.replace('-', '_')]
+    assert analysis.main(argv) == code
+    _error_line(capsys, *fragments)
+    assert not (tmp_path / 'analysis').exists()

@@ -28,7 +28,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,10 @@ __all__ = [
 ]
 
 NORMALIZATIONS = ('sum', 'max', 'none')
+ANALYSIS_FILE = 'analysis.json'
+# every file the command line may write under --out
+OUTPUT_FILES = (ANALYSIS_FILE, 'classifier_influence.png', 'classifier_scatter.png', 'encoder_influence.png',
+                'encoder_scatter.png', 'feature_variance.png')
 ACTIVE_THRESHOLD = 0.4  # thesis Table A.16 / Sec. 3.3.3: "at least 40% of the highest filter l1-norm"
 
 
@@ -359,18 +363,28 @@ def analyse(model: nn.Module, out_dir: Optional[str] = None, images: Optional[to
         variance = feature_variance(model, data, fixed_input, layers)
         results['feature_variance_sharing_rate'] = {name: sharing_rate(v) for name, v in variance.items()}
     results['influence'] = {name: value.tolist() for name, value in influences.items()}
+    if variance is not None and out_dir is not None:
+        results['feature_variance'] = {name: value.tolist() for name, value in variance.items()}
     if out_dir is not None:
+        from timm_mimo.cli.run_folder import write_atomically  # each file complete or absent
+        if plots and (influences or variance is not None):
+            _pyplot()  # matplotlib missing: an ImportError before anything is written
         os.makedirs(out_dir, exist_ok=True)
         if plots:
             for name, value in influences.items():
-                plot_influence_histograms(value, os.path.join(out_dir, f'{name}_influence.png'), f'{name} block')
-                plot_influence_scatter(value, os.path.join(out_dir, f'{name}_scatter.png'), f'{name} block')
+                write_atomically(os.path.join(out_dir, f'{name}_influence.png'), lambda path, value=value, name=name:
+                                 plot_influence_histograms(value, path, f'{name} block'), keep_suffix=True)
+                write_atomically(os.path.join(out_dir, f'{name}_scatter.png'), lambda path, value=value, name=name:
+                                 plot_influence_scatter(value, path, f'{name} block'), keep_suffix=True)
             if variance is not None:
-                plot_feature_variance(variance, os.path.join(out_dir, 'feature_variance.png'), 'feature variance')
-        if variance is not None:
-            results['feature_variance'] = {name: value.tolist() for name, value in variance.items()}
-        with open(os.path.join(out_dir, 'analysis.json'), 'w') as f:
-            json.dump(results, f, indent=1)
+                write_atomically(os.path.join(out_dir, 'feature_variance.png'),
+                                 lambda path: plot_feature_variance(variance, path, 'feature variance'),
+                                 keep_suffix=True)
+
+        def write_json(path: str) -> None:
+            with open(path, 'w') as f:
+                json.dump(results, f, indent=1)
+        write_atomically(os.path.join(out_dir, ANALYSIS_FILE), write_json)
     return results
 
 
@@ -389,14 +403,15 @@ def _parse_kwargs(items: Sequence[str]) -> Dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='timm-mimo-analysis',
-                                     description='Feature sharing analysis of a timm_mimo model (rates, plots).')
+    from timm_mimo.cli.args import ArgumentParser  # errors as one line (CliError), as train / validate
+    parser = ArgumentParser(prog='timm-mimo-analysis',
+                            description='Feature sharing analysis of a timm_mimo model (rates, plots).')
     parser.add_argument('--config', default='', help="a training run's args.yaml (model, model_kwargs, data flags)")
     parser.add_argument('--model', default=None, help='timm model name')
     parser.add_argument('--model-kwargs', nargs='*', default=None, metavar='KEY=VALUE')
     parser.add_argument('--num-classes', type=int, default=None)
     parser.add_argument('--checkpoint', default='', help='weights (train.py checkpoint or state dict)')
-    parser.add_argument('--use-ema', action='store_true', help="the checkpoint's EMA weights")
+    parser.add_argument('--use-ema', action='store_true', help="the checkpoint's EMA weights (refused without them)")
     parser.add_argument('--out', required=True, help='output folder (analysis.json and PNG plots)')
     parser.add_argument('--no-plots', action='store_true', help='skip the PNG plots (no matplotlib needed)')
     parser.add_argument('--threshold', type=float, default=ACTIVE_THRESHOLD, help='t_a of the active filters')
@@ -405,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--split', default=None, help='split of --data-dir (e.g. test)')
     parser.add_argument('--num-images', type=int, default=512, help='images of the variance analysis')
     parser.add_argument('--fixed-input', default='first', choices=('first', 'zeros'))
-    parser.add_argument('--layers', nargs='*', default=None, help='variance layers (default: backbone stages)')
+    parser.add_argument('--layers', nargs='*', default=None,
+                        help='variance layers (default: backbone stages); needs --data-dir')
     return parser
 
 
@@ -414,17 +430,21 @@ def _load_config(path: str) -> Dict[str, Any]:
     try:
         with open(path) as f:
             config = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ValueError(f'cannot read --config {path!r}: {" ".join(str(exc).split())}') from None
     if not isinstance(config, dict):
         raise ValueError(f'--config {path!r} must be a mapping')
-    return {key.replace('-', '_'): value for key, value in config.items()}
+    return {str(key).replace('-', '_'): value for key, value in config.items()}
 
 
-def _create_model(args: argparse.Namespace, config: Dict[str, Any]) -> nn.Module:
+def _create_model(args: argparse.Namespace, config: Dict[str, Any]) -> Tuple[nn.Module, Optional[List[str]]]:
+    """The model with the checkpoint's weights (read and checked before it is built) and the class names of its
+    outputs (the checkpoint's or the --config's, ``None`` when neither records them)."""
     import timm
 
     import timm_mimo  # noqa: F401  (registers the models)
+    from timm_mimo.cli.args import CliError, one_line
+    from timm_mimo.cli.checkpoint import check_checkpoint_model, checkpoint_weights, read_checkpoint
     name = args.model or config.get('model')
     if not name:
         raise ValueError('--model is required (or a --config with a model)')
@@ -437,18 +457,56 @@ def _create_model(args: argparse.Namespace, config: Dict[str, Any]) -> nn.Module
         value = getattr(args, key, None) if getattr(args, key, None) is not None else config.get(key)
         if value is not None:
             kwargs[key] = value
-    model = timm.create_model(name, **kwargs)
-    if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            raise ValueError(f'checkpoint {args.checkpoint!r} does not exist')
-        timm.models.load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, weights_only=True)
-    return model.eval()
+    state = None
+    if args.checkpoint:  # read and checked before the model is built
+        state = read_checkpoint(args.checkpoint)
+        check_checkpoint_model(state, args.checkpoint, name, dict(config.get('model_kwargs') or {},
+                                                                   **_parse_kwargs(args.model_kwargs or [])))
+        weights = checkpoint_weights(state, args.checkpoint, args.use_ema)
+    elif args.use_ema:
+        raise CliError('--use-ema needs --checkpoint (the file holding the EMA weights)')
+    try:
+        model = timm.create_model(name, **kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as exc:
+        given = ' '.join(f'{key}={value}' for key, value in kwargs.items())
+        raise CliError(f'cannot create model {name!r} with --model-kwargs / --config arguments {given} '
+                       f'({one_line(exc, 200)})') from None
+    if state is not None:
+        from timm.models import clean_state_dict
+        try:
+            model.load_state_dict(clean_state_dict(weights))
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CliError(f'--checkpoint {args.checkpoint!r} does not fit model {name!r} ({one_line(exc, 240)}); give '
+                           "the run's args.yaml as --config") from None
+    return model.eval(), _class_names(state, config)
 
 
-def _load_images(args: argparse.Namespace, config: Dict[str, Any], model: nn.Module) -> torch.Tensor:
+def _class_names(state: Any, config: Dict[str, Any]) -> Optional[List[str]]:
+    from timm_mimo.cli.checkpoint import checkpoint_class_names
+    names = checkpoint_class_names(state) or config.get('class_names')
+    return [str(name) for name in names] if names else None
+
+
+def _check_layers(model: nn.Module, layers: Optional[Sequence[str]]) -> None:
+    from timm_mimo.cli.args import CliError
+    for name in layers or []:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            try:
+                known = ', '.join(default_variance_layers(model))
+            except ValueError:
+                known = 'module names of the model'
+            raise CliError(f'--layers {name!r} is not a module of {type(model).__name__}; give layers such as '
+                           f'{known}') from None
+
+
+def _load_images(args: argparse.Namespace, config: Dict[str, Any], model: nn.Module,
+                 class_names: Optional[List[str]] = None) -> torch.Tensor:
+    """``--num-images`` images spread over the split, which must hold only classes of ``class_names`` (by name)."""
     from timm.data import resolve_data_config
 
-    from timm_mimo.data import create_image_transform, open_dataset
+    from timm_mimo.data import apply_class_names, create_image_transform, open_dataset
     data_args = {k: config.get(k) for k in ('input_size', 'img_size', 'mean', 'std', 'interpolation')}
     in_chans = getattr(model, 'in_chans', None)
     data_args['in_chans'] = in_chans
@@ -458,9 +516,10 @@ def _load_images(args: argparse.Namespace, config: Dict[str, Any], model: nn.Mod
     transform = create_image_transform(data_config, False, config.get('crop_pad'))
     dataset_name = args.dataset if args.dataset is not None else config.get('dataset', '')
     split = args.split or config.get('val_split') or 'validation'
-    dataset = open_dataset(dataset_name or '', args.data_dir, split, False, False, transform)
     if args.num_images < 3:
         raise ValueError(f'--num-images must be >= 3, got {args.num_images}')
+    dataset = open_dataset(dataset_name or '', args.data_dir, split, False, False, transform)
+    apply_class_names(dataset, class_names, f'split {split!r} of {args.data_dir!r}')
     count = min(args.num_images, len(dataset))
     # an even spread over the split (folder data sets list the images class by class)
     indices = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
@@ -468,17 +527,36 @@ def _load_images(args: argparse.Namespace, config: Dict[str, Any], model: nn.Mod
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: writes ``analysis.json`` (+ PNGs) under ``--out``; bad input is one line on stderr, status 2."""
-    args = build_parser().parse_args(argv)
-    try:
-        config = _load_config(args.config) if args.config else {}
-        model = _create_model(args, config)
-        images = _load_images(args, config, model) if args.data_dir else None
-        results = analyse(model, args.out, images, args.fixed_input, args.layers, args.threshold,
-                          plots=not args.no_plots)
-    except (ValueError, ImportError, RuntimeError, OSError) as exc:
-        print(f'error: {" ".join(str(exc).split())[:400]}', file=sys.stderr)
-        return 2
+    """Entry point: writes ``analysis.json`` (+ PNGs) under ``--out``; bad input is one line on stderr, status 2,
+    nothing written; SIGINT / SIGTERM one line, status 130 / 143, every file complete or absent."""
+    from timm_mimo.cli.args import CliError
+    from timm_mimo.cli.run_folder import Interrupted, SignalGuard, check_outputs_are_not_inputs
+    from timm_mimo.data import DataError
+    with SignalGuard():
+        try:
+            args = build_parser().parse_args(argv)
+            if args.layers and not args.data_dir:
+                raise CliError(f'--layers {" ".join(args.layers)}: the layers of the feature-variance analysis, which '
+                               'needs --data-dir')
+            if not 0.0 <= args.threshold <= 1.0:
+                raise CliError(f'--threshold {args.threshold!r}: must be in [0, 1]')
+            check_outputs_are_not_inputs({'--out': [os.path.join(args.out, name) for name in OUTPUT_FILES]},
+                                         {'--checkpoint': args.checkpoint, '--config': args.config})
+            if os.path.exists(args.out) and not os.path.isdir(args.out):
+                raise CliError(f'--out {args.out!r} is a file; give a folder')
+            config = _load_config(args.config) if args.config else {}
+            model, class_names = _create_model(args, config)
+            _check_layers(model, args.layers)
+            images = _load_images(args, config, model, class_names) if args.data_dir else None
+            results = analyse(model, args.out, images, args.fixed_input, args.layers, args.threshold,
+                              plots=not args.no_plots)
+        except (CliError, DataError, ValueError, ImportError, RuntimeError, OSError) as exc:
+            print(f'error: {" ".join(str(exc).split())}', file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, Interrupted) as exc:
+            name = exc.name if isinstance(exc, Interrupted) else 'SIGINT'
+            print(f'error: interrupted ({name}); every file written under --out is complete', file=sys.stderr)
+            return exc.exit_code if isinstance(exc, Interrupted) else 130
     for key, value in results.items():
         if isinstance(value, float):
             print(f'{key}: {value:.4f}')

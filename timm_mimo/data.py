@@ -36,7 +36,7 @@ __all__ = [
     'apply_pixel_mix', 'corrected_mix_ratio', 'soft_targets', 'SimultaneousMixup',
     'ConvertImageMode', 'PadToSize', 'channel_stats', 'CifarAugMix', 'pixel_policy', 'cifar_transform',
     'eval_transform', 'create_image_transform', 'open_dataset', 'check_split', 'dataset_num_classes',
-    'DataError',
+    'DataError', 'dataset_class_names', 'check_class_names', 'apply_class_names', 'ClassIndexMap',
 ]
 
 
@@ -619,26 +619,144 @@ def dataset_num_classes(dataset: Dataset) -> Optional[int]:
     return None
 
 
+def dataset_class_names(dataset: Dataset) -> Optional[List[Optional[str]]]:
+    """The class name of every label index of a dataset, in index order; ``None`` when the dataset names none.
+
+    The names come from :func:`apply_class_names` when it relabelled the dataset, else from the folder / tar reader's
+    ``class_to_idx`` or a torchvision dataset's ``class_to_idx`` / ``classes``. An index that no class maps to (a
+    class map with gaps) is ``None``.
+    """
+    names = getattr(dataset, 'class_names', None)
+    if names is not None:
+        return list(names)
+    reader = getattr(dataset, 'reader', None)
+    for source in (reader, dataset):
+        class_to_idx = getattr(source, 'class_to_idx', None)
+        if class_to_idx:
+            by_index: List[Optional[str]] = [None] * (max(class_to_idx.values()) + 1)
+            for name, index in class_to_idx.items():
+                by_index[index] = str(name)
+            return by_index
+        classes = getattr(source, 'classes', None)
+        if classes:
+            return [str(name) for name in classes]
+    return None
+
+
+def _listed(names: Sequence[Any], limit: int = 8) -> str:
+    shown = ', '.join(repr(name) for name in list(names)[:limit])
+    return shown + (f', ... ({len(names)} in all)' if len(names) > limit else '')
+
+
+def check_class_names(split_names: Sequence[Optional[str]], class_names: Sequence[Optional[str]], where: str) -> None:
+    """Refuse a split holding classes that ``class_names`` (the run's list) does not name, naming both sides.
+
+    A split may lack some of the run's classes (a validation split without one class); every class it has must be
+    one of the run's, found by name.
+    """
+    known = set(class_names) - {None}
+    extra = [name for name in split_names if name is not None and name not in known]
+    if extra:
+        present = set(split_names)
+        missing = [name for name in class_names if name is not None and name not in present]
+        absent = f"; the run's classes not found there: {_listed(missing)}" if missing else ''
+        raise DataError(f'{where} holds classes the model was not trained on: {_listed(extra)}{absent}. Labels are '
+                        'matched by class name: rename the folders to the run\'s class names (args.yaml '
+                        'class_names), or evaluate a model trained on these classes')
+
+
+class ClassIndexMap:
+    """Target transform: a split's label index -> the index of the same class name in the run's class list."""
+
+    def __init__(self, mapping: Sequence[int], before: Optional[Callable] = None):
+        self.mapping = list(mapping)
+        self.before = before
+
+    def __call__(self, target: int) -> int:
+        if self.before is not None:
+            target = self.before(target)
+        return self.mapping[int(target)]
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({self.mapping})'
+
+
+def apply_class_names(dataset: Dataset, class_names: Optional[Sequence[Optional[str]]], where: str
+                      ) -> Optional[List[Optional[str]]]:
+    """Label ``dataset`` by name through ``class_names``; returns the class list now in force.
+
+    With ``class_names`` ``None`` the dataset keeps its own labels (its own list is returned). Otherwise the split's
+    classes must be a subset of ``class_names`` (:func:`check_class_names`) and every target becomes the index of its
+    class name there, so a split that lacks a class, or lists its classes in another order, is labelled as the run
+    was trained. A dataset without class names is taken as labelled by ``class_names`` already.
+    """
+    split_names = dataset_class_names(dataset)
+    if class_names is None:
+        return split_names
+    class_names = list(class_names)
+    if split_names is None:
+        return class_names
+    check_class_names(split_names, class_names, where)
+    mapping = [class_names.index(name) if name is not None else index for index, name in enumerate(split_names)]
+    if mapping != list(range(len(split_names))):
+        dataset.target_transform = ClassIndexMap(mapping, getattr(dataset, 'target_transform', None))
+    dataset.class_names = class_names
+    return class_names
+
+
+def _folder_reader(name: str) -> bool:
+    """True for the image folder / tar readers whose class names are folder names (the default of ``--dataset``)."""
+    prefix, sep, _ = name.partition('/')
+    return not sep or prefix.lower() == 'folder'
+
+
+def _class_map_names(class_map: str, root: Optional[str]) -> List[Optional[str]]:
+    """The class names of a timm class map file (``.txt``: one per line; ``.pkl``: a dict), by label index."""
+    from timm.data.readers.class_map import load_class_map
+    try:
+        class_to_idx = load_class_map(class_map, root or '')
+    except (OSError, ValueError, AssertionError, UnicodeDecodeError) as exc:
+        message = ' '.join(str(exc).split()) or type(exc).__name__
+        raise DataError(f'--class-map {class_map!r} cannot be read ({message})') from None
+    names: List[Optional[str]] = [None] * (max(class_to_idx.values()) + 1)
+    for name, index in class_to_idx.items():
+        names[index] = str(name)
+    return names
+
+
 def open_dataset(name: str, root: Optional[str], split: str, is_training: bool = False, download: bool = False,
-                 transform: Optional[Callable] = None, class_map: str = '', **reader_kwargs: Any) -> Dataset:
+                 transform: Optional[Callable] = None, class_map: str = '', partial_class_map: bool = False,
+                 **reader_kwargs: Any) -> Dataset:
     """timm's ``create_dataset`` with a readable one-line :class:`DataError` for a missing, empty or unknown split.
 
-    ``reader_kwargs`` go to ``create_dataset`` (``input_key``, ``target_key``, ``trust_remote_code``; ``None`` values
-    are dropped there)."""
+    A ``class_map`` of an image folder / tar must name every class of the split (timm would skip the images of the
+    classes it leaves out, silently) unless ``partial_class_map``; it then orders the labels by name
+    (:func:`apply_class_names`). ``reader_kwargs`` go to ``create_dataset`` (``input_key``, ``target_key``,
+    ``trust_remote_code``; ``None`` values are dropped there)."""
     if not download:
         if not root or not os.path.isdir(root):
             raise DataError(f'data dir {root!r} does not exist (--data-dir)')
         if not any(files for _, _, files in os.walk(root, followlinks=True)):
             raise DataError(f'data dir {root!r} is empty (--data-dir)')
     check_split(name, root, split)
+    by_name = bool(class_map) and not partial_class_map and _folder_reader(name)
+    map_names = _class_map_names(class_map, root) if by_name else None
     try:
         dataset = create_dataset(name, root=root, split='' if split == '.' else split, is_training=is_training,
-                                 download=download, class_map=class_map, **reader_kwargs)
+                                 download=download, class_map='' if by_name else class_map, **reader_kwargs)
     except (RuntimeError, OSError, ValueError, AssertionError, KeyError) as exc:
         message = ' '.join(str(exc).split()) or type(exc).__name__
         raise DataError(f'cannot open dataset {name or "(image folder)"!r} split {split!r} in {root!r}: '
                         f'{message}') from None
     if len(dataset) == 0:
         raise DataError(f'dataset {name or "(image folder)"!r} split {split!r} in {root!r} has no images')
+    if map_names is not None:
+        split_names = dataset_class_names(dataset) or []
+        left_out = [folder for folder in split_names if folder not in set(map_names)]
+        if left_out:
+            raise DataError(f'--class-map {class_map!r} leaves out the classes {_listed(left_out)} of split {split!r} '
+                            f'in {root!r}: their images would be skipped. Add them to the map, or pass '
+                            '--class-map-partial to use the mapped classes only')
+        apply_class_names(dataset, map_names, f'split {split!r} in {root!r}')
     dataset.transform = transform
     return dataset

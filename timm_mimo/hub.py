@@ -19,10 +19,10 @@ Command line (a ``train.py`` checkpoint to a Hub folder with its card)::
     python -m timm_mimo export --checkpoint run/model_best.pth.tar [--use-ema] --args run/args.yaml \\
         --out folder [--results results.json]
 """
-import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -308,7 +308,9 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike],
     """
     save_directory = Path(save_directory)
     args = dict(runtime_model_args(model), **model_args)
-    save_for_hf(model, str(save_directory), model_args=args or None, safe_serialization=True)
+    label_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')  # the classes, timm's key
+    save_for_hf(model, str(save_directory), model_config=dict(label_names=label_names) if label_names else None,
+                model_args=args or None, safe_serialization=True)
     model_card(model, **(model_card_kwargs or {})).save(save_directory / 'README.md')
     return save_directory
 
@@ -427,6 +429,10 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Union[str
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
         hint = ' (the run had no --model-ema; export without --use-ema)' if use_ema else ''
         raise ValueError(f'checkpoint {str(path)!r} has no {key!r}{hint}; found {found}')
+    arch = state.get('arch')
+    if isinstance(arch, str) and arch and args.get('model') and arch.split('.')[0] != str(args['model']).split('.')[0]:
+        raise ValueError(f'checkpoint {str(path)!r} holds a {arch!r} model (its arch) but {str(train_args)!r} builds '
+                         f'{args["model"]!r}: give the args.yaml of the checkpoint\'s run')
     model = model_from_train_args(args)
     state_dict = {k.removeprefix('module.'): v for k, v in state[key].items()}
     try:
@@ -434,36 +440,81 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Union[str
     except RuntimeError as exc:
         raise ValueError(f'checkpoint {str(path)!r} does not fit {args["model"]!r} built from {str(train_args)!r}: '
                          f'{" ".join(str(exc).split())[:240]}') from None
+    class_names = state.get('class_names') or args.get('class_names')
+    if class_names:  # timm's label_names: a list by output index, or {index: name} when some outputs have none
+        names = [None if name is None else str(name) for name in class_names]
+        label_names = tuple(names) if len(names) == model.num_classes and None not in names else \
+            {index: name for index, name in enumerate(names) if name is not None}
+        model.pretrained_cfg = dict(model.pretrained_cfg, label_names=label_names)
     card = dict(train_args=args, results=metrics, repo_id=repo_id, install=install)
-    return save_pretrained(model.eval(), out, model_card_kwargs=card)
+    return _write_folder(Path(out), lambda folder: save_pretrained(model.eval(), folder, model_card_kwargs=card))
+
+
+EXPORT_FILES = (WEIGHTS_FILE, 'config.json', 'README.md')
+
+
+def _write_folder(out: Path, write: Any) -> Path:
+    """``write(folder)`` into a temporary folder beside ``out``, then moved into place: the export is complete or
+    absent. A folder that already holds an export's files is refused (nothing is overwritten)."""
+    taken = [name for name in EXPORT_FILES if (out / name).exists()]
+    if taken:
+        raise ValueError(f'--out {str(out)!r} already holds {", ".join(taken)} (an earlier export?): nothing is '
+                         'overwritten; pick a new --out, or remove those files first')
+    if out.exists() and not out.is_dir():
+        raise ValueError(f'--out {str(out)!r} is a file; give a folder name')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent))
+    try:
+        write(tmp)
+        if not out.exists():
+            os.rename(tmp, out)
+        else:
+            for item in tmp.iterdir():
+                os.replace(item, out / item.name)
+            tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m timm_mimo export ...``: one-line errors, exit code 2."""
-    parser = argparse.ArgumentParser(prog='python -m timm_mimo', description=__doc__.split('\n\n')[0])
+    """``python -m timm_mimo export ...``: one-line errors, exit code 2; SIGINT / SIGTERM end with one line and
+    status 130 / 143, nothing written."""
+    from timm_mimo.cli.args import ArgumentParser, CliError
+    from timm_mimo.cli.run_folder import Interrupted, SignalGuard
+    parser = ArgumentParser(prog='python -m timm_mimo', description=__doc__.split('\n\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
     export = commands.add_parser('export', help='a train.py checkpoint to a Hub folder (safetensors, config, card)')
     export.add_argument('--checkpoint', required=True, help='checkpoint written by train.py')
     export.add_argument('--args', required=True, help="the run's args.yaml")
-    export.add_argument('--out', required=True, help='folder to write')
+    export.add_argument('--out', required=True, help='folder to write (new, or without an earlier export)')
     export.add_argument('--use-ema', action='store_true', help='export the EMA weights')
     export.add_argument('--results', default=None, help='validate.py results JSON for the card')
     export.add_argument('--repo-id', default=None, help='Hub repository the folder is meant for (card usage line)')
     export.add_argument('--install', default=INSTALL_LINE, help='install line shown in the card')
     commands.add_parser('configs', help='list the shipped training recipes (use one as --config NAME)')
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except CliError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
     if args.command == 'configs':
         from timm_mimo.recipes import CONFIG_DIR, list_configs
         print(f'# {CONFIG_DIR}')
         print('\n'.join(list_configs()))
         return 0
-    try:
-        folder = export_checkpoint(args.checkpoint, args.args, args.out, use_ema=args.use_ema, results=args.results,
-                                   repo_id=args.repo_id, install=args.install)
-    except (OSError, ValueError, RuntimeError, TypeError) as exc:
-        print(f'error: {" ".join(str(exc).split())}', file=sys.stderr)
-        return 2
+    with SignalGuard():
+        try:
+            folder = export_checkpoint(args.checkpoint, args.args, args.out, use_ema=args.use_ema,
+                                       results=args.results, repo_id=args.repo_id, install=args.install)
+        except (OSError, ValueError, RuntimeError, TypeError) as exc:
+            print(f'error: {" ".join(str(exc).split())}', file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, Interrupted) as exc:
+            name = exc.name if isinstance(exc, Interrupted) else 'SIGINT'
+            print(f'error: interrupted ({name}); nothing was exported', file=sys.stderr)
+            return exc.exit_code if isinstance(exc, Interrupted) else 130
     print(f'wrote {folder} (model.safetensors, config.json, README.md); load it with '
           f"timm.create_model('local-dir:{folder}', pretrained=True) after import timm_mimo")
     return 0
-

@@ -15,7 +15,8 @@ import yaml
 from timm.utils import ParseKwargs
 
 __all__ = ['CliError', 'ArgumentParser', 'Refused', 'add_refused', 'check_refused', 'load_config', 'parse_with_config',
-           'Check', 'check_values', 'positive', 'non_negative', 'unit_interval', 'at_least', 'one_line']
+           'Check', 'check_values', 'positive', 'non_negative', 'unit_interval', 'at_least', 'one_line',
+           'check_channel_stats', 'check_model_input']
 
 
 class CliError(Exception):
@@ -234,7 +235,14 @@ def add_data_args(parser: argparse.ArgumentParser, group: argparse._ArgumentGrou
     group.add_argument('--dataset-download', action='store_true', default=False,
                        help='let torch/ and tfds/ datasets fetch their files when missing')
     group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
-                       help='file mapping class names to label indices (default: none, classes taken from the data)')
+                       help='file mapping class names to label indices (default: none, classes taken from the data); '
+                            'it must name every class of the split unless --class-map-partial')
+    group.add_argument('--class-map-partial', action='store_true', default=False,
+                       help='let --class-map leave classes of the split out: their images are skipped')
+    group.add_argument('--class-names', type=str, nargs='+', default=None, metavar='NAME',
+                       help='the class of each model output, in order; every split is labelled by these names '
+                            "(default: training: the training split's classes; evaluation: the checkpoint's). A "
+                            "run's args.yaml records them")
     group.add_argument('--input-key', default=None, type=str,
                        help='name of the image field in dataset records (hfds/, wds/, ...)')
     group.add_argument('--target-key', default=None, type=str,
@@ -319,6 +327,49 @@ def add_loader_args(group: argparse._ArgumentGroup) -> None:
                        help='no device prefetcher: the workers normalise the images and each batch is copied when the '
                             'step needs it (default: uint8 batches copied one ahead on a side CUDA stream and '
                             'normalised on the device, as timm\'s prefetcher)')
+
+
+def check_channel_stats(args: argparse.Namespace) -> None:
+    """``--mean`` / ``--std`` give one value per input channel, or one for all of them (timm's rule, whose
+    ``resolve_data_config`` would fail with a bare ``AssertionError``); the channels are ``--input-size``'s first
+    value, else ``--in-chans``, else 3, as timm counts them."""
+    in_chans = args.input_size[0] if getattr(args, 'input_size', None) else getattr(args, 'in_chans', None) or 3
+    for flag in ('mean', 'std'):
+        values = getattr(args, flag, None)
+        if values is not None and len(values) not in (1, in_chans):
+            raise CliError(f'--{flag} {" ".join(f"{v:g}" for v in values)}: {len(values)} values for {in_chans} input '
+                           f'channel{"s" if in_chans > 1 else ""}; give {in_chans} values (or one for every channel)')
+
+
+def check_model_input(model: Any, args: argparse.Namespace, input_size: Sequence[int],
+                      name: Optional[str] = None) -> None:
+    """One forward of a blank image of the data config's size (eval mode, nothing updated), and the model's mixing
+    grid at that size: a size the model cannot take (a ViT's fixed size, a multiple of its patch) is refused here,
+    not at the first training or evaluation batch."""
+    import torch
+    given = (f'--input-size {" ".join(map(str, args.input_size))}' if args.input_size else
+             f'--img-size {args.img_size}' if args.img_size else f'input size {tuple(input_size)}')
+    param = next(model.parameters(), None)
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        mix_grid = getattr(model, 'mix_grid', None)
+        if callable(mix_grid):
+            mix_grid(tuple(input_size[1:]))
+        blank = torch.zeros(1, *input_size, device=param.device if param is not None else 'cpu')
+        if args.channels_last:
+            blank = blank.contiguous(memory_format=torch.channels_last)
+        model.eval()
+        with torch.no_grad():
+            model(blank)
+    except (RuntimeError, ValueError, AssertionError, TypeError) as exc:
+        built = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
+        hint = (f'; the model is built for {built[0]}x{built[1]} px: give --img-size {built[0]}, or build it for '
+                f'another size with --model-kwargs img_size=N' if built else '; give the size it is built for')
+        raise CliError(f'{given}: {name or repr(args.model)} cannot take {"x".join(map(str, input_size))} inputs '
+                       f'({one_line(exc, 200)}){hint}') from None
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 MODEL_CHECKS: List[Check] = [

@@ -9,7 +9,7 @@ images from pinned memory, copied without blocking on a side stream and normalis
 """
 import argparse
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from timm.data.random_erasing import RandomErasing
@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from timm_mimo.cli.args import CliError, one_line, reader_kwargs
 from timm_mimo.data import (
     BatchRepeatSampler,
+    DataError,
+    apply_class_names,
     channel_stats,
     create_image_transform,
     dataset_num_classes,
@@ -46,10 +48,11 @@ def _normalized_on_device(args: argparse.Namespace) -> bool:
 
 @dataclass
 class TrainData:
-    """The opened training split and its batch sampler."""
+    """The opened training split, its batch sampler and the run's class names (``None``: the split names none)."""
     dataset: Dataset
     sampler: BatchRepeatSampler
     num_classes: Optional[int]
+    class_names: Optional[List[Optional[str]]] = None
 
 
 def open_train_data(args: argparse.Namespace, data_config: Dict[str, Any], num_partners: int) -> TrainData:
@@ -72,14 +75,16 @@ def open_train_data(args: argparse.Namespace, data_config: Dict[str, Any], num_p
     except (ValueError, TypeError, AssertionError) as exc:
         raise CliError(f'cannot build the image transforms: {one_line(exc)}') from None
     dataset = open_dataset(args.dataset, args.data_dir, args.train_split, True, args.dataset_download, transform,
-                           args.class_map, **reader_kwargs(args))
+                           args.class_map, args.class_map_partial, **reader_kwargs(args))
+    class_names = apply_class_names(dataset, args.class_names,
+                                    f'the training split {args.train_split!r} (against --class-names)')
     try:
         sampler = BatchRepeatSampler(len(dataset), args.batch_size, args.batch_repeat, args.world_size, args.rank,
                                      args.grad_accum_steps, args.seed, num_partners)
     except ValueError as exc:
         raise CliError(f'-b {args.batch_size} / --batch-repeat {args.batch_repeat} / --grad-accum-steps '
                        f'{args.grad_accum_steps}: {one_line(exc)}') from None
-    return TrainData(dataset, sampler, dataset_num_classes(dataset))
+    return TrainData(dataset, sampler, dataset_num_classes(dataset), class_names)
 
 
 def _random_erasing(args: argparse.Namespace, device: torch.device) -> Optional[RandomErasing]:
@@ -135,9 +140,10 @@ def create_train_loader(args: argparse.Namespace, data: TrainData, task: MimoTas
     return Prefetcher(loader, device, mean, std, args.channels_last, _random_erasing(args, device), device_images)
 
 
-def create_eval_loader(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device
-                       ) -> Tuple[Optional[Iterable[Any]], int]:
-    """This rank's share of the validation split (indices ``rank::world``) in order, and the split's size."""
+def create_eval_loader(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device,
+                       class_names: Optional[List[Optional[str]]] = None) -> Tuple[Optional[Iterable[Any]], int]:
+    """This rank's share of the validation split (indices ``rank::world``) in order, and the split's size; the split
+    is labelled by ``class_names`` (the run's, :func:`timm_mimo.data.apply_class_names`)."""
     if not args.val_split:
         return None, 0
     normalize = not _normalized_on_device(args) and not args.device_data
@@ -145,8 +151,12 @@ def create_eval_loader(args: argparse.Namespace, data_config: Dict[str, Any], de
         transform = create_image_transform(data_config, False, args.crop_pad, normalize=normalize)
     except (ValueError, TypeError, AssertionError) as exc:
         raise CliError(f'cannot build the image transforms: {one_line(exc)}') from None
-    dataset = open_dataset(args.dataset, args.data_dir, args.val_split, False, args.dataset_download, transform,
-                           args.class_map, **reader_kwargs(args))
+    try:
+        dataset = open_dataset(args.dataset, args.data_dir, args.val_split, False, args.dataset_download, transform,
+                               args.class_map, args.class_map_partial, **reader_kwargs(args))
+    except DataError as exc:
+        raise DataError(f"{exc} (--val-split '' trains without evaluation)") from None
+    apply_class_names(dataset, class_names, f'the validation split {args.val_split!r} in {args.data_dir!r}')
     num_eval = len(dataset)
     rank_indices = list(range(args.rank, num_eval, args.world_size))
     batch_size = args.validation_batch_size or args.batch_size

@@ -23,9 +23,9 @@ import importlib.util
 import logging
 import math
 import os
-import pickle
 import random
 import re
+import shutil
 import signal
 import sys
 import time
@@ -59,6 +59,8 @@ from timm_mimo.cli.args import (
     add_model_args,
     add_refused,
     at_least,
+    check_channel_stats,
+    check_model_input,
     check_refused,
     check_values,
     existing_file,
@@ -69,8 +71,18 @@ from timm_mimo.cli.args import (
     quiet_warnings,
     unit_interval,
 )
+from timm_mimo.cli.checkpoint import check_checkpoint_model, checkpoint_class_names, read_checkpoint
 from timm_mimo.cli.data_path import DEVICE_DATA_REFUSED, create_eval_loader, create_train_loader, open_train_data
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
+from timm_mimo.cli.run_folder import (
+    Interrupted,
+    SignalGuard,
+    claim_run_folder,
+    is_inside,
+    same_path,
+    write_atomically,
+    write_error,
+)
 from timm_mimo.data import DataError, SimultaneousMixup
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.mixing import MASK_KINDS
@@ -282,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--min-lr', type=float, default=0, metavar='LR',
                        help='floor of the learning rate for schedules that decay towards 0 (default: 0)')
     group.add_argument('--epochs', type=int, default=300, metavar='N', help='training epochs (default: 300)')
+    group.add_argument('--extend-lr', type=float, default=None, metavar='LR',
+                       help='timm_mimo: with --resume and a larger --epochs, the epochs from the resumed one on follow '
+                            'a fresh --sched schedule from LR (no warm-up) instead of the run\'s ended one; without it '
+                            'a larger --epochs is refused')
     group.add_argument('--start-epoch', default=None, type=int, metavar='N',
                        help='epoch to start from, overriding the one of a --resume checkpoint')
     group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
@@ -443,6 +459,7 @@ TRAIN_CHECKS = MODEL_CHECKS + [
     ('epochs', at_least(1), 'an integer >= 1'),
     ('start_epoch', non_negative, 'an integer >= 0'),
     ('lr', positive, '> 0 (or unset to use --lr-base)'),
+    ('extend_lr', positive, '> 0'),
     ('lr_base', positive, '> 0'),
     ('lr_base_size', at_least(1), 'an integer >= 1'),
     ('warmup_lr', non_negative, '>= 0'),
@@ -495,6 +512,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     check_values(parser, args, TRAIN_CHECKS)
     if args.data and not args.data_dir:
         args.data_dir = args.data
+    check_channel_stats(args)
+    if args.sched != 'none' and args.warmup_epochs and args.warmup_epochs >= args.epochs:
+        raise CliError(f'--warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the whole run would train at '
+                       f'the warm-up lr (from --warmup-lr {args.warmup_lr:g}), never at --lr; lower --warmup-epochs '
+                       '(e.g. 0) or raise --epochs')
+    if args.extend_lr is not None and not args.resume:
+        raise CliError(f'--extend-lr {args.extend_lr:g} schedules the added epochs of a resumed run: give it with '
+                       '--resume and a larger --epochs (for a new run use --lr)')
+    if args.extend_lr is not None and args.sched == 'none':
+        raise CliError(f'--extend-lr {args.extend_lr:g} with --sched none: without a schedule a resumed run goes on at '
+                       '--lr; drop --extend-lr')
     if args.mix is not None and args.mix not in MASK_KINDS:
         raise CliError(f'--mix {args.mix!r}: unknown mask kind; expected one of {", ".join(MASK_KINDS)}')
     if args.mixup_mode not in MIXUP_MODES:
@@ -555,6 +583,8 @@ def create_train_model(args: argparse.Namespace) -> nn.Module:
         raise CliError(f'cannot create model {args.model!r} with {kwargs}: {one_line(exc)}') from None
     except (RuntimeError, ValueError, OSError, AssertionError) as exc:
         raise CliError(f'cannot create model {args.model!r}: {one_line(exc)}') from None
+    if args.pretrained_path:
+        check_pretrained_weights(model, args.pretrained_path)
     if not is_mimo(model):
         given = [flag for dest, flag in MIMO_FLAGS.items() if getattr(args, dest) is not None]
         if given:
@@ -566,6 +596,39 @@ def create_train_model(args: argparse.Namespace) -> nn.Module:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
     return model
+
+
+def _informative(tensor: torch.Tensor) -> bool:
+    """A weight worth comparing: floating point, more than one value, not constant (fresh biases, BN's ones)."""
+    return tensor.is_floating_point() and tensor.numel() > 1 and bool(tensor.min() != tensor.max())
+
+
+def check_pretrained_weights(model: nn.Module, path: str) -> None:
+    """``--pretrained-path`` must have given the model some weight: timm loads a file of another network without
+    strictness (only logging "Unexpected keys"), which would train from random weights. Refused when no weight of
+    the model equals a tensor of the file."""
+    try:
+        with quiet_warnings():
+            weights = timm.models.load_state_dict(path, weights_only=True)
+    except Exception as exc:  # any failure to read the file is the file's fault: say which file
+        raise CliError(f'--pretrained-path {path!r} cannot be read as a checkpoint ({type(exc).__name__}: '
+                       f'{one_line(exc, 200)})') from None
+    by_shape: Dict[Tuple[int, ...], List[torch.Tensor]] = {}
+    for tensor in weights.values():
+        if isinstance(tensor, torch.Tensor) and _informative(tensor):
+            by_shape.setdefault(tuple(tensor.shape), []).append(tensor)
+    for tensor in model.state_dict().values():
+        if _informative(tensor) and any(torch.equal(tensor.cpu(), other.to(tensor.dtype))
+                                        for other in by_shape.get(tuple(tensor.shape), ())):
+            return
+    keys = list(weights)
+    if any(key.startswith(('backbone.', 'encoders.')) for key in keys):
+        way_out = 'it holds a whole MIMO model (backbone.* keys): start from it with --initial-checkpoint'
+    else:
+        backbone = getattr(model, 'backbone_name', None) or type(model).__name__
+        way_out = f'give a checkpoint of {backbone} (or drop --pretrained-path)'
+    raise CliError(f'--pretrained-path {path!r}: none of its {len(keys)} tensors fits a layer of the model (keys such '
+                   f'as {", ".join(keys[:3])}), which would train from random weights; {way_out}')
 
 
 def load_initial_checkpoint(model: nn.Module, path: str) -> None:
@@ -666,27 +729,39 @@ def gather_eval(member_logits: torch.Tensor, targets: torch.Tensor, args: argpar
 def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
     """Write to a temporary file, then rename: a checkpoint is complete or absent, never half-written; a failed
     write leaves no ``.tmp`` file behind."""
-    tmp_path = f'{path}.tmp'
-    try:
-        torch.save(state, tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp_path)
-        raise
+    write_atomically(path, lambda tmp_path: torch.save(state, tmp_path))
 
 
-def keep_epoch_checkpoint(output_dir: str, epoch: int, hist: int) -> None:
-    """Copy ``last`` to ``checkpoint-<epoch>`` (atomically) and keep only the newest ``hist`` of them.
+def copy_checkpoint(source: str, path: str) -> None:
+    """``source``'s bytes to ``path``, atomically (one serialization per epoch, the other files are copies)."""
+    def copy(tmp_path: str) -> None:
+        with open(source, 'rb') as src, open(tmp_path, 'wb') as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+    write_atomically(path, copy)
+
+
+def save_epoch(output_dir: str, epoch: int, state: Dict[str, Any], is_best: bool, hist: int) -> None:
+    """The files of one finished epoch, ``last.pth.tar`` last: it is the commit point of the epoch.
+
+    ``checkpoint-<epoch>`` (with ``hist``) and ``model_best`` (when ``is_best``) are written before ``last``, so a
+    failure (a full disk, a signal) before ``last`` is replaced leaves the previous epoch's complete state, from which
+    ``--resume`` re-runs this epoch and writes every file again. The summary row is in the state too
+    (``summary_row``): a row lost after ``last`` is restored by ``--resume``."""
+    last = os.path.join(output_dir, CHECKPOINT_LAST)
+    targets = ([os.path.join(output_dir, f'checkpoint-{epoch}.pth.tar')] if hist > 0 else []) + \
+        ([os.path.join(output_dir, CHECKPOINT_BEST)] if is_best else []) + [last]
+    save_checkpoint(targets[0], state)
+    for target in targets[1:]:
+        copy_checkpoint(targets[0], target)
+
+
+def prune_epoch_checkpoints(output_dir: str, hist: int) -> None:
+    """Keep only the newest ``hist`` of the ``checkpoint-<epoch>.pth.tar`` files.
 
     Only files named ``checkpoint-<integer>.pth.tar`` take part in the rotation (a user's ``checkpoint-final``
     is left alone)."""
     if hist <= 0:
         return
-    target = os.path.join(output_dir, f'checkpoint-{epoch}.pth.tar')
-    with open(os.path.join(output_dir, CHECKPOINT_LAST), 'rb') as src, open(f'{target}.tmp', 'wb') as dst:
-        dst.write(src.read())
-    os.replace(f'{target}.tmp', target)
     kept = sorted((int(match.group(1)), name) for name in os.listdir(output_dir)
                   if (match := EPOCH_CHECKPOINT.match(name)))
     for _, name in kept[:-hist]:
@@ -705,21 +780,35 @@ def write_summary(path: str, epoch: int, row: Dict[str, Any]) -> None:
     fields: List[str] = []
     for r in rows:
         fields += [key for key in r if key not in fields]
-    tmp_path = f'{path}.tmp'
-    try:
+
+    def write(tmp_path: str) -> None:
         with open(tmp_path, 'w', newline='') as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp_path)
-        raise
+    write_atomically(path, write)
+
+
+class ShiftedScheduler:
+    """A timm scheduler whose epoch 0 is epoch ``start`` of the run: the schedule of a resumed run's added epochs
+    (``--extend-lr``). The loop calls it as the run's scheduler, with the run's epoch and update counts."""
+
+    def __init__(self, scheduler: Any, start: int, updates_per_epoch: int):
+        self.scheduler = scheduler
+        self.start = start
+        self.updates_per_epoch = updates_per_epoch
+
+    def step(self, epoch: int, metric: Optional[float] = None) -> None:
+        self.scheduler.step(epoch - self.start, metric)
+
+    def step_update(self, num_updates: int, metric: Optional[float] = None) -> None:
+        self.scheduler.step_update(num_updates - self.start * self.updates_per_epoch, metric)
 
 
 def scheduler_state(scheduler: Any) -> Optional[Dict[str, Any]]:
     """Everything a scheduler needs to resume exactly (timm's plateau state lacks torch's patience counters)."""
+    if isinstance(scheduler, ShiftedScheduler):
+        scheduler = scheduler.scheduler
     if scheduler is None:  # --sched none
         return None
     if isinstance(scheduler, PlateauLRScheduler):
@@ -728,6 +817,8 @@ def scheduler_state(scheduler: Any) -> Optional[Dict[str, Any]]:
 
 
 def load_scheduler_state(scheduler: Any, state: Optional[Dict[str, Any]]) -> None:
+    if isinstance(scheduler, ShiftedScheduler):
+        scheduler = scheduler.scheduler
     if scheduler is None or state is None:
         return
     if isinstance(scheduler, PlateauLRScheduler):
@@ -751,29 +842,15 @@ def non_finite_tensor(model: nn.Module) -> Optional[str]:
     return named[int(bad[0])][0] if bad.numel() else None
 
 
-def load_resume(path: str, task: MimoTask, optimizer: Optional[torch.optim.Optimizer], scheduler: Any,
-                loss_scaler: Optional[NativeScaler]) -> Tuple[int, Optional[float], Dict[str, Any]]:
-    """Restore a :func:`save_checkpoint` state (``weights_only`` load); returns (next epoch, best metric, state)."""
-    existing_file(path, '--resume')
-    try:
-        with quiet_warnings():
-            state = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = one_line(exc).split('. ')[0]
-        raise CliError(f'--resume {path!r} is not a timm_mimo checkpoint of tensors and plain values (refused to '
-                       f'unpickle it: {reason})') from None
-    except Exception as exc:  # any failure to read the file is the file's fault: say which file
-        raise CliError(f'--resume {path!r} cannot be read as a checkpoint ({type(exc).__name__}: '
-                       f'{one_line(exc, 200)}); point --resume at a last.pth.tar or checkpoint-N.pth.tar of a run') \
-            from None
-    if not isinstance(state, dict) or 'state_dict' not in state or 'epoch' not in state:
-        raise CliError(f'--resume {path!r} is not a training checkpoint (no state_dict / epoch); use '
-                       '--initial-checkpoint to start from its weights')
+def load_resume(path: str, state: Dict[str, Any], task: MimoTask, optimizer: Optional[torch.optim.Optimizer],
+                scheduler: Any, loss_scaler: Optional[NativeScaler]) -> Tuple[int, Optional[float]]:
+    """Restore a :func:`read_resume` state into the run; returns (next epoch, best metric). ``scheduler`` ``None``
+    keeps the one just built (a new ``--extend-lr`` schedule)."""
     try:
         task.load_checkpoint_state(clean_state_dict(state['state_dict']))
         if optimizer is not None and 'optimizer' in state:
             optimizer.load_state_dict(state['optimizer'])
-        if optimizer is not None and 'scheduler' in state:
+        if optimizer is not None and scheduler is not None and 'scheduler' in state:
             load_scheduler_state(scheduler, state['scheduler'])
         if task.has_ema() and 'state_dict_ema' in state:
             task.load_checkpoint_state(clean_state_dict(state['state_dict_ema']), ema=True)
@@ -782,7 +859,7 @@ def load_resume(path: str, task: MimoTask, optimizer: Optional[torch.optim.Optim
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise CliError(f'--resume {path!r} does not fit this run (model {state.get("arch")!r}, flags given now): '
                        f'{one_line(exc, 240)}') from None
-    return int(state['epoch']) + 1, state.get('best_metric'), state
+    return int(state['epoch']) + 1, state.get('best_metric')
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -806,22 +883,185 @@ def recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
     return {key: value for key, value in sorted(vars(args).items()) if key in dests}
 
 
-def prepare_output(args: argparse.Namespace, data_config: Dict[str, Any]) -> str:
-    """The run folder (created here, after every check passed); a file in the way or no permission is one line."""
+# flags a resumed run must keep: a change makes it another run, refused with both values named
+RESUME_LOCKED = (
+    # the model, its input and its classes
+    'model', 'model_kwargs', 'num_classes', 'in_chans', 'input_size', 'img_size', 'num_members', 'gp', 'drop',
+    'drop_path', 'drop_block', 'bn_momentum', 'bn_eps', 'class_names', 'mean', 'std', 'crop_pad', 'model_ema',
+    'model_ema_decay', 'model_ema_warmup',
+    # the batch and the sampling
+    'batch_size', 'grad_accum_steps', 'batch_repeat', 'seed',
+    # the MIMO recipe (and timm's batch mixing of plain models)
+    'input_repeat', 'mix', 'mix_prob', 'mix_prob_decay', 'mix_alpha', 'loss_root', 'single_source_end', 'mimo_cutmix',
+    'mimo_mixup', 'mimo_mix_prob', 'smoothing', 'mixup', 'cutmix', 'cutmix_minmax', 'mixup_prob', 'mixup_switch_prob',
+    'mixup_mode', 'mixup_off_epoch', 'eval_metric',
+)
+# the optimizer and its schedule: locked too, unless --no-resume-opt starts them afresh
+RESUME_OPTIMIZER = (
+    'opt', 'opt_eps', 'opt_betas', 'momentum', 'weight_decay', 'l2', 'layer_decay', 'layer_decay_min_scale',
+    'layer_decay_no_opt_scale', 'opt_kwargs', 'lr', 'sched', 'sched_on_updates', 'lr_noise', 'lr_noise_pct',
+    'lr_noise_std', 'lr_cycle_mul', 'lr_cycle_decay', 'lr_cycle_limit', 'lr_k_decay', 'lr_decay_fn',
+    'lr_stable_timescale', 'warmup_lr', 'min_lr', 'decay_milestones', 'decay_epochs', 'warmup_epochs', 'warmup_prefix',
+    'cooldown_epochs', 'patience_epochs', 'decay_rate',
+)
+# flags that say where and how to run, not what: a change is not reported
+RESUME_QUIET = (
+    'output', 'experiment', 'resume', 'no_resume_opt', 'start_epoch', 'initial_checkpoint', 'pretrained',
+    'pretrained_path', 'data_dir', 'workers', 'pin_mem', 'no_prefetcher', 'log_interval', 'local_rank',
+    'checkpoint_hist', 'log_wandb', 'wandb_project', 'wandb_tags', 'wandb_resume_id', 'device_modules',
+    'synchronize_step', 'validation_batch_size', 'class_map_partial',
+)
+
+
+def _flag_names() -> Dict[str, str]:
+    """dest -> the flag as a user writes it (the longest option string)."""
+    return {action.dest: max(action.option_strings, key=len) for action in build_parser()._actions
+            if action.option_strings}
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return '(unset)'
+    if isinstance(value, float):
+        return f'{value:g}'
+    if isinstance(value, (list, tuple)):
+        return ' '.join(_shown(v) for v in value)
+    if isinstance(value, dict):
+        return ' '.join(f'{k}={v}' for k, v in value.items()) or '(none)'
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _resumed_epoch_of(path: str) -> Optional[int]:
+    """The epoch of a checkpoint file (read lazily), ``None`` when it cannot be read."""
+    try:
+        with quiet_warnings():
+            state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        return int(state['epoch'])
+    except Exception:  # noqa: BLE001 - an unreadable file is one a resume may replace
+        return None
+
+
+def read_resume(args: argparse.Namespace) -> Dict[str, Any]:
+    """``--resume``'s checkpoint, checked against the flags before anything is built: the same kind of model
+    (``arch``, constructor arguments), the flags that make the run (:data:`RESUME_LOCKED`, and
+    :data:`RESUME_OPTIMIZER` unless ``--no-resume-opt``) and the number of processes. A larger ``--epochs`` needs
+    ``--extend-lr``: it sets ``args.schedule_segment`` (the added epochs' schedule, ``args.schedule_segment_new``); a
+    run extended before keeps its segment. Other changed flags are applied, and printed."""
+    path = args.resume
+    args.schedule_segment_new = False
+    state = read_checkpoint(path, '--resume')
+    if not isinstance(state, dict) or 'state_dict' not in state or 'epoch' not in state:
+        raise CliError(f'--resume {path!r} is not a training checkpoint (no state_dict / epoch); use '
+                       '--initial-checkpoint to start from its weights')
+    check_checkpoint_model(state, path, args.model, args.model_kwargs, '--resume')
+    recorded = state.get('args') if isinstance(state.get('args'), dict) else {}
+    current = recorded_args(args)
+    flags = _flag_names()
+    run_dir = os.path.dirname(os.path.abspath(path))
+    start = int(state['epoch']) + 1
+    way_out = (f"give the run's value (--config {os.path.join(run_dir, 'args.yaml')} repeats its flags), or start a "
+               f'new run from these weights with --initial-checkpoint {path}')
+    locked = RESUME_LOCKED + (() if args.no_resume_opt else RESUME_OPTIMIZER)
+    segment = state.get('schedule_segment')
+    old_epochs = recorded.get('epochs')
+    extending = old_epochs is not None and args.epochs != old_epochs
+    if extending and args.epochs < old_epochs:
+        raise CliError(f'--resume {path!r} continues a run of --epochs {old_epochs}; --epochs {args.epochs} would '
+                       f'shorten its schedule; {way_out}')
+    if extending and not args.no_resume_opt and args.sched != 'none':
+        if args.extend_lr is None:
+            raise CliError(f'--resume {path!r}: --epochs {args.epochs} adds epochs to a run whose --sched '
+                           f'{args.sched} schedule ends at epoch {old_epochs}, so they would train at its final lr; '
+                           f'give --extend-lr LR (a fresh {args.sched} schedule from LR over epochs {start} to '
+                           f'{args.epochs - 1}), or keep --epochs {old_epochs}')
+        if args.epochs <= start:
+            raise CliError(f'--resume {path!r} continues at epoch {start}: --epochs {args.epochs} adds no epoch after '
+                           'it; raise --epochs')
+        segment = dict(start=start, lr=float(args.extend_lr))
+        args.schedule_segment_new = True
+    elif 'extend_lr' in recorded:
+        locked = locked + ('extend_lr',)
+    for dest in locked:
+        if dest in recorded and dest in current and current[dest] != recorded[dest] and not (
+                dest == 'class_names' and current[dest] is None):
+            flag = flags.get(dest, dest)
+            raise CliError(f'--resume {path!r} continues a run trained with {flag} {_shown(recorded[dest])}; '
+                           f'{flag} {_shown(current[dest])} would make it another run: {way_out}')
+    if state.get('world_size') is not None and state['world_size'] != args.world_size:
+        raise CliError(f'--resume {path!r} continues a run of {state["world_size"]} process(es), now '
+                       f'{args.world_size}: the global batch and its shards would change; resume with '
+                       f'{state["world_size"]} process(es)')
+    applied = [dest for dest in current if dest in recorded and dest not in locked + RESUME_QUIET + ('epochs',)
+               and current[dest] != recorded[dest]]
+    if applied and args.rank == 0:
+        print('Resumed with changed flags (applied from now on): ' + ', '.join(
+            f'{flags.get(dest, dest)} {_shown(current[dest])} (was {_shown(recorded[dest])})' for dest in applied),
+            flush=True)
+    args.schedule_segment = dict(segment) if isinstance(segment, dict) else None
+    if args.class_names is None:
+        args.class_names = checkpoint_class_names(state)
+    return state
+
+
+def plan_run_folder(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> Tuple[str, Optional[str], str]:
+    """Where the run will write, decided before anything is built or written: ``(root, name, how)``.
+
+    ``how`` is ``'continue'`` (a resumed run in its checkpoint's folder), ``'new'`` (a resumed run continued in a new
+    folder ``root/name``, claimed as is) or ``'next_free'`` (a new run: ``--experiment`` or a date-model-size name,
+    with a ``-1``, ``-2`` ... suffix when taken; ``name`` ``None`` until the data config is known). A run folder
+    belongs to one run: ``--experiment`` naming another existing folder while resuming is refused, as is continuing in
+    the checkpoint's folder from an epoch older than its ``last.pth.tar`` (that would replace the later epochs)."""
     root = args.output or './output/train'
-    name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), args.model.replace('/', '_'),
-                                        str(data_config['input_size'][-1])])
+    name: Optional[str] = args.experiment or None
+    how = 'next_free'
+    if state is not None:
+        source = os.path.dirname(os.path.abspath(args.resume))
+        target = os.path.join(root, args.experiment) if args.experiment else source
+        if same_path(target, source):
+            root, name, how = os.path.dirname(source), os.path.basename(source), 'continue'
+            last = os.path.join(source, CHECKPOINT_LAST)
+            last_epoch = _resumed_epoch_of(last) if os.path.isfile(last) and not same_path(last, args.resume) else None
+            if last_epoch is not None and last_epoch > int(state['epoch']):
+                raise CliError(f'--resume {args.resume!r} is epoch {state["epoch"]} but the run\'s {last!r} is epoch '
+                               f'{last_epoch}: continuing in {source!r} would replace the later epochs; give a new '
+                               f'--experiment to continue from epoch {state["epoch"]} in a copy, or resume {last}')
+        elif os.path.exists(target):
+            raise CliError(f'--resume {args.resume!r} continues the run in {source!r}, but --experiment '
+                           f'{args.experiment!r} names another run\'s folder {target!r}: drop --experiment to continue '
+                           'in the checkpoint\'s folder, or give a new --experiment to continue a copy of the run')
+        else:
+            how = 'new'
+    folder = os.path.join(root, name) if name else root
+    if args.data_dir and os.path.isdir(args.data_dir) and is_inside(folder, args.data_dir):
+        raise CliError(f'--output {root!r} lies inside --data-dir {args.data_dir!r}: the run folder would become part '
+                       'of the data (another class folder); pick an --output outside it')
+    if how == 'continue':
+        run_files = ('args.yaml', 'summary.csv', CHECKPOINT_LAST, CHECKPOINT_BEST)
+        inputs = (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path),
+                  ('--class-map', args.class_map))
+        for flag, path in inputs:
+            if path and is_inside(path, folder) and (os.path.basename(path) in run_files or
+                                                    EPOCH_CHECKPOINT.match(os.path.basename(path))):
+                raise CliError(f'{flag} {path!r} is a file of the run folder {folder!r}, which the resumed run '
+                               'rewrites; copy it elsewhere first')
+    return root, name, how
+
+
+def prepare_output(args: argparse.Namespace, data_config: Dict[str, Any],
+                   plan: Tuple[str, Optional[str], str]) -> str:
+    """The run folder (claimed here, after every check passed; :func:`plan_run_folder`); a file in the way or no
+    permission is one line."""
+    root, name, how = plan
+    if name is None:
+        name = '-'.join([time.strftime('%Y%m%d-%H%M%S'), args.model.replace('/', '_'),
+                         str(data_config['input_size'][-1])])
     output_dir = os.path.join(root, name)
-    if not args.resume and args.experiment and os.path.exists(output_dir):
-        index = 1
-        while os.path.exists(f'{output_dir}-{index}'):
-            index += 1
-        output_dir = f'{output_dir}-{index}'
     for path in (root, output_dir):
         if os.path.exists(path) and not os.path.isdir(path):
             raise CliError(f'--output: {path!r} is a file, not a folder; pick another --output / --experiment')
     try:
-        os.makedirs(output_dir, exist_ok=True)
+        if how != 'continue':
+            output_dir = claim_run_folder(root, name, next_free=how == 'next_free')
         probe = os.path.join(output_dir, '.write-probe')
         with open(probe, 'w') as f:
             f.write('ok')
@@ -830,6 +1070,25 @@ def prepare_output(args: argparse.Namespace, data_config: Dict[str, Any]) -> str
         raise CliError(f'--output: cannot write to {output_dir!r} ({one_line(exc)}); pick a writable --output') \
             from None
     return output_dir
+
+
+def restore_summary(output_dir: str, state: Dict[str, Any], source_dir: str) -> None:
+    """The summary rows up to the resumed epoch: the resumed epoch's row from the checkpoint (it may have been lost
+    after the checkpoint was written), earlier rows from the resumed run's ``summary.csv`` when the run continues in
+    a new folder."""
+    row = state.get('summary_row')
+    if not isinstance(row, dict):
+        return
+    epoch = int(state['epoch'])
+    path = os.path.join(output_dir, 'summary.csv')
+    source = os.path.join(source_dir, 'summary.csv')
+    if not same_path(path, source) and os.path.isfile(source):
+        import csv
+        with open(source, newline='') as f:
+            for earlier in csv.DictReader(f):
+                if earlier.get('epoch', '').isdigit() and int(earlier['epoch']) < epoch:
+                    write_summary(path, int(earlier['epoch']), {k: v for k, v in earlier.items() if k != 'epoch'})
+    write_summary(path, epoch, row)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1003,8 +1262,46 @@ def check_labels(num_data_classes: Optional[int], num_model_classes: int, args: 
                        f'outputs: set --num-classes {num_data_classes}')
 
 
-def train(args: argparse.Namespace) -> Dict[str, float]:
-    """The whole run: checks, model, task, data, loop, checkpoints, summary; returns the last evaluation metrics."""
+def check_binary_plans(task: MimoTask, model: nn.Module) -> None:
+    """A MixShare model that unmixes features needs binary masks in every batch: a linear batch (``--mix linear``,
+    ``--mix-prob`` < 1, its decay, or M > 2 cut-in-mix) would stop the run at its first such batch, maybe hours in."""
+    if not task.mimo or not getattr(model, 'unmixed_channels', 0):
+        return
+    mixer = task.mixer
+    reason = None
+    if mixer.kind == 'linear':
+        reason = f"--mix linear (mask kind {mixer.kind!r}) never cuts"
+    elif mixer.prob < 1:
+        reason = f'--mix-prob {mixer.prob:g} makes {100 * (1 - mixer.prob):.0f} % of the batches linear'
+    elif mixer.prob_decay:
+        reason = '--mix-prob-decay makes the last twelfth of training linear'
+    elif mixer.num_members > 2 and not mixer.pair_only:
+        reason = f'M = {mixer.num_members} cut-in-mix shares the rest of each image linearly'
+    if reason:
+        raise CliError(f'{reason}, but {type(model).__name__} (unmixing={model.unmixing!r}) unmixes binary (0/1) '
+                       'masks only; keep its mixing (drop the flag: p = 1, no decay) or train with --model-kwargs '
+                       'unmixing=none')
+
+
+def create_segment_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                             segment: Dict[str, Any]) -> Tuple[ShiftedScheduler, int]:
+    """The schedule of a resumed run's added epochs (``--extend-lr``): ``--sched`` from ``segment['lr']`` over epochs
+    ``segment['start']`` to ``--epochs`` (its cooldown after), no warm-up; returns it and the run's epoch count."""
+    start, lr = int(segment['start']), float(segment['lr'])
+    segment_args = argparse.Namespace(**vars(args))
+    segment_args.epochs, segment_args.warmup_epochs, segment_args.lr = args.epochs - start, 0, lr
+    for group in optimizer.param_groups:
+        group['initial_lr'] = lr
+    scheduler, num_epochs = create_scheduler(segment_args, optimizer, steps_per_epoch)
+    return ShiftedScheduler(scheduler, start, steps_per_epoch), start + num_epochs
+
+
+def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict[str, float]:
+    """The whole run: checks, model, task, data, loop, checkpoints, summary; returns the last evaluation metrics.
+
+    Every check runs before the run folder is claimed; ``guard`` (:class:`SignalGuard`) raises, after the epoch's
+    files are written, a signal that arrived where it could not (a data loader shutting its workers down)."""
+    guard = guard or SignalGuard()
     for module in args.device_modules or []:
         importlib.import_module(module)
     if args.device.startswith('cuda') and not torch.cuda.is_available():
@@ -1015,6 +1312,9 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     if args.fast_norm:
         set_fast_norm()
     resolve_lr(args)
+    args.schedule_segment, args.schedule_segment_new = None, False
+    resume_state = read_resume(args) if args.resume else None
+    plan = plan_run_folder(args, resume_state)
     torch.manual_seed(args.seed)
     model = create_train_model(args)
     args.num_classes_resolved = model.num_classes
@@ -1029,29 +1329,41 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
         task = build_task(args, model, device)
     except ValueError as exc:
         raise CliError(f'bad MIMO flags: {one_line(exc)}') from None
+    check_binary_plans(task, model)
     args.data_config = resolve_data_config(vars(args), model=model, verbose=False)
+    check_model_input(model, args, args.data_config['input_size'])
     num_partners = args.batch_size if task.pixel_mix is not None else 0
     train_data = open_train_data(args, args.data_config, num_partners)
     sampler = train_data.sampler
-    check_labels(train_data.num_classes, model.num_classes, args)
+    class_names = args.class_names = train_data.class_names
+    check_labels(len(class_names) if class_names else train_data.num_classes, model.num_classes, args)
+    if resume_state is not None and checkpoint_class_names(resume_state) not in (None, class_names):
+        raise CliError(f'--resume {args.resume!r} was trained on the classes '
+                       f'{checkpoint_class_names(resume_state)}, the data gives {class_names}: resume on its data')
     optimizer = create_optimizer(args, model, device)
-    scheduler, num_epochs = create_scheduler(args, optimizer, sampler.steps_per_epoch)
+    segment = args.schedule_segment
+    if segment is not None:
+        scheduler, num_epochs = create_segment_scheduler(args, optimizer, sampler.steps_per_epoch, segment)
+    else:
+        scheduler, num_epochs = create_scheduler(args, optimizer, sampler.steps_per_epoch)
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
     if args.val_split:
         check_eval_metric(args, task)
     train_loader = create_train_loader(args, train_data, task, num_epochs, device, args.data_config)
-    eval_loader, num_eval = create_eval_loader(args, args.data_config, device)
+    eval_loader, num_eval = create_eval_loader(args, args.data_config, device, class_names)
     run = Run(args, task, optimizer, scheduler, num_epochs, sampler.steps_per_epoch, device)
     start_epoch, best_metric = 0, None
-    if args.resume:
-        start_epoch, best_metric, _ = load_resume(args.resume, task, None if args.no_resume_opt else optimizer,
-                                                  scheduler, run.loss_scaler)
+    if resume_state is not None:
+        start_epoch, best_metric = load_resume(args.resume, resume_state, task,
+                                               None if args.no_resume_opt else optimizer,
+                                               None if args.schedule_segment_new else scheduler, run.loss_scaler)
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
     if start_epoch >= num_epochs:
         raise CliError(f'--resume {args.resume!r} ends at epoch {start_epoch - 1}, the last of --epochs {num_epochs}: '
-                       'nothing to train; raise --epochs to continue')
+                       'nothing to train; to train longer give a larger --epochs with --extend-lr LR (a fresh '
+                       'schedule for the added epochs)')
     if args.torchcompile:
         task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
     if args.distributed:
@@ -1062,20 +1374,34 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
 
     output_dir = ''
     if args.rank == 0:
-        output_dir = prepare_output(args, args.data_config)
-        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
-            yaml.safe_dump(recorded_args(args), f, sort_keys=False)
+        output_dir = prepare_output(args, args.data_config, plan)
+        args.output_dir = output_dir
+        args_path = os.path.join(output_dir, 'args.yaml')
+        try:
+            write_atomically(args_path, lambda tmp_path: _dump_yaml(recorded_args(args), tmp_path))
+            if resume_state is not None:
+                restore_summary(output_dir, resume_state, os.path.dirname(os.path.abspath(args.resume)))
+        except OSError as exc:
+            if plan[2] != 'continue':
+                with contextlib.suppress(OSError):
+                    os.rmdir(output_dir)  # a run folder claimed for nothing (empty: the write left no file)
+            raise CliError(write_error(args_path, exc, 'free space or pick a writable --output')) from None
         global_batch = args.batch_size * args.world_size * args.grad_accum_steps
+        lr_text = f'lr {args.lr:g}' if segment is None else \
+            f'lr {args.lr:g}, from epoch {segment["start"]} a fresh {args.sched} schedule from {segment["lr"]:g}'
         print(f'Model {args.model}: {sum(p.numel() for p in model.parameters()):,} params, '
               f'{"MIMO M=" + str(task.num_members) if task.mimo else "plain"}; {args.world_size} process(es), '
               f'global batch {global_batch} ({global_batch // args.batch_repeat} unique x b={args.batch_repeat}), '
-              f'{sampler.steps_per_epoch} steps/epoch, lr {args.lr:g}; output {output_dir}', flush=True)
+              f'{sampler.steps_per_epoch} steps/epoch, {lr_text}; output {output_dir}', flush=True)
         if task.mimo:
             print(f'{task.mixer}  {task.criterion}  input_repeat={task.input_repeat}  pixel_mix={task.pixel_mix}',
                   flush=True)
         if fused_for_amp(args, device):
             print(f'{type(optimizer).__name__} runs fused: float16 AMP reads no inf / NaN flag back to the host',
                   flush=True)
+        if plan[2] == 'new':
+            print(f'Continuing the run of {os.path.dirname(os.path.abspath(args.resume))} from epoch {start_epoch} '
+                  f'in a new run folder, {output_dir}', flush=True)
         if args.log_wandb:
             import wandb
             wandb.init(project=args.wandb_project, config=recorded_args(args), tags=args.wandb_tags,
@@ -1092,8 +1418,9 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
             distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
         bad = non_finite_tensor(model)
         if bad is not None:
-            raise CliError(f'the run diverged at epoch {epoch}: {bad} is not finite (NaN or inf); lower --lr (now '
-                           f'{args.lr:g}) or add --clip-grad. No checkpoint of this epoch was written')
+            raise CliError(f'the run diverged at epoch {epoch}: {bad} is not finite (NaN or inf); start again with a '
+                           f'lower --lr (now {args.lr:g}), or add --clip-grad (also on --resume of an earlier '
+                           'checkpoint). No checkpoint of this epoch was written')
         if eval_loader is not None:
             eval_metrics = run.evaluate(model, eval_loader, num_eval)
             if task.has_ema():
@@ -1108,16 +1435,16 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
             best_metric = metric if is_best else best_metric
             if eval_metrics:
                 print(f'Eval: {epoch}  {format_metrics(eval_metrics)}', flush=True)
-            state = run.state(epoch, eval_metrics, best_metric)
             row = OrderedDict((f'train_{k}', v) for k, v in train_metrics.items())
             row.update((f'eval_{k}', v) for k, v in eval_metrics.items())
             row['lr'] = optimizer.param_groups[0]['lr']
+            state = run.state(epoch, eval_metrics, best_metric)
+            state.update(class_names=class_names, world_size=args.world_size, schedule_segment=segment,
+                         summary_row=dict(row))
             try:
-                save_checkpoint(os.path.join(output_dir, CHECKPOINT_LAST), state)
-                keep_epoch_checkpoint(output_dir, epoch, args.checkpoint_hist)
-                if is_best:
-                    save_checkpoint(os.path.join(output_dir, CHECKPOINT_BEST), state)
+                save_epoch(output_dir, epoch, state, is_best, args.checkpoint_hist)
                 write_summary(os.path.join(output_dir, 'summary.csv'), epoch, row)
+                prune_epoch_checkpoints(output_dir, args.checkpoint_hist)
             except OSError as exc:
                 raise CliError(f'cannot write the epoch {epoch} checkpoint / summary in {output_dir!r} '
                                f'({one_line(exc)}); free space or fix the folder, then resume with --resume '
@@ -1125,11 +1452,17 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
             if args.log_wandb:
                 import wandb
                 wandb.log(dict(epoch=epoch, **row))
+        guard.check()  # a signal swallowed during the epoch (e.g. by a loader's worker shutdown) ends the run here
     if args.rank == 0 and eval_metrics:
         print(f'*** Final ({args.model}, epoch {num_epochs - 1}): {format_metrics(eval_metrics)}', flush=True)
         if best_metric is not None:
             print(f'*** Best {args.eval_metric}: {best_metric:.4f}', flush=True)
     return eval_metrics
+
+
+def _dump_yaml(values: Dict[str, Any], path: str) -> None:
+    with open(path, 'w') as f:
+        yaml.safe_dump(values, f, sort_keys=False)
 
 
 def build_task(args: argparse.Namespace, model: nn.Module, device: torch.device) -> MimoTask:
@@ -1147,21 +1480,34 @@ def build_task(args: argparse.Namespace, model: nn.Module, device: torch.device)
         verbose=verbose)
 
 
+def _interrupted_line(exc: BaseException, args: Optional[argparse.Namespace]) -> str:
+    """The one line of a run stopped by SIGINT / SIGTERM: how to go on from what was saved."""
+    name = exc.name if isinstance(exc, Interrupted) else 'SIGINT'
+    output_dir = getattr(args, 'output_dir', '') if args is not None else ''
+    last = os.path.join(output_dir, CHECKPOINT_LAST) if output_dir else ''
+    if last and os.path.isfile(last):
+        return f'error: interrupted ({name}); resume with --resume {last}'
+    return f'error: interrupted ({name}) before the first epoch was saved; run the command again'
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: bad input ends with one line on stderr and exit status 2."""
+    """Entry point: bad input ends with one line on stderr and exit status 2; SIGINT / SIGTERM with one line and
+    status 130 / 143, after the files being written are complete or removed."""
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
-    try:
-        args = parse_args(argv)
-        train(args)
-    except (CliError, DataError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print('error: interrupted; resume with --resume <run folder>/last.pth.tar', file=sys.stderr)
-        return 130
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    args = None
+    with SignalGuard() as guard:
+        try:
+            args = parse_args(argv)
+            train(args, guard)
+        except (CliError, DataError) as exc:
+            print(f'error: {exc}', file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, Interrupted) as exc:
+            print(_interrupted_line(exc, args), file=sys.stderr)
+            return exc.exit_code if isinstance(exc, Interrupted) else 130
+        finally:
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
     return 0
 
 

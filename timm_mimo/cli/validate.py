@@ -22,11 +22,10 @@ import importlib
 import importlib.util
 import json
 import os
-import pickle
 import sys
 import time
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -49,6 +48,8 @@ from timm_mimo.cli.args import (
     add_model_args,
     add_refused,
     at_least,
+    check_channel_stats,
+    check_model_input,
     check_refused,
     check_values,
     existing_file,
@@ -57,14 +58,35 @@ from timm_mimo.cli.args import (
     quiet_warnings,
     reader_kwargs,
 )
+from timm_mimo.cli.checkpoint import (
+    check_checkpoint_model,
+    checkpoint_class_names,
+    checkpoint_weights,
+    read_checkpoint,
+)
 from timm_mimo.cli.data_path import device_batches, pin_memory
 from timm_mimo.cli.evaluate import metric_columns
-from timm_mimo.data import DataError, create_image_transform, dataset_num_classes, open_dataset
+from timm_mimo.cli.run_folder import (
+    Interrupted,
+    SignalGuard,
+    check_outputs_are_not_inputs,
+    write_atomically,
+    write_error,
+)
+from timm_mimo.data import (
+    DataError,
+    apply_class_names,
+    create_image_transform,
+    dataset_class_names,
+    dataset_num_classes,
+    open_dataset,
+)
 from timm_mimo.evaluation import (
     MIN_CORRUPTION_SIZE,
     SEVERITIES,
     CheckpointEnsemble,
     CorruptionRelease,
+    _run_config,
     corruption_metrics,
     known_corruptions,
     model_from_checkpoint,
@@ -74,6 +96,7 @@ from timm_mimo.evaluation import (
     save_reliability_diagram,
 )
 from timm_mimo.metrics import collect_member_logits, is_mimo
+from timm_mimo.recipes import config_path
 
 __all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main']
 
@@ -189,7 +212,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.data_dir = args.data
     if args.results_file and os.path.splitext(args.results_file)[1] == '.json':
         args.results_format = 'json'
+    check_channel_stats(args)
     check_uncertainty_args(parser, args)
+    check_outputs_are_not_inputs(
+        {'--results-file': args.results_file, '--reliability-diagram': args.reliability_diagram},
+        {'--checkpoint': args.checkpoint, '--config': config_path(args.config) if args.config else '',
+         '--ensemble-checkpoints': args.ensemble_checkpoints, '--class-map': args.class_map})
     return args
 
 
@@ -251,34 +279,38 @@ def check_uncertainty_args(parser: argparse.ArgumentParser, args: argparse.Names
                            'checkout, pip install ".[plots]")')
 
 
-def load_weights(model: torch.nn.Module, path: str, use_ema: bool) -> None:
-    """Checkpoint weights into ``model``; ``use_ema`` needs ``state_dict_ema`` in the file (no silent fallback)."""
-    existing_file(path, '--checkpoint')
+def load_weights(model: torch.nn.Module, path: str, use_ema: bool, state: Any = None,
+                 flag: str = '--checkpoint') -> None:
+    """Checkpoint weights into ``model``; ``use_ema`` needs ``state_dict_ema`` in the file (no silent fallback).
+    ``state``: the file already read (:func:`timm_mimo.cli.checkpoint.read_checkpoint`)."""
+    if state is None:
+        state = read_checkpoint(path, flag)
+    weights = checkpoint_weights(state, path, use_ema, flag)
     try:
-        with quiet_warnings():
-            state = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CliError(f'--checkpoint {path!r} holds objects other than tensors (refused to unpickle it: '
-                       f'{one_line(exc).split(". ")[0]})') from None
-    except Exception as exc:  # any failure to read the file is the file's fault: say which file
-        raise CliError(f'--checkpoint {path!r} cannot be read as a checkpoint ({type(exc).__name__}: '
-                       f'{one_line(exc, 200)})') from None
-    if isinstance(state, dict) and use_ema:
-        if state.get('state_dict_ema') is None and state.get('model_ema') is None:
-            raise CliError(f'--use-ema: {path!r} has no EMA weights (no state_dict_ema); drop --use-ema to evaluate '
-                           'its plain weights')
-        state = state.get('state_dict_ema', state.get('model_ema'))
-    elif isinstance(state, dict):
-        state = state.get('state_dict', state.get('model', state))
-    elif use_ema:
-        raise CliError(f'--use-ema: {path!r} is a bare state dict without EMA weights; drop --use-ema')
-    if not isinstance(state, dict):
-        raise CliError(f'--checkpoint {path!r} holds no state dict')
-    try:
-        model.load_state_dict(clean_state_dict(state))
+        model.load_state_dict(clean_state_dict(weights))
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CliError(f'checkpoint {path!r} does not fit model {type(model).__name__}: {one_line(exc, 240)}') \
             from None
+
+
+def eval_class_names(args: argparse.Namespace, state: Any, model: torch.nn.Module) -> Optional[List[str]]:
+    """The class of each model output, by which the split is labelled: ``--class-names`` (or a run's args.yaml as
+    ``--config``), the checkpoint's, or the pretrained cfg's ``label_names``; ``None`` (the split's own order) for
+    checkpoints that record none. Disagreeing sources are refused."""
+    recorded = checkpoint_class_names(state)
+    if args.class_names and recorded and list(args.class_names) != recorded:
+        raise CliError(f'--class-names (or the --config) lists {len(args.class_names)} classes '
+                       f'({", ".join(args.class_names[:4])}, ...) but --checkpoint {args.checkpoint!r} was trained on '
+                       f'{len(recorded)} ({", ".join(recorded[:4])}, ...): give the run\'s args.yaml as --config')
+    names = list(args.class_names or recorded or [])
+    if not names and not args.checkpoint:
+        label_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+        if isinstance(label_names, (list, tuple)) and len(label_names) == model.num_classes:
+            names = [str(name) for name in label_names]
+    if names and len(names) > model.num_classes:
+        raise CliError(f'{len(names)} class names for a model of {model.num_classes} outputs: set --num-classes '
+                       f'{len(names)} (and a checkpoint trained with it)')
+    return names or None
 
 
 def create_eval_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -354,13 +386,23 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     if args.fast_norm:
         set_fast_norm()
     device = torch.device(args.device)
-    model = (create_ensemble(args.ensemble_checkpoints, args.use_ema) if args.ensemble_checkpoints
-             else create_eval_model(args)).to(device)
+    state = None
+    if args.ensemble_checkpoints:
+        model, class_names, trained_sizes = create_ensemble(args.ensemble_checkpoints, args.use_ema)
+    else:
+        if args.checkpoint:
+            state = read_checkpoint(args.checkpoint)
+            check_checkpoint_model(state, args.checkpoint, args.model, args.model_kwargs)
+        model = create_eval_model(args)
+        class_names = eval_class_names(args, state, model)
+    model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     data_config = resolve_data_config(vars(args), model=model)
     if args.ensemble_checkpoints:
         check_ensemble_input(model, data_config['input_size'][0])
+        check_ensemble_size(trained_sizes[0], data_config['input_size'])
+    check_model_input(model, args, data_config['input_size'], 'the ensemble' if args.ensemble_checkpoints else None)
     try:
         transform = create_image_transform(data_config, False, args.crop_pad)
         # the main loader hands uint8 images to the device prefetcher, which normalises them there
@@ -369,13 +411,15 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise CliError(f'cannot build the image transform: {one_line(exc)}') from None
     dataset = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, loader_transform,
-                           args.class_map, **reader_kwargs(args))
-    num_data_classes = dataset_num_classes(dataset)
+                           args.class_map, args.class_map_partial, **reader_kwargs(args))
+    where = f'split {args.split!r} of {args.data_dir!r}'
+    apply_class_names(dataset, class_names, where)
+    num_data_classes = len(class_names) if class_names else dataset_num_classes(dataset)
     if num_data_classes is not None and num_data_classes > model.num_classes:
         raise CliError(f'the data has {num_data_classes} classes but the model has {model.num_classes} outputs: set '
                        f'--num-classes {num_data_classes} (and a checkpoint trained with it)')
-    if args.checkpoint and not args.ensemble_checkpoints:
-        load_weights(model, args.checkpoint, args.use_ema)
+    if state is not None:
+        load_weights(model, args.checkpoint, args.use_ema, state)
     rates = sharing_rate_columns(model, args.model) if args.sharing_rates else {}  # before the evaluation
     ood_set = clean_set = release = None
     try:
@@ -385,7 +429,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
             release = open_release(args.corruption_dir, dataset, model.num_classes)
         elif args.corruptions is not None:
             clean_set = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, None,
-                                     args.class_map, **reader_kwargs(args))
+                                     args.class_map, args.class_map_partial, **reader_kwargs(args))
+            apply_class_names(clean_set, class_names, where)
             check_corruptible(clean_set)
     except ValueError as exc:  # DataError is a ValueError
         raise CliError(one_line(exc)) from None
@@ -427,16 +472,26 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         except (ValueError, TypeError) as exc:
             raise CliError(f'--corruptions: {one_line(exc)}') from None
     if args.reliability_diagram:  # written once every evaluation has succeeded
-        save_reliability_diagram(member_logits.double().mean(dim=1).softmax(dim=-1), targets,
-                                 args.reliability_diagram, title=name)
+        probs = member_logits.double().mean(dim=1).softmax(dim=-1)
+        try:
+            write_atomically(args.reliability_diagram,
+                             lambda tmp_path: save_reliability_diagram(probs, targets, tmp_path, title=name),
+                             keep_suffix=True)
+        except OSError as exc:
+            raise CliError(write_error(args.reliability_diagram, exc)) from None
     return results
 
 
-def create_ensemble(paths: Sequence[str], use_ema: bool) -> CheckpointEnsemble:
+def create_ensemble(paths: Sequence[str], use_ema: bool
+                    ) -> Tuple[CheckpointEnsemble, Optional[List[str]], List[Tuple[int, int]]]:
     """The deep ensemble of ``--ensemble-checkpoints``: each network rebuilt from its run (see
-    :func:`timm_mimo.evaluation.model_from_checkpoint`); ``use_ema`` takes every checkpoint's EMA weights."""
-    networks = []
+    :func:`timm_mimo.evaluation.model_from_checkpoint`); ``use_ema`` takes every checkpoint's EMA weights.
+
+    Returns the ensemble, the class names of its outputs (every run must have been trained on the same list) and the
+    input size each network was trained at (its run's ``--img-size`` / ``--input-size``, else its model's)."""
+    networks, names, sizes = [], [], []
     for path in paths:
+        state = read_checkpoint(path, '--ensemble-checkpoints')
         try:
             with quiet_warnings():
                 network = model_from_checkpoint(path)
@@ -445,13 +500,43 @@ def create_ensemble(paths: Sequence[str], use_ema: bool) -> CheckpointEnsemble:
         except Exception as exc:  # a file that is not a checkpoint: name it
             raise CliError(f'--ensemble-checkpoints {path!r} cannot be read as a checkpoint ({type(exc).__name__}: '
                            f'{one_line(exc, 200)})') from None
-        if use_ema:
-            load_weights(network, path, use_ema=True)  # an error, not the plain weights, when it has no EMA
+        if use_ema:  # an error, not the plain weights, when it has no EMA
+            load_weights(network, path, use_ema=True, state=state, flag='--ensemble-checkpoints')
+        config = _run_config(path)
+        run_names = checkpoint_class_names(state) or config.get('class_names')
+        if config.get('input_size'):
+            size = config['input_size'][1:]
+        elif config.get('img_size'):
+            size = [config['img_size']] * 2
+        else:
+            size = network.pretrained_cfg['input_size'][1:]
+        names.append([str(name) for name in run_names] if run_names else None)
+        sizes.append(tuple(int(v) for v in size))
         networks.append(network)
+    if len(set(sizes)) > 1:
+        listed = ', '.join(f'{path!r}: {h}x{w} px' for path, (h, w) in zip(paths, sizes))
+        raise CliError(f'--ensemble-checkpoints: the networks were trained at different input sizes ({listed}), and '
+                       'one evaluation feeds them one size; ensemble networks trained at the same size')
+    known = [(path, run_names) for path, run_names in zip(paths, names) if run_names is not None]
+    for path, run_names in known[1:]:
+        if run_names != known[0][1]:
+            raise CliError(f'--ensemble-checkpoints: {known[0][0]!r} and {path!r} were trained on different classes '
+                           f'({len(known[0][1])} and {len(run_names)}, e.g. {known[0][1][:3]} vs {run_names[:3]}): '
+                           'their outputs cannot be averaged; ensemble runs of the same classes')
     try:
-        return CheckpointEnsemble(networks)
+        ensemble = CheckpointEnsemble(networks)
     except ValueError as exc:
         raise CliError(f'--ensemble-checkpoints: {one_line(exc)}') from None
+    return ensemble, (known[0][1] if known else None), sizes
+
+
+def check_ensemble_size(size: Tuple[int, int], input_size: Sequence[int]) -> None:
+    """The networks of an ensemble (all trained at ``size``, :func:`create_ensemble`) are evaluated at that size."""
+    height, width = size
+    if (height, width) != tuple(input_size[1:]):
+        raise CliError(f'--ensemble-checkpoints: the networks were trained at {height}x{width} px but the data config '
+                       f'gives {input_size[1]}x{input_size[2]}: set --img-size {height} (or --config with a run\'s '
+                       'args.yaml)')
 
 
 def check_ensemble_input(ensemble: CheckpointEnsemble, in_chans: int) -> None:
@@ -465,10 +550,10 @@ def check_ensemble_input(ensemble: CheckpointEnsemble, in_chans: int) -> None:
 
 
 def open_release(root: str, dataset: Any, num_classes: int) -> CorruptionRelease:
-    """The release of ``--corruption-dir``, its classes mapped as the clean split's (a folder data set's class names,
-    e.g. Tiny ImageNet's wnids); its labels must fit the model."""
-    reader = getattr(dataset, 'reader', None)
-    class_to_idx = getattr(reader, 'class_to_idx', None) or getattr(dataset, 'class_to_idx', None) or None
+    """The release of ``--corruption-dir``, its class folders (Tiny-ImageNet-C's wnids) mapped to the indices the clean
+    split is evaluated with (the run's class names when it recorded them); its labels must fit the model."""
+    names = dataset_class_names(dataset)
+    class_to_idx = {name: index for index, name in enumerate(names) if name is not None} if names else None
     release = CorruptionRelease(root, class_to_idx=class_to_idx)
     largest = release.max_label()
     if largest >= num_classes:
@@ -488,30 +573,39 @@ def check_corruptible(dataset: Any) -> None:
 
 
 def write_results(path: str, results: Dict[str, Any], results_format: str = 'csv') -> None:
-    """Write ``results`` as JSON or a one-row CSV, via a temporary file."""
-    tmp_path = f'{path}.tmp'
-    with open(tmp_path, 'w', newline='') as f:
-        if results_format == 'json':
-            json.dump(results, f, indent=2)
-        else:
-            writer = csv.DictWriter(f, fieldnames=list(results))
-            writer.writeheader()
-            writer.writerow(results)
-    os.replace(tmp_path, path)
+    """Write ``results`` as JSON or a one-row CSV, via a temporary file (complete or absent)."""
+    def write(tmp_path: str) -> None:
+        with open(tmp_path, 'w', newline='') as f:
+            if results_format == 'json':
+                json.dump(results, f, indent=2)
+            else:
+                writer = csv.DictWriter(f, fieldnames=list(results))
+                writer.writeheader()
+                writer.writerow(results)
+    write_atomically(path, write)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: prints the metrics; bad input ends with one line on stderr and exit status 2."""
-    try:
-        args = parse_args(argv)
-        results = validate(args)
-    except (CliError, DataError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-    for key, value in results.items():
-        print(f'{key:>14s}: {value:.6f}' if isinstance(value, float) else f'{key:>14s}: {value}')
-    if args.results_file:
-        write_results(args.results_file, results, args.results_format)
+    """Entry point: prints the metrics; bad input ends with one line on stderr and exit status 2, SIGINT / SIGTERM
+    with one line and status 130 / 143 (no results file written)."""
+    with SignalGuard():
+        try:
+            args = parse_args(argv)
+            results = validate(args)
+            for key, value in results.items():
+                print(f'{key:>14s}: {value:.6f}' if isinstance(value, float) else f'{key:>14s}: {value}')
+            if args.results_file:
+                try:
+                    write_results(args.results_file, results, args.results_format)
+                except OSError as exc:
+                    raise CliError(write_error(args.results_file, exc)) from None
+        except (CliError, DataError) as exc:
+            print(f'error: {exc}', file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, Interrupted) as exc:
+            name = exc.name if isinstance(exc, Interrupted) else 'SIGINT'
+            print(f'error: interrupted ({name}); no results file was written', file=sys.stderr)
+            return exc.exit_code if isinstance(exc, Interrupted) else 130
     return 0
 
 

@@ -1,0 +1,170 @@
+"""What keeps runs and outputs apart, and how every console script ends on a fault.
+
+* A run folder belongs to one run: a new one is claimed with an atomic ``mkdir`` (two runs started at the same
+  instant never share one), :func:`claim_run_folder`.
+* No output path of a command is one of its inputs (:func:`check_outputs_are_not_inputs`).
+* Every file is written to a temporary file and renamed (:func:`write_atomically`): complete or absent, never
+  half-written, and no temporary file is left behind, whatever stops the write (a full disk, SIGINT, SIGTERM).
+* SIGINT and SIGTERM become :class:`Interrupted` in the main thread (:class:`SignalGuard`), so ``finally`` blocks and
+  the atomic writes clean up and the command ends with one ``error:`` line and status 130 / 143. A signal that lands
+  where Python cannot raise (a destructor, e.g. a data loader shutting its workers down at an epoch's end) is
+  remembered and raised at the command's next :meth:`SignalGuard.check`.
+"""
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Callable, Dict, Iterable, Optional, Sequence, Union
+
+from timm_mimo.cli.args import CliError, one_line
+
+__all__ = ['Interrupted', 'SignalGuard', 'write_atomically', 'write_error', 'claim_run_folder', 'same_path',
+           'is_inside', 'check_outputs_are_not_inputs']
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM received: a ``BaseException`` (like ``KeyboardInterrupt``), so only the command's top level
+    catches it."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for a command ended by this signal: 128 + its number (130 for SIGINT, 143 for
+        SIGTERM)."""
+        return 128 + self.signum
+
+
+class SignalGuard:
+    """Within ``with SignalGuard() as guard:``, SIGINT and SIGTERM raise :class:`Interrupted`.
+
+    An :class:`Interrupted` raised inside a destructor cannot propagate (Python reports it as "Exception ignored"); the
+    guard silences that report and :meth:`check` raises it again at the next safe point of the command. Outside the
+    main thread (signals are only delivered there) the guard does nothing.
+    """
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._previous: Dict[int, object] = {}
+        self._unraisable_hook = None
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.received = signum
+        raise Interrupted(signum)
+
+    def _unraisable(self, unraisable: 'sys.UnraisableHookArgs') -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            return  # remembered in self.received; check() raises it where it can propagate
+        self._unraisable_hook(unraisable)
+
+    def check(self) -> None:
+        """Raise the :class:`Interrupted` of a signal received so far (one a destructor swallowed)."""
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+    def __enter__(self) -> 'SignalGuard':
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handler) for signum in SIGNALS}
+            self._unraisable_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if self._unraisable_hook is not None:
+            sys.unraisablehook = self._unraisable_hook
+        self._previous, self._unraisable_hook = {}, None
+
+
+def _temporary_path(path: str, keep_suffix: bool) -> str:
+    if not keep_suffix:
+        return f'{path}.tmp'
+    root, ext = os.path.splitext(path)
+    return f'{root}.tmp{ext}'
+
+
+def write_atomically(path: Union[str, os.PathLike], write: Callable[[str], None], keep_suffix: bool = False) -> None:
+    """``write(temporary_path)``, then rename onto ``path``: the file is complete or absent, never half-written.
+
+    On any failure (``OSError`` of a full disk, :class:`Interrupted`, ...) the temporary file is removed and the
+    exception re-raised; ``path`` keeps its previous content. ``keep_suffix`` keeps the extension last
+    (``x.tmp.png``) for writers that choose the format from it.
+    """
+    path = os.fspath(path)
+    tmp_path = _temporary_path(path, keep_suffix)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+        raise
+
+
+def write_error(path: Union[str, os.PathLike], exc: OSError, way_out: str = 'free space or pick another path') -> str:
+    """The one line for a file that could not be written (a full disk, no permission, ...)."""
+    return f'cannot write {os.fspath(path)!r} ({one_line(exc)}); {way_out}'
+
+
+def claim_run_folder(root: str, name: str, next_free: bool = True) -> str:
+    """Create ``root/name`` with an atomic ``mkdir`` and return it.
+
+    When it exists, ``next_free`` tries ``name-1``, ``name-2``, ... (each an atomic ``mkdir``, so two runs started at
+    the same instant get two folders); otherwise an existing folder is a :class:`CliError`.
+    """
+    os.makedirs(root, exist_ok=True)
+    base = os.path.join(root, name)
+    candidate, index = base, 0
+    while True:
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            if not next_free:
+                raise CliError(f'run folder {candidate!r} exists: it belongs to another run; pick another '
+                               '--experiment') from None
+            index += 1
+            candidate = f'{base}-{index}'
+
+
+def same_path(a: Union[str, os.PathLike], b: Union[str, os.PathLike]) -> bool:
+    """``a`` and ``b`` name the same file (links and relative paths resolved; neither has to exist)."""
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def is_inside(path: Union[str, os.PathLike], folder: Union[str, os.PathLike]) -> bool:
+    """``path`` is ``folder`` or lies below it (links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_outputs_are_not_inputs(outputs: Dict[str, Optional[str]],
+                                 inputs: Dict[str, Union[None, str, Sequence[str]]]) -> None:
+    """One :class:`CliError` when an output file of a command is one of its input files or another of its outputs.
+
+    Args:
+        outputs: ``{flag: path}`` of the files the command writes (unset ones ``None`` / ``''``).
+        inputs: ``{flag: path or paths}`` of the files it reads.
+    """
+    def flat(items: Dict[str, Union[None, str, Sequence[str]]]) -> Iterable:
+        for flag, paths in items.items():
+            for path in ([paths] if isinstance(paths, (str, os.PathLike)) else paths or []):
+                if path:
+                    yield flag, path
+    given = list(flat(outputs))
+    for index, (flag, path) in enumerate(given):
+        for other_flag, other in list(flat(inputs)) + given[:index]:
+            if same_path(path, other):
+                what = 'input' if (other_flag, other) not in given else 'output'
+                raise CliError(f'{flag} {path!r} is also the {what} {other_flag} {other!r}: writing it would replace '
+                               f'that file; pick another {flag}')
