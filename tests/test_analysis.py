@@ -99,6 +99,24 @@ def test_active_filters_threshold():
         analysis.active_filters(model, threshold=2)
 
 
+def test_active_filters_leave_out_the_stem_of_plain_and_mimo_models_alike():
+    """Thesis Table A.16 counts the core network: a plain WRN's stem conv (its input encoder) is not counted, as the
+    MIMO model's member encoders are not, so a plain WRN and its Cut-MixMo with the same core give the same share."""
+    plain = timm.create_model('wrn28_2', depth=10, widen_factor=1, num_classes=5).eval()
+    mimo = tiny()
+    mimo.backbone.load_state_dict({k: v for k, v in plain.state_dict().items()
+                                   if not k.startswith(('conv_stem', 'fc'))}, strict=False)
+    with torch.no_grad():  # a stem with one large and 15 tiny filters: 1 of 16 active if it were counted
+        plain.conv_stem.weight.fill_(1e-3)
+        plain.conv_stem.weight[0].fill_(1.0)
+    core = [m for name, m in plain.named_modules() if isinstance(m, torch.nn.Conv2d) and name != 'conv_stem']
+    active = sum(int((c.weight.abs().flatten(1).sum(1) >= 0.4 * c.weight.abs().flatten(1).sum(1).max()).sum())
+                 for c in core)
+    expected = 100.0 * active / sum(c.out_channels for c in core)
+    assert analysis.active_filters(plain) == pytest.approx(expected)
+    assert analysis.active_filters(mimo) == pytest.approx(expected)
+
+
 # --- feature variance ---------------------------------------------------------------------------------------------
 
 def test_feature_variance_separates_members_with_separate_encoders():

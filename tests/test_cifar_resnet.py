@@ -74,7 +74,7 @@ def test_preact_param_count_matches_paper(width):
 
 
 def test_registered_names():
-    assert set(CIFAR_NAMES) == {'wrn28_2', 'wrn28_4', 'wrn28_5', 'wrn28_7', 'wrn28_10', 'wrn28_14',
+    assert set(CIFAR_NAMES) == {'wrn28_2', 'wrn28_3', 'wrn28_4', 'wrn28_5', 'wrn28_7', 'wrn28_10', 'wrn28_14',
                                 'preact_resnet18', 'preact_resnet18_2', 'preact_resnet18_3'}
 
 

@@ -7,7 +7,9 @@ from PIL import Image
 
 from timm_mimo.data import (
     BatchRepeatSampler,
+    CifarAugMix,
     PixelMix,
+    SimultaneousMixup,
     apply_pixel_mix,
     cifar_transform,
     corrected_mix_ratio,
@@ -109,6 +111,28 @@ def test_apply_pixel_mix_swaps_when_the_visible_share_is_below_half():
     assert mixed_y[0, 1].tolist() == [0.0, 1.0, 0.0]  # right column: kept 0 of 2 -> λ' = 0 -> swap -> 1
 
 
+def test_pixel_mix_keeps_the_mixmo_correction_by_default_and_drops_it_on_request():
+    """Decision: every model (MixViT too) gets MixMo's λ' and swap by default; ``mixmo_correction=False`` is the
+    DeiT-style label, λ = the kept share of the whole image, never swapped."""
+    assert PixelMix(cutmix_alpha=1.0).mixmo_correction
+    xs = torch.ones(1, 2, 1, 2, 2)
+    partner_x = torch.full((1, 2, 1, 2, 2), 5.0)
+    targets = soft_targets(torch.tensor([[0, 1]]), 3)
+    partner_y = soft_targets(torch.tensor([[2, 2]]), 3)
+    keep = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]]])  # shares 3/4 and 1/4
+    member_masks = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]]])
+    mixed_x, mixed_y = apply_pixel_mix(xs, targets, partner_x, partner_y, keep, member_masks, correction=False)
+    assert mixed_x[0, 1, 0].tolist() == [[1.0, 5.0], [5.0, 5.0]]  # not swapped although its share is 1/4
+    assert mixed_y.tolist() == [[[0.75, 0.0, 0.25], [0.0, 0.25, 0.75]]]  # whole-image shares, MixMo masks ignored
+    plan = MixPlan.from_masks(member_masks)
+    mixer = PixelMix(cutmix_alpha=1.0, prob=1.0, mixmo_correction=False)
+    generator = torch.Generator().manual_seed(0)
+    partners = torch.full((4, 1, 2, 2), 5.0)
+    mixed_x, mixed_y = mixer(xs, targets, plan, partners, soft_targets(torch.tensor([2, 2, 2, 2]), 3), generator)
+    own_share = (mixed_x == 1.0).float().mean(dim=(2, 3, 4))
+    torch.testing.assert_close(mixed_y[..., 2], 1.0 - own_share)  # λ = kept share of the whole image
+
+
 def test_pixel_mix_outputs_are_consistent_mixtures():
     generator = torch.Generator().manual_seed(0)
     xs = torch.rand(6, 2, 1, 8, 8)
@@ -160,3 +184,43 @@ def test_transforms_pad_gray_fashion_mnist_to_32_and_3_channels():
     assert gray.shape == (1, 32, 32)
     assert gray[0, 0, 0].item() == pytest.approx((0.0 - 0.4) / 0.5)  # padding, normalised with the mean mean
     assert gray[0, 16, 16].item() == pytest.approx((1.0 - 0.4) / 0.5)
+
+
+def test_simultaneous_mixup_fills_a_cutmix_box_with_a_mixup_blend():
+    """MixViT's pixel MSDA for single-input models (thesis App. A.1.5): outside the box the image is its own, inside
+    it is ``λ_mix x + (1 - λ_mix) x_partner``; the label weight is the kept share of the whole image."""
+    import numpy as np
+    mixup = SimultaneousMixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, label_smoothing=0.0, num_classes=3)
+    seen_blend = False
+    for seed in range(20):
+        np.random.seed(seed)  # noqa: NPY002  (timm's Mixup draws from numpy's global generator)
+        x = torch.cat([torch.zeros(1, 1, 16, 16), torch.full((1, 1, 16, 16), 10.0)])
+        mixed, target = mixup(x.clone(), torch.tensor([0, 1]))
+        partner_share = mixed[0, 0] / 10.0  # image 0 is 0 everywhere, its partner (image 1) 10
+        inside = partner_share > 0
+        assert torch.allclose(mixed[1, 0], 10.0 * (1.0 - partner_share))  # the same mask seen from image 1
+        if inside.any():  # one partner weight, 1 - λ_mix, over one rectangle
+            weights = partner_share[inside].unique()
+            assert weights.numel() == 1 and 0 < weights.item() <= 1
+            rows, cols = inside.nonzero(as_tuple=True)
+            assert inside[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+            seen_blend |= bool(weights.item() < 1 and inside.float().mean() < 1)
+        lam = 1.0 - partner_share.mean().item()
+        torch.testing.assert_close(target, torch.tensor([[lam, 1 - lam, 0.0], [1 - lam, lam, 0.0]]))
+    assert seen_blend  # a box that is neither empty nor the whole image, blended rather than pasted
+    with pytest.raises(ValueError, match='both alphas'):
+        SimultaneousMixup(mixup_alpha=0.0, cutmix_alpha=1.0)
+
+
+def test_cifar_augmix_follows_the_thesis_text():
+    """Decision: thesis App. A.1.3.1's words ("severity is set 3, the mixture's width to 3 and the mixture's depth to
+    4", 8 operations), not the official code's (depth drawn in 1..4, magnitude fixed at 3 / 30, identity and invert
+    among the operations)."""
+    augmix = CifarAugMix()
+    assert (augmix.severity, augmix.mixture_width, augmix.chain_depth) == (3, 3, 4)
+    ops = set(augmix._augmentation_space(10, (32, 32)))
+    assert ops == {'Equalize', 'Posterize', 'Rotate', 'Solarize', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY'}
+    image = Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy())
+    torch.manual_seed(0)
+    out = augmix(image)
+    assert out.size == (32, 32) and out.mode == 'RGB'

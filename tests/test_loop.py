@@ -283,7 +283,7 @@ def test_pixel_mix_sample_then_apply_is_the_call():
     mix = PixelMix(cutmix_alpha=1.0, prob=1.0)
     called = mix(xs, ys, plan, partners, partner_y, generator)
     pick, keep = mix.sample(3, 2, (4, 4), 4, torch.Generator().manual_seed(2))
-    applied = PixelMix.apply(xs, ys, plan, partners, partner_y, pick, keep)
+    applied = mix.apply(xs, ys, plan, partners, partner_y, pick, keep)
     assert torch.equal(called[0], applied[0]) and torch.equal(called[1], applied[1])
 
 

@@ -35,7 +35,7 @@ def member_convs(model: MimoCNN, xs) -> list:
 # --- every registered name ------------------------------------------------------------------------------------------
 
 def test_registered_names():
-    widths = ('wrn28_2', 'wrn28_4', 'wrn28_5', 'wrn28_7', 'wrn28_10', 'wrn28_14',
+    widths = ('wrn28_2', 'wrn28_3', 'wrn28_4', 'wrn28_5', 'wrn28_7', 'wrn28_10', 'wrn28_14',
               'preact_resnet18', 'preact_resnet18_2', 'preact_resnet18_3')
     expected = {f'{m}_{w}' for m in GENERIC_NAMES for w in widths} | set(GENERIC_NAMES)
     assert set(MIMO_CNN_NAMES) == expected

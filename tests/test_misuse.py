@@ -169,8 +169,6 @@ CASES = [
     Case('diverged run', 'train', _train('--lr', '1e4', run='diverged'), ['diverged', 'epoch 0', '--lr']),
     Case('use-ema without EMA weights', 'validate', _validate('--checkpoint', _path('m2.pth.tar'), '--use-ema'),
          ['--use-ema', 'no EMA'], setup=_checkpoint('m2.pth.tar')),
-    Case('batch-repeat on a plain model', 'train', _train('--batch-repeat', '2', model=PLAIN),
-         ['--batch-repeat', 'not a MIMO model']),
     # numeric flags
     Case('batch-repeat 0', 'train', _train('--batch-repeat', '0'), ['--batch-repeat 0', '>= 1']),
     Case('batch-repeat -2', 'train', _train('--batch-repeat', '-2'), ['--batch-repeat -2', '>= 1']),

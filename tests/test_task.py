@@ -149,6 +149,19 @@ def test_pixel_mixing_takes_dataset_partners_when_given():
         MimoTask.from_model(tiny_mimo(), verbose=False).mix_inputs(images, targets, partners, targets)
 
 
+def test_pixel_mixing_without_partners_takes_them_from_the_batch():
+    """Decision (docs/decisions.md): called without dataset partners, the task mixes inputs with images of the batch
+    itself (the papers draw them from the whole dataset; train.py always passes them)."""
+    task = MimoTask.from_model(tiny_mimo(), mimo_cutmix=1.0, mimo_mix_prob=1.0, seed=0, verbose=False)
+    images = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 8, 8).contiguous()
+    targets = torch.arange(8) % 3
+    task.set_step(0, 0, 1, 1)
+    xs, ys, _ = task.mix_inputs(images, targets)
+    assert set(xs.unique().tolist()) <= set(range(8))  # every pixel is one of the batch's images
+    assert any(xs[b, m].unique().numel() > 1 for b in range(8) for m in range(2))  # and inputs were mixed
+    assert torch.allclose(ys.sum(-1), torch.ones(8, 2))
+
+
 def test_readme_own_loop_example():
     # README "Your own loop" (kept in sync by hand): MimoTask in a plain PyTorch loop
     model = tiny_mimo()

@@ -185,12 +185,13 @@ def test_plain_timm_model_trains_with_timm_mixup(digits_dir, tmp_path):
 
 
 def test_every_config_is_accepted_by_the_parser():
-    configs = sorted(glob.glob(os.path.join(REPO, 'timm_mimo', 'configs', '*.yaml')))
-    assert len(configs) >= 8
-    for path in configs:
-        args = train.parse_args(['--config', path, '--data-dir', '/data'])
-        assert train.timm.is_model(args.model), path
-        assert args.lr > 0 and args.epochs > 0
+    from timm_mimo.recipes import list_configs
+    configs = list_configs()
+    assert len(configs) >= 150
+    for name in configs:
+        args = train.parse_args(['--config', name, '--data-dir', '/data'])
+        assert train.timm.is_model(args.model), name
+        assert (args.lr if args.lr is not None else args.lr_base) > 0 and args.epochs > 0
 
 
 RESUME_CASES = [pytest.param(['--sched', sched, '--decay-epochs', '2', '--lr-stable-timescale', '1'], id=sched)

@@ -135,15 +135,29 @@ def sharing_rates(model: nn.Module, normalize: str = 'sum') -> Dict[str, float]:
 
 
 def _core_convs(model: nn.Module) -> List[nn.Conv2d]:
-    """Every ``nn.Conv2d`` of the model: the member encoders are not ``nn.Conv2d``, so this is the core network."""
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    """The convolutions of the core network: every ``nn.Conv2d`` but the input encoder.
+
+    MIMO models: the member encoders are not ``nn.Conv2d``, so every ``nn.Conv2d`` is the core network. Plain models:
+    the stem conv (``pretrained_cfg['first_conv']``, timm's name for it) is the input encoder and left out, so that a
+    plain network and its MIMO version count the same layers (thesis Table A.16 counts the core network only).
+    """
+    stem = None
+    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
+    if isinstance(first_conv, str) and first_conv:
+        try:
+            stem = model.get_submodule(first_conv)
+        except AttributeError:
+            stem = None
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and m is not stem]
 
 
 def active_filters(model: nn.Module, threshold: float = ACTIVE_THRESHOLD) -> float:
     """Percentage of active filters in the core network (thesis Table A.16).
 
     A filter (one output channel's ``C_in x k x k`` kernel) is active when its L1 norm is at least ``threshold``
-    times the largest filter L1 norm of its layer; the percentage is over all filters of all conv layers.
+    times the largest filter L1 norm of its layer; the percentage is over all filters of the core network's conv
+    layers: the input encoders (MIMO: the member encoders; a plain model: its stem conv) are not counted, so the
+    thesis' Vanilla / CutMix and Cut-MixMo rows compare the same layers.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f'threshold t_a must lie in [0, 1], got {threshold!r}')

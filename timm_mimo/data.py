@@ -20,9 +20,11 @@ Global-batch semantics (README "Distributed"):
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
-from timm.data import auto_augment_transform, create_dataset, create_transform, rand_augment_transform
+from timm.data import Mixup, auto_augment_transform, create_dataset, create_transform, rand_augment_transform
+from timm.data.mixup import cutmix_bbox_and_lam
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
@@ -31,7 +33,7 @@ from timm_mimo.mixing import MixPlan, random_cutmix_masks, sample_mixing_ratios
 
 __all__ = [
     'BatchRepeatSampler', 'ShardRequest', 'shard_seed', 'pairing_index', 'gather_pairs', 'pair_inputs', 'PixelMix',
-    'apply_pixel_mix', 'corrected_mix_ratio', 'soft_targets',
+    'apply_pixel_mix', 'corrected_mix_ratio', 'soft_targets', 'SimultaneousMixup',
     'ConvertImageMode', 'PadToSize', 'channel_stats', 'CifarAugMix', 'pixel_policy', 'cifar_transform',
     'eval_transform', 'create_image_transform', 'open_dataset', 'check_split', 'dataset_num_classes',
     'DataError', 'dataset_class_names', 'check_class_names', 'apply_class_names', 'ClassIndexMap',
@@ -249,13 +251,22 @@ class PixelMix:
     MixViT openreview.net/forum?id=pOq1HuMI8Dz App. H): a CutMix box of area ``1 - λ_cut`` (λ_cut ~ Beta(α_cut, α_cut))
     inside which the original keeps the continuous Mixup weight λ_mix ~ Beta(α_mix, α_mix); outside the box it keeps 1.
 
+    Decision: MixViT keeps the λ' correction and the swap (``mixmo_correction=True`` for every model): the MixViT code
+    base "built upon the public official implementation of MixMo" (thesis App. A.1.5), whose pixel MSDA applies both,
+    and the MixViT papers describe the pixel mixing only as CutMix and MixUp "applied simultaneously".
+    ``mixmo_correction=False`` gives the plain DeiT-style label instead: λ = the original image's share of the whole
+    picture, no swap.
+
     Args:
         cutmix_alpha: α of the CutMix box ratio; 0 disables CutMix.
         mixup_alpha: α of the Mixup ratio; 0 disables Mixup.
         prob: Probability that one member input is mixed.
+        mixmo_correction: λ' measured inside the member's MixMo region and the λ' < 0.5 swap (thesis App. A.1.3.1);
+            ``False``: λ = mean of the keep mask over the whole image, never swapped.
     """
 
-    def __init__(self, cutmix_alpha: float = 0.0, mixup_alpha: float = 0.0, prob: float = 0.5):
+    def __init__(self, cutmix_alpha: float = 0.0, mixup_alpha: float = 0.0, prob: float = 0.5,
+                 mixmo_correction: bool = True):
         if cutmix_alpha < 0 or mixup_alpha < 0 or (cutmix_alpha <= 0 and mixup_alpha <= 0):
             raise ValueError(f'PixelMix needs cutmix_alpha > 0 or mixup_alpha > 0 (none negative), got '
                              f'{cutmix_alpha} and {mixup_alpha}')
@@ -264,10 +275,11 @@ class PixelMix:
         self.cutmix_alpha = cutmix_alpha
         self.mixup_alpha = mixup_alpha
         self.prob = prob
+        self.mixmo_correction = mixmo_correction
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(cutmix_alpha={self.cutmix_alpha}, mixup_alpha={self.mixup_alpha}, '
-                f'prob={self.prob})')
+                f'prob={self.prob}, mixmo_correction={self.mixmo_correction})')
 
     def sample_keep_masks(self, shape: Tuple[int, int], size: Tuple[int, int],
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -298,10 +310,10 @@ class PixelMix:
         pick = torch.randint(0, num_partners, (batch_size * num_members,), generator=generator)
         return pick, self.sample_keep_masks((batch_size, num_members), size, generator)
 
-    @staticmethod
-    def apply(xs: torch.Tensor, targets: torch.Tensor, plan: MixPlan, partner_x: torch.Tensor,
+    def apply(self, xs: torch.Tensor, targets: torch.Tensor, plan: MixPlan, partner_x: torch.Tensor,
               partner_y: torch.Tensor, pick: torch.Tensor, keep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mix every member input with its picked partner (:func:`apply_pixel_mix`), on the inputs' device.
+        """Mix every member input with its picked partner (:func:`apply_pixel_mix`, with this mixer's
+        ``mixmo_correction``), on the inputs' device.
 
         Args:
             xs: ``(B, M, C, H, W)`` paired inputs.
@@ -320,7 +332,7 @@ class PixelMix:
         picked_y = partner_y.index_select(0, pick).view_as(targets)
         keep = keep.to(xs.device, non_blocking=True)
         member_masks = plan.upsample(tuple(xs.shape[-2:])).to(xs.device, non_blocking=True)
-        return apply_pixel_mix(xs, targets, picked_x, picked_y, keep, member_masks)
+        return apply_pixel_mix(xs, targets, picked_x, picked_y, keep, member_masks, correction=self.mixmo_correction)
 
     def __call__(self, xs: torch.Tensor, targets: torch.Tensor, plan: MixPlan, partner_x: torch.Tensor,
                  partner_y: torch.Tensor, generator: Optional[torch.Generator] = None
@@ -346,7 +358,8 @@ class PixelMix:
 
 
 def apply_pixel_mix(xs: torch.Tensor, targets: torch.Tensor, partner_x: torch.Tensor, partner_y: torch.Tensor,
-                    keep: torch.Tensor, member_masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                    keep: torch.Tensor, member_masks: torch.Tensor,
+                    correction: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mix member inputs with partners under the λ correction and swap of thesis App. A.1.3.1.
 
     Args:
@@ -354,18 +367,53 @@ def apply_pixel_mix(xs: torch.Tensor, targets: torch.Tensor, partner_x: torch.Te
         targets, partner_y: ``(B, M, K)`` soft targets.
         keep: ``(B, M, H, W)`` pixel masks ``1_m`` (1 where the member's own image stays).
         member_masks: ``(B, M, H, W)`` MixMo masks ``1_M`` at pixel resolution (``plan.upsample``).
+        correction: ``False``: no correction and no swap, λ = ``mean(1_m)`` over the whole image (DeiT's label).
 
     Returns:
-        ``(B, M, C, H, W)`` mixed inputs and ``(B, M, K)`` targets ``λ' y + (1 - λ') y_partner`` with λ' >= 0.5.
+        ``(B, M, C, H, W)`` mixed inputs and ``(B, M, K)`` targets ``λ' y + (1 - λ') y_partner`` (λ' >= 0.5 with
+        the correction).
     """
-    lam = corrected_mix_ratio(keep, member_masks)  # thesis App. A.1.3.1: λ' = Σ(1_m ⊙ 1_M) / Σ 1_M
-    swap = lam < 0.5  # thesis App. A.1.3.1: swap so that the batch-repeated image stays predominant
-    keep = torch.where(swap[:, :, None, None], 1.0 - keep, keep)
-    lam = torch.where(swap, 1.0 - lam, lam)
+    if correction:
+        lam = corrected_mix_ratio(keep, member_masks)  # thesis App. A.1.3.1: λ' = Σ(1_m ⊙ 1_M) / Σ 1_M
+        swap = lam < 0.5  # thesis App. A.1.3.1: swap so that the batch-repeated image stays predominant
+        keep = torch.where(swap[:, :, None, None], 1.0 - keep, keep)
+        lam = torch.where(swap, 1.0 - lam, lam)
+    else:
+        lam = keep.mean(dim=(2, 3))
     keep = keep.unsqueeze(2).to(xs.dtype)
     mixed_x = keep * xs + (1.0 - keep) * partner_x
     mixed_y = lam.unsqueeze(-1) * targets + (1.0 - lam.unsqueeze(-1)) * partner_y
     return mixed_x, mixed_y
+
+
+class SimultaneousMixup(Mixup):
+    """timm's ``Mixup`` (batch mode) with CutMix and Mixup applied AT ONCE, for single-input models.
+
+    MixViT's pixel MSDA (thesis, HAL tel-03952815, App. A.1.5; MixViT openreview.net/forum?id=pOq1HuMI8Dz App. H):
+    "we draw CutMix mask with α = 1.0 but instead of the mask having binary values (0 or 1), it has continuous values
+    like a α = 0.8 MixUp scheme", i.e. :class:`PixelMix`'s keep mask for the papers' single-input baselines: inside a
+    CutMix box of area ``1 - λ_cut`` (λ_cut ~ Beta(α_cut, α_cut), clipped and re-measured as timm does) the image keeps
+    the Mixup weight λ_mix ~ Beta(α_mix, α_mix) against its partner (the batch flipped, timm's pairing); the label
+    weight is the kept share ``1 - (1 - λ_cut)(1 - λ_mix)``. One draw per batch, applied with probability ``prob``.
+    """
+
+    def __init__(self, mixup_alpha: float, cutmix_alpha: float, prob: float = 1.0, label_smoothing: float = 0.1,
+                 num_classes: int = 1000):
+        if not (mixup_alpha > 0 and cutmix_alpha > 0):
+            raise ValueError(f'simultaneous CutMix + Mixup needs both alphas > 0, got mixup_alpha={mixup_alpha} '
+                             f'and cutmix_alpha={cutmix_alpha}')
+        super().__init__(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=0.0,
+                         mode='batch', correct_lam=True, label_smoothing=label_smoothing, num_classes=num_classes)
+
+    def _mix_batch(self, x: torch.Tensor) -> float:
+        if not self.mixup_enabled or np.random.rand() >= self.mix_prob:  # noqa: NPY002  (timm's Mixup draws here)
+            return 1.0
+        lam_cut = float(np.random.beta(self.cutmix_alpha, self.cutmix_alpha))  # noqa: NPY002
+        (yl, yh, xl, xh), lam_cut = cutmix_bbox_and_lam(x.shape, lam_cut, correct_lam=True)
+        lam_mix = float(np.random.beta(self.mixup_alpha, self.mixup_alpha))  # noqa: NPY002
+        partner = x.flip(0)[:, :, yl:yh, xl:xh]
+        x[:, :, yl:yh, xl:xh] = lam_mix * x[:, :, yl:yh, xl:xh] + (1.0 - lam_mix) * partner
+        return 1.0 - (1.0 - lam_cut) * (1.0 - lam_mix)
 
 
 class ConvertImageMode:

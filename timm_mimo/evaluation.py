@@ -6,9 +6,14 @@ result columns, so ``validate.py`` adds a group with one flag and one call. Memb
 :func:`timm_mimo.metrics.collect_member_logits`, the metrics from :mod:`timm_mimo.metrics`.
 
 Corruptions are the 15 common corruptions x 5 severities of Hendrycks & Dietterich (ICLR 2019, "Benchmarking neural
-network robustness to common corruptions and perturbations"; ImageNet-C / CIFAR-10-C) as implemented by the
-``imagecorruptions`` package (PyPI ``imagecorruptions-imaug``, the maintained fork of Michaelis et al.'s
-``imagecorruptions``): its single parameter set, the ImageNet-C one, on images of any size >= 32 px.
+network robustness to common corruptions and perturbations"; ImageNet-C / CIFAR-10-C), either generated on the fly by
+the ``imagecorruptions`` package (PyPI ``imagecorruptions-imaug``, the maintained fork of Michaelis et al.'s
+``imagecorruptions``: its single parameter set, the ImageNet-C one, on images of any size >= 32 px), or read from the
+released benchmark files, whose per-dataset parameters are the ones the papers' tables report:
+
+* CIFAR-10-C / CIFAR-100-C: ``<corruption>.npy``, ``(5·n, H, W, 3)`` uint8 images, severities 1..5 one after the
+  other (n = 10,000), and ``labels.npy`` (``5·n`` or ``n`` class indices);
+* Tiny-ImageNet-C: ``<corruption>/<severity>/<wnid>/*.JPEG``.
 """
 import inspect
 import os
@@ -21,6 +26,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 from timm.data import ImageDataset
+from timm.utils.misc import natural_key
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
@@ -38,12 +44,18 @@ from timm_mimo.metrics import (
 
 __all__ = [
     'SEVERITIES', 'common_corruptions', 'known_corruptions', 'CorruptedDataset', 'corruption_metrics',
+    'BENCHMARK_CORRUPTIONS', 'CorruptionRelease', 'released_corruption_metrics',
     'open_ood_folder', 'ood_folder_metrics', 'model_from_checkpoint', 'checkpoint_ensemble_logits',
     'checkpoint_ensemble_metrics', 'reliability_bins', 'save_reliability_diagram',
 ]
 
 SEVERITIES = (1, 2, 3, 4, 5)
 MIN_CORRUPTION_SIZE = 32  # imagecorruptions refuses smaller images
+# The 15 corruptions of the benchmark (Hendrycks & Dietterich, ICLR 2019), in its order; the releases add 4 more
+BENCHMARK_CORRUPTIONS = (
+    'gaussian_noise', 'shot_noise', 'impulse_noise', 'defocus_blur', 'glass_blur', 'motion_blur', 'zoom_blur', 'snow',
+    'frost', 'fog', 'brightness', 'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression')
+EXTRA_CORRUPTIONS = ('speckle_noise', 'gaussian_blur', 'spatter', 'saturate')
 
 
 def _imagecorruptions():
@@ -166,10 +178,24 @@ def corruption_metrics(model: nn.Module, dataset: Dataset, transform: Callable, 
     if not corruptions or not severities:
         raise ValueError('corruption_metrics needs at least one corruption and one severity')
     dataset = _subset(dataset, num_images, seed)
+    return _corruption_columns(
+        lambda corruption, severity: CorruptedDataset(dataset, corruption, severity, transform, seed),
+        corruptions, severities, model, device, batch_size, workers, autocast_dtype, channels_last)
+
+
+def _corruption_columns(corrupted_set: Callable[[str, int], Dataset], corruptions: Sequence[str],
+                        severities: Sequence[int], model: nn.Module, device: torch.device, batch_size: int,
+                        workers: int, autocast_dtype: Optional[torch.dtype], channels_last: bool) -> Dict[str, float]:
+    """The ``c_*`` columns from the test set of every (corruption, severity) pair (``corrupted_set(c, s)``)."""
     per_pair: Dict[Tuple[str, int], Tuple[float, float, float]] = {}
+    num_images = None
     for corruption in corruptions:
         for severity in severities:
-            corrupted = CorruptedDataset(dataset, corruption, severity, transform, seed)
+            corrupted = corrupted_set(corruption, severity)
+            if num_images is not None and len(corrupted) != num_images:
+                raise ValueError(f'{corruption} severity {severity} holds {len(corrupted)} images, the pairs before '
+                                 f'it {num_images}: every corrupted test set must hold the same images')
+            num_images = len(corrupted)
             loader = DataLoader(corrupted, batch_size=batch_size, shuffle=False, num_workers=workers)
             member_logits, targets = collect_member_logits(model, loader, device, autocast_dtype, channels_last)
             logits = member_logits.double().mean(dim=1)
@@ -179,7 +205,7 @@ def corruption_metrics(model: nn.Module, dataset: Dataset, transform: Callable, 
     def mean(keys: List[Tuple[str, int]], i: int) -> float:
         return sum(per_pair[key][i] for key in keys) / len(keys)
 
-    out: Dict[str, float] = OrderedDict(c_num_images=len(dataset))
+    out: Dict[str, float] = OrderedDict(c_num_images=num_images)
     groups = [(f'c_{c}', [(c, s) for s in severities]) for c in corruptions]
     groups += [(f'c_s{s}', [(c, s) for c in corruptions]) for s in severities]
     groups.append(('c_mean', list(per_pair)))
@@ -187,6 +213,184 @@ def corruption_metrics(model: nn.Module, dataset: Dataset, transform: Callable, 
         for i, metric in enumerate(('top1', 'nll', 'ece')):
             out[f'{prefix}_{metric}'] = mean(keys, i)
     return out
+
+
+class _ImageList(Dataset):
+    """``(PIL image, target)`` from a list of ``(path, target)`` (the release's JPEG files)."""
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], transform: Optional[Callable] = None):
+        self.samples, self.transform = list(samples), transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        path, target = self.samples[index]
+        with Image.open(path) as image:
+            image = image.convert('RGB')
+        return (self.transform(image) if self.transform is not None else image), target
+
+
+class _ArrayImages(Dataset):
+    """``(PIL image, target)`` from rows of a uint8 image array (a memory-mapped ``.npy``)."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, transform: Optional[Callable] = None):
+        self.images, self.targets, self.transform = images, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        image = Image.fromarray(np.ascontiguousarray(self.images[index]))
+        return (self.transform(image) if self.transform is not None else image), int(self.targets[index])
+
+
+class CorruptionRelease:
+    """A released corruption benchmark on disk: CIFAR-10-C / CIFAR-100-C or Tiny-ImageNet-C (module docstring).
+
+    Args:
+        root: The release folder (``CIFAR-10-C/``, ``CIFAR-100-C/`` or ``Tiny-ImageNet-C/``).
+        class_to_idx: Tiny-ImageNet-C: class folder (wnid) -> index of the model's training set (timm's folder reader
+            gives it for the clean split); ``None``: the wnids of the release in timm's (natural) sort order.
+
+    Raises:
+        ValueError: ``root`` is in neither layout; the message says what was found and what is expected.
+    """
+
+    def __init__(self, root: str, class_to_idx: Optional[Dict[str, int]] = None):
+        if not os.path.isdir(root):
+            raise ValueError(f'corruption release folder {root!r} does not exist')
+        self.root, self.class_to_idx = root, class_to_idx
+        entries = sorted(os.listdir(root))
+        if 'labels.npy' in entries:
+            self.layout = 'cifar'
+            self.corruptions = tuple(name[:-4] for name in entries if name.endswith('.npy') and name != 'labels.npy')
+        else:
+            self.layout = 'tiny'
+            self.corruptions = tuple(name for name in entries if os.path.isdir(os.path.join(root, name)) and any(
+                os.path.isdir(os.path.join(root, name, str(s))) for s in SEVERITIES))
+        if not self.corruptions:
+            shown = ', '.join(entries[:8]) + (', ...' if len(entries) > 8 else '')
+            raise ValueError(
+                f'{root!r} is not a released corruption benchmark (found: {shown or "nothing"}); expected '
+                'CIFAR-10-C / CIFAR-100-C (<corruption>.npy files and labels.npy) or Tiny-ImageNet-C '
+                '(<corruption>/<severity>/<class>/*.JPEG)')
+        self._labels: Optional[np.ndarray] = None
+
+    @property
+    def name(self) -> str:
+        return 'CIFAR-*-C' if self.layout == 'cifar' else 'Tiny-ImageNet-C'
+
+    def default_corruptions(self) -> Tuple[str, ...]:
+        """The benchmark's 15 corruptions (its mean is over them), which must all be in the release."""
+        missing = [name for name in BENCHMARK_CORRUPTIONS if name not in self.corruptions]
+        if missing:
+            raise ValueError(f'{self.root!r} lacks {len(missing)} of the 15 benchmark corruptions ({", ".join(missing)}'
+                             f'); name the ones to evaluate, among: {", ".join(self.corruptions)}')
+        return BENCHMARK_CORRUPTIONS
+
+    def check(self, corruptions: Sequence[str], severities: Sequence[int]) -> None:
+        """Raise ``ValueError`` for a corruption or severity the release does not hold."""
+        for corruption in corruptions:
+            if corruption not in self.corruptions:
+                raise ValueError(f'{corruption!r} is not in {self.root!r}; it holds: {", ".join(self.corruptions)}')
+            if self.layout == 'tiny':
+                for severity in severities:
+                    if not os.path.isdir(os.path.join(self.root, corruption, str(severity))):
+                        raise ValueError(f'{self.root!r} has no severity {severity} of {corruption!r} '
+                                         f'(no folder {corruption}/{severity})')
+
+    def labels(self) -> np.ndarray:
+        """CIFAR-*-C: the ``labels.npy`` class indices (``5·n`` or ``n`` of them)."""
+        if self._labels is None:
+            labels = np.load(os.path.join(self.root, 'labels.npy'), allow_pickle=False)
+            if labels.ndim != 1 or labels.dtype.kind not in 'iu':
+                raise ValueError(f'{os.path.join(self.root, "labels.npy")!r} must hold one integer class index per '
+                                 f'image, got shape {labels.shape} of {labels.dtype}')
+            self._labels = labels
+        return self._labels
+
+    def max_label(self) -> int:
+        """The largest class index of the release (CIFAR-*-C: ``labels.npy``; Tiny-ImageNet-C: its class map)."""
+        if self.layout == 'cifar':
+            return int(self.labels().max())
+        return max(self._class_map().values())
+
+    def _class_map(self) -> Dict[str, int]:
+        if self.class_to_idx is not None:
+            return dict(self.class_to_idx)
+        wnids = {name for corruption in self.corruptions for severity in SEVERITIES
+                 for folder in [os.path.join(self.root, corruption, str(severity))] if os.path.isdir(folder)
+                 for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))}
+        return {wnid: index for index, wnid in enumerate(sorted(wnids, key=natural_key))}
+
+    def dataset(self, corruption: str, severity: int, transform: Optional[Callable] = None) -> Dataset:
+        """The test set of one (corruption, severity): ``(PIL image, target)`` through ``transform``."""
+        self.check([corruption], [severity])
+        if self.layout == 'cifar':
+            path = os.path.join(self.root, f'{corruption}.npy')
+            images = np.load(path, mmap_mode='r', allow_pickle=False)
+            if images.ndim not in (3, 4) or images.dtype != np.uint8 or len(images) % len(SEVERITIES) or (
+                    images.ndim == 4 and images.shape[-1] != 3):
+                raise ValueError(f'{path!r} must hold 5·n uint8 images (5·n, H, W, 3), severities 1..5 in order; got '
+                                 f'shape {images.shape} of {images.dtype}')
+            per_severity = len(images) // len(SEVERITIES)
+            labels = self.labels()
+            if len(labels) not in (len(images), per_severity):
+                raise ValueError(f'{os.path.join(self.root, "labels.npy")!r} holds {len(labels)} labels for '
+                                 f'{len(images)} images of {corruption!r} (expected {len(images)} or {per_severity})')
+            rows = slice((severity - 1) * per_severity, severity * per_severity)
+            targets = labels[rows] if len(labels) == len(images) else labels
+            return _ArrayImages(images[rows], targets, transform)
+        folder = os.path.join(self.root, corruption, str(severity))
+        class_map = self._class_map()
+        extensions = {'.jpeg', '.jpg', '.png'}
+        samples = []
+        for wnid in sorted(os.listdir(folder), key=natural_key):
+            class_folder = os.path.join(folder, wnid)
+            if not os.path.isdir(class_folder):
+                continue
+            if wnid not in class_map:
+                raise ValueError(f'class folder {wnid!r} of {folder!r} is not a class of the model\'s data (its '
+                                 f'{len(class_map)} classes: {", ".join(sorted(class_map)[:4])}, ...)')
+            samples += [(os.path.join(class_folder, name), class_map[wnid])
+                        for name in sorted(os.listdir(class_folder), key=natural_key)
+                        if os.path.splitext(name)[1].lower() in extensions]
+        if not samples:
+            raise ValueError(f'{folder!r} holds no images (<class>/*.JPEG)')
+        return _ImageList(samples, transform)
+
+
+def released_corruption_metrics(model: nn.Module, release: CorruptionRelease, transform: Callable,
+                                device: torch.device, corruptions: Optional[Sequence[str]] = None,
+                                severities: Sequence[int] = SEVERITIES, num_images: Optional[int] = None,
+                                batch_size: int = 256, workers: int = 0, seed: int = 0,
+                                autocast_dtype: Optional[torch.dtype] = None,
+                                channels_last: bool = False) -> Dict[str, float]:
+    """The columns of :func:`corruption_metrics`, on a released benchmark (CIFAR-10-C / -100-C, Tiny-ImageNet-C).
+
+    Args:
+        model: timm or MIMO model.
+        release: The benchmark files (:class:`CorruptionRelease`).
+        transform: The model's evaluation transform (the released images are stored at the data set's size).
+        device: Where the model runs.
+        corruptions: Names (default: the benchmark's 15, all of which must be in the release).
+        severities: Subset of 1..5.
+        num_images: Evaluate this many images of every (corruption, severity) test set, the same fixed-seed subset
+            for each (the releases store the same images in the same order at every severity); ``None`` = all.
+        batch_size: Loader batch size.
+        workers: Loader workers.
+        seed: Seed of the subset.
+        autocast_dtype: Mixed precision dtype, ``None`` for full precision.
+        channels_last: Feed channels-last batches.
+    """
+    corruptions = tuple(corruptions) if corruptions else release.default_corruptions()
+    if not severities:
+        raise ValueError('released_corruption_metrics needs at least one severity')
+    release.check(corruptions, severities)
+    return _corruption_columns(
+        lambda corruption, severity: _subset(release.dataset(corruption, severity, transform), num_images, seed),
+        corruptions, severities, model, device, batch_size, workers, autocast_dtype, channels_last)
 
 
 def open_ood_folder(root: str, input_size: Tuple[int, int, int], transform: Callable) -> Dataset:

@@ -237,7 +237,10 @@ class MimoTask(TrainingTask):
         Args:
             images: ``(B, C, H, W)`` images of this shard.
             targets: ``(B,)`` class indices.
-            partner_images: ``(P, C, H, W)`` pixel-mixing partners (pixel mixing only; default: the batch itself).
+            partner_images: ``(P, C, H, W)`` pixel-mixing partners (pixel mixing only). Absent, the partners come
+                from this batch itself; the papers draw them from the whole dataset (thesis App. A.1.3.1: "randomly
+                chosen in the whole dataset, and not only inside the current batch"), which the training loader does
+                (``BatchRepeatSampler(num_partners=B)``).
             partner_targets: ``(P,)`` their labels.
             plan: The shard's plan, drawn ahead (the training loader's workers); ``None`` draws it now from the
                 task's generator (:meth:`set_step`).
@@ -269,7 +272,8 @@ class MimoTask(TrainingTask):
             ys = soft_targets(ys, self.num_classes, smoothing)
             partner_y = partner_targets if partner_targets.ndim == 2 else soft_targets(
                 partner_targets, self.num_classes, smoothing)
-            xs, ys = PixelMix.apply(xs, ys, mix, partner_images, partner_y, plan.pixel_pick, plan.pixel_keep)
+            xs, ys = self.pixel_mix.apply(xs, ys, mix, partner_images, partner_y, plan.pixel_pick,
+                                          plan.pixel_keep)
         return xs, ys, mix
 
     def _step(self, images: torch.Tensor, targets: torch.Tensor, partner_images: Optional[torch.Tensor],
@@ -290,8 +294,9 @@ class MimoTask(TrainingTask):
         Args:
             input: ``(B, C, H, W)`` images of this shard.
             target: ``(B,)`` class indices.
-            partner_input: ``(P, C, H, W)`` pixel-MSDA partners from the whole dataset (MIMO with pixel mixing); when
-                absent the batch itself is the partner pool.
+            partner_input: ``(P, C, H, W)`` pixel-MSDA partners from the whole dataset (MIMO with pixel mixing), as the
+                papers draw them (thesis App. A.1.3.1) and the training loader loads them; absent, pixel mixing takes
+                its partners from this batch itself.
             partner_target: ``(P,)`` their labels.
             plan: The shard's :class:`~timm_mimo.shard_plan.ShardPlan`, drawn ahead by the loader (its tensors on
                 the images' device for a step without host work); ``None``: drawn now (:meth:`set_step`).

@@ -84,7 +84,7 @@ from timm_mimo.cli.run_folder import (
     write_atomically,
     write_error,
 )
-from timm_mimo.data import DataError
+from timm_mimo.data import DataError, SimultaneousMixup
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.mixing import MASK_KINDS
@@ -94,7 +94,8 @@ __all__ = ['build_parser', 'parse_args', 'train', 'main', 'save_checkpoint', 'lo
 
 _logger = logging.getLogger('timm_mimo.train')
 
-# MIMO flags: dest -> flag, refused on a non-MIMO model (set = not None, batch_repeat: not 1)
+# MIMO flags: dest -> flag, refused on a non-MIMO model when set (not None); --batch-repeat is not one of them:
+# on a plain model it is batch augmentation (Hoffer et al.), the MixViT papers' single-input baselines
 MIMO_FLAGS = OrderedDict(
     num_members='--num-members', input_repeat='--input-repeat', mix='--mix', mix_prob='--mix-prob',
     mix_prob_decay='--mix-prob-decay', mix_alpha='--mix-alpha', loss_root='--loss-root',
@@ -267,10 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help='absolute learning rate; when set, --lr-base is ignored (default: none); the configs give '
                             'the papers\' rate, (0.1 / b)·(bs / 128) for MixMo')
     group.add_argument('--lr-base', type=float, default=0.1, metavar='LR',
-                       help='reference rate used when --lr is unset, scaled by global batch / --lr-base-size '
-                            '(default: 0.1)')
+                       help='reference rate used when --lr is unset, scaled by the unique images per step (global '
+                            'batch / --batch-repeat) over --lr-base-size (default: 0.1)')
     group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV',
-                       help='batch size at which --lr-base applies unscaled (default: 256)')
+                       help='unique images per step at which --lr-base applies unscaled (default: 256)')
     group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
                        help='how --lr-base scales with the batch: linear or sqrt (default: chosen by the optimizer)')
     group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='FRAC',
@@ -360,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--mixup-switch-prob', type=float, default=0.5,
                        help='probability of CutMix instead of Mixup when both are on (default: 0.5)')
     group.add_argument('--mixup-mode', type=str, default='batch',
-                       help='granularity of the mixing draws: batch, pair or elem (default: batch)')
+                       help='granularity of the mixing draws: batch, pair or elem; timm_mimo adds simultaneous '
+                            '(plain models, --mixup and --cutmix both > 0: a CutMix box filled by a Mixup blend, '
+                            "MixViT's pixel MSDA, one draw per batch) (default: batch)")
     group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N',
                        help='stop Mixup / CutMix from this epoch on; 0 = never (default: 0)')
     group.add_argument('--smoothing', type=float, default=None,
@@ -429,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--num-members', type=int, default=None, help='M, the number of members (model kwarg)')
     group.add_argument('--batch-repeat', type=int, default=1,
                        help='b: every global batch holds G/b unique images, each b times (MIMO arXiv:2010.06610 '
-                            'batch repetition)')
+                            'batch repetition; on a plain model, batch augmentation)')
     group.add_argument('--input-repeat', type=float, default=None,
                        help='ρ in [0, 1]: share of positions where all M inputs are the same image')
     group.add_argument('--mix', default=None, help='mask kind of binary batches: ' + ', '.join(MASK_KINDS))
@@ -500,6 +503,9 @@ TRAIN_CHECKS = MODEL_CHECKS + [
 ]
 
 
+MIXUP_MODES = ('batch', 'pair', 'elem', 'simultaneous')  # timm's three, and MixViT's CutMix + Mixup at once
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse and check every flag; a ``--config`` YAML sets defaults that the command line overrides."""
     parser = build_parser()
@@ -521,6 +527,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        '--lr; drop --extend-lr')
     if args.mix is not None and args.mix not in MASK_KINDS:
         raise CliError(f'--mix {args.mix!r}: unknown mask kind; expected one of {", ".join(MASK_KINDS)}')
+    if args.mixup_mode not in MIXUP_MODES:
+        raise CliError(f'--mixup-mode {args.mixup_mode!r}: expected one of {", ".join(MIXUP_MODES)}')
+    if args.mixup_mode == 'simultaneous' and not (args.mixup > 0 and args.cutmix > 0 and args.cutmix_minmax is None):
+        raise CliError(f'--mixup-mode simultaneous applies CutMix and Mixup at once: it needs --mixup and --cutmix > 0 '
+                       f'(got {args.mixup} and {args.cutmix}) and no --cutmix-minmax')
     if args.crop_pad is not None:
         changed = [dest for dest in TIMM_TRANSFORM_ONLY if getattr(args, dest) != parser.get_default(dest)]
         if changed:
@@ -584,7 +595,6 @@ def create_train_model(args: argparse.Namespace) -> nn.Module:
         check_pretrained_weights(model, args.pretrained_path)
     if not is_mimo(model):
         given = [flag for dest, flag in MIMO_FLAGS.items() if getattr(args, dest) is not None]
-        given += ['--batch-repeat'] if args.batch_repeat != 1 else []
         if given:
             raise CliError(f'{", ".join(given)} given but {args.model!r} is not a MIMO model (it has no num_members '
                            '/ forward_members); drop the flag or pick a timm_mimo model')
@@ -642,11 +652,17 @@ def load_initial_checkpoint(model: nn.Module, path: str) -> None:
 
 
 def resolve_lr(args: argparse.Namespace) -> None:
-    """timm's rule when ``--lr`` is unset: ``lr_base`` scaled by global batch / ``lr_base_size`` (linear or sqrt)."""
+    """timm's rule when ``--lr`` is unset: ``lr_base`` scaled (linear or sqrt) by the batch over ``lr_base_size``.
+
+    Decision: the batch counted is the number of UNIQUE images per optimizer step, ``G / b`` (global batch over
+    ``--batch-repeat``; timm's global batch when b = 1). Both papers' rules count it so: MixMo's ``(0.1 / b) ·
+    (bs / 128)`` (thesis, HAL tel-03952815, App. A.1.3.1) is ``0.1 · (bs / b) / 128``, and MixViT's ``√(b / B)``
+    (thesis App. A.1.5) keeps the 0.001 rate at base batch B = 128 with 3 batch augmentations (384 images a step).
+    """
     if args.lr is not None:
         return
     global_batch = args.batch_size * args.world_size * args.grad_accum_steps
-    ratio = global_batch / args.lr_base_size
+    ratio = global_batch / args.batch_repeat / args.lr_base_size
     scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
     if scale not in ('linear', 'sqrt'):
         raise CliError(f"--lr-base-scale {args.lr_base_scale!r}: must be 'linear', 'sqrt' or ''")
@@ -1108,9 +1124,14 @@ class Run:
         self.mixup_fn = None
         if not task.mimo and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
             smoothing = 0.1 if args.smoothing is None else args.smoothing
-            self.mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                                  label_smoothing=smoothing, num_classes=args.num_classes_resolved)
+            if args.mixup_mode == 'simultaneous':
+                self.mixup_fn = SimultaneousMixup(args.mixup, args.cutmix, prob=args.mixup_prob,
+                                                  label_smoothing=smoothing, num_classes=args.num_classes_resolved)
+            else:
+                self.mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+                                      cutmix_minmax=args.cutmix_minmax, prob=args.mixup_prob,
+                                      switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                                      label_smoothing=smoothing, num_classes=args.num_classes_resolved)
 
     def forward_shard(self, batch: Any, epoch: int, step: int, shard: int) -> Dict[str, Any]:
         """The task's forward on one shard already on the device (a :class:`~timm_mimo.loader.MimoBatch`)."""

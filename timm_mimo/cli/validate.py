@@ -13,8 +13,9 @@ implied); a model without pretrained weights is then an error rather than an eva
 Beyond the test split (each group adds columns to the same result row): ``--ensemble-checkpoints`` evaluates a deep
 ensemble of training runs (the papers' "2 Nets" / "2 MixMos" rows), ``--ood-dir`` out-of-distribution detection
 against an image folder, ``--corruptions`` the common corruptions of Hendrycks & Dietterich (ICLR 2019) through the
-``imagecorruptions`` package, ``--reliability-diagram`` a PNG of the ensemble's calibration, ``--fit-temperature SPLIT``
-a deployable temperature fitted on a held-out split (:mod:`timm_mimo.calibration`).
+``imagecorruptions`` package, ``--corruption-dir`` the same columns from the released CIFAR-10-C / CIFAR-100-C /
+Tiny-ImageNet-C files, ``--reliability-diagram`` a PNG of the ensemble's calibration, ``--fit-temperature SPLIT`` a
+deployable temperature fitted on a held-out split (:mod:`timm_mimo.calibration`).
 
 Results files start with timm validate.py's columns and rounding (:func:`timm_columns`, :func:`rounded_results`);
 timm's bulk mode (``--model-list``, ``--model FILE``, wildcards) writes one row per model (:func:`bulk_models`).
@@ -79,16 +80,25 @@ from timm_mimo.cli.run_folder import (
     write_atomically,
     write_error,
 )
-from timm_mimo.data import DataError, apply_class_names, create_image_transform, dataset_num_classes, open_dataset
+from timm_mimo.data import (
+    DataError,
+    apply_class_names,
+    create_image_transform,
+    dataset_class_names,
+    dataset_num_classes,
+    open_dataset,
+)
 from timm_mimo.evaluation import (
     MIN_CORRUPTION_SIZE,
     SEVERITIES,
     CheckpointEnsemble,
+    CorruptionRelease,
     corruption_metrics,
     known_corruptions,
     model_from_checkpoint,
     ood_folder_metrics,
     open_ood_folder,
+    released_corruption_metrics,
     save_reliability_diagram,
 )
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
@@ -184,10 +194,17 @@ def add_uncertainty_args(group: argparse._ArgumentGroup) -> None:
                        help='evaluate under common corruptions (imagecorruptions package, ImageNet-C parameters) of '
                             'the split: c_* columns (top1 / nll / ece per corruption, per severity, mean); the flag '
                             'alone = the 15 common corruptions')
+    group.add_argument('--corruption-dir', default='', metavar='DIR',
+                       help='read the corrupted test sets from a released benchmark instead of generating them: '
+                            'CIFAR-10-C / CIFAR-100-C (<corruption>.npy + labels.npy) or Tiny-ImageNet-C '
+                            '(<corruption>/<severity>/<class>/*.JPEG); same c_* columns; --corruptions NAME ... '
+                            "picks among the release's corruptions (default: the benchmark's 15)")
     group.add_argument('--corruption-severities', nargs='+', type=int, default=None, choices=SEVERITIES,
-                       metavar='S', help='severities of --corruptions, among 1..5 (default: all five)')
+                       metavar='S', help='severities of --corruptions / --corruption-dir, among 1..5 (default: '
+                                         'all five)')
     group.add_argument('--corruption-images', type=int, default=None, metavar='N',
-                       help='corrupt a fixed-seed random subset of N images of the split (default: all of them)')
+                       help='corrupt (or, with --corruption-dir, read) a fixed-seed random subset of N images of '
+                            'the split (default: all of them)')
     group.add_argument('--reliability-diagram', default='', metavar='PNG',
                        help="write the ensemble's reliability diagram (accuracy per confidence bin) to this .png")
     group.add_argument('--fit-temperature', default=None, metavar='SPLIT',
@@ -248,10 +265,22 @@ def check_uncertainty_args(parser: argparse.ArgumentParser, args: argparse.Names
                    for _, _, names in os.walk(args.ood_dir, followlinks=True) for name in names):
             raise CliError(f'--ood-dir {args.ood_dir!r} holds no images ({", ".join(sorted(extensions))} in any '
                            'subfolder)')
-    if args.corruptions is None:
+    if args.corruption_dir:
+        try:
+            release = CorruptionRelease(args.corruption_dir)
+            names = args.corruptions or release.default_corruptions()
+            release.check(names, args.corruption_severities or SEVERITIES)
+        except (ValueError, OSError) as exc:
+            raise CliError(f'--corruption-dir: {one_line(exc)}') from None
+        for dest in ('corruptions', 'corruption_severities'):
+            values = getattr(args, dest) or []
+            if len(set(values)) != len(values):
+                raise CliError(f'{_flag(parser, dest)} {values}: each value at most once')
+    elif args.corruptions is None:
         for dest in ('corruption_severities', 'corruption_images'):
             if getattr(args, dest) is not None:
-                raise CliError(f'{_flag(parser, dest)} needs --corruptions (give it alone for the 15 common ones)')
+                raise CliError(f'{_flag(parser, dest)} needs --corruptions (give it alone for the 15 common ones) or '
+                               '--corruption-dir')
     else:
         try:
             names = known_corruptions()
@@ -430,13 +459,15 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     if state is not None:
         load_weights(model, args.checkpoint, args.use_ema, state)
     rates = sharing_rate_columns(model, args.model) if args.sharing_rates else {}  # before the evaluation
-    ood_set = clean_set = calibration_set = None
+    ood_set = clean_set = calibration_set = release = None
     try:
         if args.fit_temperature is not None:  # opened (and checked held out) before any evaluation runs
             calibration_set = open_calibration_split(args, dataset, loader_transform)
         if args.ood_dir:
             ood_set = open_ood_folder(args.ood_dir, data_config['input_size'], transform)
-        if args.corruptions is not None:
+        if args.corruption_dir:
+            release = open_release(args.corruption_dir, dataset, model.num_classes)
+        elif args.corruptions is not None:
             clean_set = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, None,
                                      args.class_map, args.class_map_partial, **reader_kwargs(args))
             apply_class_names(clean_set, class_names, where)
@@ -469,6 +500,14 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     if ood_set is not None:
         results.update(ood_folder_metrics(eval_model, member_logits, ood_set, device, args.batch_size, args.workers,
                                           autocast_dtype, args.channels_last))
+    if release is not None:
+        try:
+            results.update(released_corruption_metrics(
+                eval_model, release, transform, device, args.corruptions or None,
+                args.corruption_severities or SEVERITIES, args.corruption_images, args.batch_size, args.workers,
+                autocast_dtype=autocast_dtype, channels_last=args.channels_last))
+        except (ValueError, OSError) as exc:
+            raise CliError(f'--corruption-dir: {one_line(exc)}') from None
     if clean_set is not None:
         try:
             results.update(corruption_metrics(
@@ -610,6 +649,19 @@ def check_ensemble_input(ensemble: CheckpointEnsemble, in_chans: int) -> None:
     if channels and channels[0] != in_chans:
         raise CliError(f'--ensemble-checkpoints: the networks take {channels[0]} input channels but the data config '
                        f'gives {in_chans}: set --in-chans {channels[0]} (or --config with a run\'s args.yaml)')
+
+
+def open_release(root: str, dataset: Any, num_classes: int) -> CorruptionRelease:
+    """The release of ``--corruption-dir``, its class folders (Tiny-ImageNet-C's wnids) mapped to the indices the clean
+    split is evaluated with (the run's class names when it recorded them); its labels must fit the model."""
+    names = dataset_class_names(dataset)
+    class_to_idx = {name: index for index, name in enumerate(names) if name is not None} if names else None
+    release = CorruptionRelease(root, class_to_idx=class_to_idx)
+    largest = release.max_label()
+    if largest >= num_classes:
+        raise ValueError(f'{root!r} has class index {largest} but the model has {num_classes} outputs (a '
+                         f'{release.name} of another data set?)')
+    return release
 
 
 def check_corruptible(dataset: Any) -> None:

@@ -3,7 +3,7 @@
 
 * WRN-28-w (Zagoruyko & Komodakis): pre-activation wide basic blocks, stem conv3x3 with 16 filters, three groups of
   ``(depth - 4) / 6`` blocks at widths 16w / 32w / 64w (the first block of groups 2 and 3 strided), final BN-ReLU,
-  global pooling, linear classifier. Registered ``wrn28_{2,4,5,7,10,14}``; ``depth`` / ``widen_factor`` kwargs give
+  global pooling, linear classifier. Registered ``wrn28_{2,3,4,5,7,10,14}``; ``depth`` / ``widen_factor`` kwargs give
   any WRN-d-w (e.g. ``timm.create_model('wrn28_2', depth=10, widen_factor=1)`` is a tiny WRN-10-1).
 * PreActResNet-18-w (He et al., the Tiny ImageNet protocol of Puzzle-Mix used by MixMo): stem conv3x3 with 64 filters
   (not widened), four stages of two pre-activation basic blocks at widths 64w / 128w / 256w / 512w, strides 1/2/2/2,
@@ -241,7 +241,7 @@ def _preact_cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
     }
 
 
-WRN_WIDTHS = (2, 4, 5, 7, 10, 14)
+WRN_WIDTHS = (2, 3, 4, 5, 7, 10, 14)
 PREACT_WIDTHS = (1, 2, 3)
 
 
@@ -270,6 +270,12 @@ def _preact(variant: str, widen_factor: int, pretrained: bool, kwargs: Dict[str,
 def wrn28_2(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """WRN-28-2 (CIFAR, 32 px)."""
     return _wrn('wrn28_2', 2, pretrained, kwargs)
+
+
+@register_model
+def wrn28_3(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """WRN-28-3 (CIFAR, 32 px)."""
+    return _wrn('wrn28_3', 3, pretrained, kwargs)
 
 
 @register_model

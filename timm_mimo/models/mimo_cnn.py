@@ -838,7 +838,7 @@ def _preact_cfg(**kwargs: Any) -> Dict[str, Any]:
 
 
 PAPER_METHODS = ('mimo', 'linear_mixmo', 'cut_mixmo')
-PAPER_WRN_WIDTHS = (2, 4, 5, 7, 10, 14)
+PAPER_WRN_WIDTHS = (2, 3, 4, 5, 7, 10, 14)
 
 default_cfgs = generate_default_cfgs({
     **{method: _generic_cfg() for method in PAPER_METHODS},
@@ -883,6 +883,12 @@ def mimo_wrn28_2(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
 
 
 @register_model
+def mimo_wrn28_3(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """MIMO on WRN-28-3 (CIFAR)."""
+    return _paper_model('mimo', 'wrn28_3', pretrained, kwargs)
+
+
+@register_model
 def mimo_wrn28_4(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
     """MIMO on WRN-28-4 (CIFAR)."""
     return _paper_model('mimo', 'wrn28_4', pretrained, kwargs)
@@ -919,6 +925,12 @@ def linear_mixmo_wrn28_2(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
 
 
 @register_model
+def linear_mixmo_wrn28_3(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Linear-MixMo on WRN-28-3 (CIFAR)."""
+    return _paper_model('linear_mixmo', 'wrn28_3', pretrained, kwargs)
+
+
+@register_model
 def linear_mixmo_wrn28_4(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
     """Linear-MixMo on WRN-28-4 (CIFAR)."""
     return _paper_model('linear_mixmo', 'wrn28_4', pretrained, kwargs)
@@ -952,6 +964,12 @@ def linear_mixmo_wrn28_14(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
 def cut_mixmo_wrn28_2(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
     """Cut-MixMo on WRN-28-2 (CIFAR)."""
     return _paper_model('cut_mixmo', 'wrn28_2', pretrained, kwargs)
+
+
+@register_model
+def cut_mixmo_wrn28_3(pretrained: bool = False, **kwargs: Any) -> MimoCNN:
+    """Cut-MixMo on WRN-28-3 (CIFAR)."""
+    return _paper_model('cut_mixmo', 'wrn28_3', pretrained, kwargs)
 
 
 @register_model
