@@ -814,6 +814,32 @@ def test_signal_stops_the_run_with_one_line_and_a_resumable_state(small_digits_d
     assert [row['epoch'] for row in _summary(run)] == ['0', '1', '2']
 
 
+@pytest.mark.parametrize('signum, code', [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=['ctrl-c', 'timeout'])
+def test_signal_to_the_process_group_with_workers_is_one_line(small_digits_dir, tmp_path, signum, code):
+    """Ctrl-C, ``timeout`` and ``kill -- -PGID`` signal the loader workers too: still one line, a resumable state."""
+    import time
+    argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'group', '--epochs', '200', '--workers', '2')
+    run = tmp_path / 'out' / 'group'
+    proc = subprocess.Popen([sys.executable, '-m', 'timm_mimo.cli.train', *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / 'last.pth.tar').exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # inside the second epoch, workers busy
+        os.killpg(proc.pid, signum)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == code and len(lines) == 1 and lines[0].startswith('error: interrupted'), stderr
+    assert not [name for name in os.listdir(run) if name.endswith('.tmp')]
+    last_epoch = torch.load(run / 'last.pth.tar', weights_only=True)['epoch']
+    assert [row['epoch'] for row in _summary(run)] == [str(e) for e in range(last_epoch + 1)]
+
+
 # ---- more cases on the paths above -----------------------------------------------------------------------------------
 
 def test_class_map_naming_every_class_orders_the_labels_by_it(small_digits_dir, tmp_path):

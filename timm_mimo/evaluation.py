@@ -32,6 +32,7 @@ from torchvision import transforms
 
 from timm_mimo.checkpoint import allow_train_args, load_checkpoint_file, run_train_args
 from timm_mimo.hub import train_model_kwargs
+from timm_mimo.loader import quiet_worker_signals
 from timm_mimo.metrics import (
     ECE_BINS,
     collect_member_logits,
@@ -196,7 +197,8 @@ def _corruption_columns(corrupted_set: Callable[[str, int], Dataset], corruption
                 raise ValueError(f'{corruption} severity {severity} holds {len(corrupted)} images, the pairs before '
                                  f'it {num_images}: every corrupted test set must hold the same images')
             num_images = len(corrupted)
-            loader = DataLoader(corrupted, batch_size=batch_size, shuffle=False, num_workers=workers)
+            loader = DataLoader(corrupted, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                worker_init_fn=quiet_worker_signals)
             member_logits, targets = collect_member_logits(model, loader, device, autocast_dtype, channels_last)
             logits = member_logits.double().mean(dim=1)
             per_pair[corruption, severity] = (topk_accuracy(logits, targets, 1), nll(logits, targets),
@@ -422,7 +424,8 @@ def ood_folder_metrics(model: nn.Module, in_member_logits: torch.Tensor, ood_dat
         ood_dataset: Out-of-distribution images (e.g. :func:`open_ood_folder`).
         device: Where the model runs.
     """
-    loader = DataLoader(ood_dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(ood_dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        worker_init_fn=quiet_worker_signals)
     out_member_logits, _ = collect_member_logits(model, loader, device, autocast_dtype, channels_last)
     out: Dict[str, float] = OrderedDict(ood_num_images=out_member_logits.shape[0])
     out.update(ood_metrics(in_member_logits, out_member_logits))

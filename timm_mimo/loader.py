@@ -15,6 +15,7 @@ Random draws stay pure functions of (seed, epoch, step, shard), whichever path i
 gradient accumulation over N shards, and a resumed run repeats the interrupted one exactly.
 """
 import random
+import signal
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -27,7 +28,7 @@ from timm_mimo.data import ShardRequest, shard_seed
 from timm_mimo.shard_plan import PlanSampler, ShardPlan
 
 __all__ = ['MimoBatch', 'DeviceDraws', 'ShardDataset', 'DeviceShardDataset', 'DeviceImages', 'Prefetcher',
-           'keep_batch', 'AUGMENT_SEED_OFFSET', 'augmentation_seed']
+           'keep_batch', 'quiet_worker_signals', 'AUGMENT_SEED_OFFSET', 'augmentation_seed']
 
 AUGMENT_SEED_OFFSET = 104_729  # augmentation draws use their own seed stream, apart from plans and partners
 
@@ -35,6 +36,19 @@ AUGMENT_SEED_OFFSET = 104_729  # augmentation draws use their own seed stream, a
 def augmentation_seed(seed: int, epoch: int, step: int, shard: int) -> int:
     """Seed of one shard's augmentations (image transforms, device crops and flips)."""
     return shard_seed(seed + AUGMENT_SEED_OFFSET, epoch, step, shard) % (2 ** 32)
+
+
+def quiet_worker_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: SIGINT and SIGTERM end a worker quietly, the main process reports them.
+
+    Ctrl-C, ``timeout`` and ``kill -- -PGID`` signal the whole process group, workers included. A forked worker
+    inherits the main process's handlers (the command's :class:`~timm_mimo.cli.run_folder.SignalGuard`), and a worker
+    killed by SIGTERM makes the main process's loader raise "worker killed by signal" while it shuts down. Here both
+    signals raise ``KeyboardInterrupt``, which torch's worker loop catches to exit with status 0; the main process
+    ends with its one ``error:`` line.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
 
 
 @contextmanager

@@ -26,7 +26,14 @@ from timm_mimo.data import (
     eval_transform,
     open_dataset,
 )
-from timm_mimo.loader import DeviceImages, DeviceShardDataset, Prefetcher, ShardDataset, keep_batch
+from timm_mimo.loader import (
+    DeviceImages,
+    DeviceShardDataset,
+    Prefetcher,
+    ShardDataset,
+    keep_batch,
+    quiet_worker_signals,
+)
 from timm_mimo.task import MimoTask
 
 __all__ = ['TrainData', 'open_train_data', 'create_train_loader', 'create_eval_loader', 'device_batches', 'pin_memory',
@@ -97,13 +104,14 @@ def _random_erasing(args: argparse.Namespace, device: torch.device) -> Optional[
 def _loader_kwargs(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     workers = args.workers
     return dict(num_workers=workers, pin_memory=pin_memory(args, device), persistent_workers=workers > 0,
-                prefetch_factor=4 if workers > 0 else None)
+                prefetch_factor=4 if workers > 0 else None, worker_init_fn=quiet_worker_signals)
 
 
 def load_device_images(dataset: Dataset, args: argparse.Namespace, data_config: Dict[str, Any],
                        device: torch.device) -> DeviceImages:
     """Decode a whole split once (the loader's workers) into uint8 ``(N, C, H, W)`` and keep it on ``device``."""
-    loader = DataLoader(dataset, batch_size=512, shuffle=False, num_workers=args.workers)
+    loader = DataLoader(dataset, batch_size=512, shuffle=False, num_workers=args.workers,
+                        worker_init_fn=quiet_worker_signals)
     images, targets = [], []
     try:
         for batch_images, batch_targets in loader:

@@ -102,6 +102,7 @@ from timm_mimo.evaluation import (
     save_reliability_diagram,
 )
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
+from timm_mimo.loader import quiet_worker_signals
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.recipes import config_path
 
@@ -475,7 +476,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     except ValueError as exc:  # DataError is a ValueError
         raise CliError(one_line(exc)) from None
     loader = device_batches(DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                                       pin_memory=pin_memory(args, device)), args, data_config, device)
+                                       pin_memory=pin_memory(args, device), worker_init_fn=quiet_worker_signals),
+                            args, data_config, device)
     eval_model = model
     if args.torchcompile:
         eval_model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
@@ -573,7 +575,8 @@ def fit_temperature_columns(args: argparse.Namespace, eval_model: torch.nn.Modul
     """The temperature fitted on the held-out ``calibration_set`` (loaded as the reported split is) and the reported
     split's NLL / ECE after it (:func:`timm_mimo.calibration.temperature_columns`)."""
     loader = device_batches(DataLoader(calibration_set, batch_size=args.batch_size, shuffle=False,
-                                       num_workers=args.workers, pin_memory=pin_memory(args, device)),
+                                       num_workers=args.workers, pin_memory=pin_memory(args, device),
+                                       worker_init_fn=quiet_worker_signals),
                             args, data_config, device)
     print(f'Fitting the temperature on split {args.fit_temperature!r} ({len(calibration_set)} images)', flush=True)
     calibration_logits, calibration_targets = collect_member_logits(
