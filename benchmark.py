@@ -37,29 +37,36 @@ FAMILIES = {
 }
 
 
-def run_family(family: str, argv: Sequence[str]) -> None:
-    """``python benchmark.py <family> ...``: one of the family tables."""
+def run_family(family: str, argv: Sequence[str]) -> int:
+    """``python benchmark.py <family> ...``: one of the family tables; bad input is one ``error:`` line, status 2."""
+    from timm_mimo.cli.args import CliError, one_line
     module = importlib.import_module(FAMILIES[family])  # import only the family that runs
     parser = argparse.ArgumentParser(prog=f'benchmark.py {family}', description=module.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
-    module.run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        module.run(args)
+    except (CliError, ValueError) as exc:  # timm_mimo's DataError is a ValueError
+        print(f'error: {one_line(exc)}', file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in FAMILIES:
-        run_family(argv[0], argv[1:])
-        return 0
+        return run_family(argv[0], argv[1:])
     from benchmarks import models
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     models.add_arguments(parser)
     args = parser.parse_args(argv)
+    from timm_mimo.cli.args import CliError, one_line
     try:
         models.run(args)
-    except ValueError as exc:
-        print(f'error: {exc}', file=sys.stderr)
+    except (CliError, ValueError) as exc:
+        print(f'error: {one_line(exc)}', file=sys.stderr)
         return 2
     return 0
 

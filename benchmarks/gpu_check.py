@@ -20,7 +20,14 @@ is recorded and the check goes on):
 3. ``train.py``: one epoch of the Cut-MixMo WRN-28-10 CIFAR-10 b = 2 recipe with ``--amp`` (float16 + GradScaler) and
    one with bfloat16 and ``--device-data``;
 4. ``validate.py`` on the float16 epoch's checkpoint;
-5. a one-process ``torchrun`` smoke run (nccl on CUDA, gloo on the CPU).
+5. a one-process ``torchrun`` smoke run (nccl on CUDA, gloo on the CPU);
+6. the 10-minute target: the real loop of the Cut-MixMo WRN-28-2 b = 2 CIFAR-10 recipe (batch 64, ``--device-data``,
+   bfloat16, the whole step compiled with CUDA graphs: ``--torchcompile-mode reduce-overhead``) and the 300-epoch time
+   it projects (loop step time x steps per epoch x 300).
+
+The whole check keeps to ``--budget-minutes`` (8 on a GPU): each part's limit is cut to what is left, and a part
+that no longer fits is recorded as skipped. Refused before anything is written: the GPU sizes without a CUDA device,
+a ``--data-dir`` that does not exist, an ``--out`` folder that already holds files.
 
 Everything lands in ``--out`` (default ``results/gpu_check/<date>-<device>``): ``gpu_check.log`` (every command and
 its output), ``gpu_check.csv`` (part, status, seconds, the headline figures) and each part's own CSV / JSON.
@@ -41,6 +48,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 GPU_MODELS = ['cut_mixmo_wrn28_10', 'mixshare_wrn28_5', 'mixvit_convit_gpsa5_ca2', 'mixvit_deit_small_patch16_224']
 RECIPE = 'cut_mixmo_wrn28_10_cifar10_b2'
+TARGET_MODEL = 'cut_mixmo_wrn28_2'  # 300 epochs of its b = 2 recipe in one 10-minute GPU job
 
 
 def _tiny_cpu_flags(data_dir: str) -> Dict[str, List[str]]:
@@ -66,17 +74,27 @@ def _write_digits(root: str) -> None:
 
 
 class Check:
-    """Runs the parts, logs every command and its output, collects one CSV row per part."""
+    """Runs the parts within one time budget, logs every command and its output, collects one CSV row per part."""
 
-    def __init__(self, out: str, env: Dict[str, str]):
+    MIN_PART_SECONDS = 20  # a part with less time left than this is skipped, not started
+
+    def __init__(self, out: str, env: Dict[str, str], budget_seconds: float):
         self.out = out
         self.env = env
         self.rows: List[Dict[str, Any]] = []
         self.log = open(os.path.join(out, 'gpu_check.log'), 'a')
+        self.deadline = time.perf_counter() + budget_seconds
 
     def run(self, part: str, argv: Sequence[str], timeout: float, figures: Optional[Any] = None) -> bool:
         """Run one command; record its status, duration and the figures ``figures()`` reads from its outputs."""
         command = ' '.join(shlex.quote(a) for a in argv)
+        left = self.deadline - time.perf_counter()
+        if left < self.MIN_PART_SECONDS:
+            self.log.write(f'\n=== {part}: skipped, {max(left, 0):.0f}s of the budget left\n$ {command}\n')
+            self.rows.append(OrderedDict(part=part, status='skipped (budget)', seconds=0, command=command))
+            print(f'--- {part}: skipped ({max(left, 0):.0f}s of the budget left)', flush=True)
+            return False
+        timeout = min(timeout, left)
         self.log.write(f'\n=== {part}  [{time.strftime("%H:%M:%S")}]\n$ {command}\n')
         self.log.flush()
         print(f'--- {part}: {command}', flush=True)
@@ -139,6 +157,14 @@ def _loop_figures(path: str) -> Dict[str, Any]:
     return figures
 
 
+def _projection_figures(path: str, epochs: int = 300) -> Dict[str, Any]:
+    row = _csv_rows(path)[-1]
+    step_ms, steps = float(row['loop_step_time']), int(row['steps_per_epoch'])
+    return OrderedDict([(f'{row["model"]}:loop_step_time', row['loop_step_time']),
+                        (f'{row["model"]}:steps_per_epoch', steps),
+                        (f'{row["model"]}:projected_{epochs}_epochs_min', round(step_ms * steps * epochs / 60000, 1))])
+
+
 def _train_figures(run_dir: str) -> Dict[str, Any]:
     rows = _csv_rows(os.path.join(run_dir, 'summary.csv'))
     return dict(train_loss=rows[-1].get('train_loss'), eval_top1=rows[-1].get('eval_top1'))
@@ -158,8 +184,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--val-split', default='test', help='evaluation split of the data (default: test)')
     parser.add_argument('--cpu', action='store_true', help='tiny sizes on the CPU (a few steps of every part)')
     parser.add_argument('--workers', type=int, default=8, help='loader workers (default: 8)')
-    parser.add_argument('--out', default='', help='output folder (default: results/gpu_check/<date>-<device>)')
+    parser.add_argument('--out', default='', help='output folder, new or empty (default: '
+                                                  'results/gpu_check/<date>-<device>)')
+    parser.add_argument('--budget-minutes', type=float, default=None,
+                        help='time for the whole check (default: 8 on a GPU, 20 in --cpu mode)')
     args = parser.parse_args(argv)
+    import torch
+    if not args.cpu and not torch.cuda.is_available():
+        parser.error('no CUDA device here: the GPU sizes (B = 256, WRN-28-10 epochs) would run for hours on a CPU; '
+                     'use --cpu for the tiny check of every command')
+    if args.data_dir and not os.path.isdir(args.data_dir):
+        parser.error(f'--data-dir {args.data_dir!r} is not a folder')
+    if args.out and os.path.isdir(args.out) and os.listdir(args.out):
+        parser.error(f'--out {args.out!r} already holds files: give a new or empty folder (nothing is overwritten)')
+    if args.budget_minutes is not None and args.budget_minutes <= 0:
+        parser.error(f'--budget-minutes {args.budget_minutes:g}: must be > 0')
+    if not args.cpu and not args.data_dir:
+        parser.error('--data-dir is needed on a GPU (a CIFAR-10 image folder, or torchvision files with '
+                     '--dataset torch/cifar10)')
+    budget_minutes = args.budget_minutes or (20.0 if args.cpu else 8.0)
 
     python = sys.executable
     torchrun = os.path.join(os.path.dirname(python), 'torchrun')
@@ -168,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = os.path.abspath(args.out or os.path.join(REPO, 'results', 'gpu_check', f'{stamp}-{kind}'))
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''), HF_HUB_OFFLINE='1')
-    check = Check(out, env)
+    check = Check(out, env, 60 * budget_minutes)
     work = tempfile.mkdtemp(prefix='gpu_check-')
 
     if args.cpu:
@@ -186,11 +229,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         loop_steps = ['--steps', '2', '--warmup-steps', '1', '--rounds', '1']
         recipe = ['--model', 'cut_mixmo', *tiny['model'], *tiny['data'], '-b', '32', '--batch-repeat', '2',
                   '--lr', '0.05', '--device', 'cpu', '--workers', '1', '--val-split', val_split]
+        target_flags = [*loop_shared, '--device-data', '--torchcompile', 'aot_eager']
+        target_steps, smoke_model = loop_steps, []
         device, limit, backend = 'cpu', 300, 'aot_eager'  # dynamo + AOTAutograd graphs, no C++ code generation
     else:
-        if not args.data_dir:
-            parser.error('--data-dir is needed on a GPU (a CIFAR-10 image folder, or torchvision files with '
-                         '--dataset torch/cifar10)')
         data = ['--data-dir', args.data_dir, '--dataset', args.dataset]
         table_models = GPU_MODELS
         bench_flags = ['-b', '256', '--amp', '--amp-dtype', 'bfloat16', '--channels-last', '--rounds', '3',
@@ -202,6 +244,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         loop_steps = ['--steps', '20', '--warmup-steps', '5', '--rounds', '3']
         recipe = ['--config', RECIPE, *data, '--workers', str(args.workers), '--channels-last',
                   '--val-split', args.val_split]
+        # the 10-minute target: the WRN-28-2 member of the recipe, data on the device, the step in CUDA graphs
+        target_flags = ['--config', RECIPE, *data, '--workers', str(args.workers), '--val-split', '', '--device-data',
+                        '--amp', '--amp-dtype', 'bfloat16', '--channels-last', '--torchcompile', 'inductor',
+                        '--torchcompile-mode', 'reduce-overhead']
+        target_steps = ['--steps', '300', '--warmup-steps', '30', '--rounds', '2']
+        smoke_model = ['--model', TARGET_MODEL]  # the nccl smoke needs no WRN-28-10 epoch
         device, limit, backend = 'cuda', 240, 'inductor'
     recipe += ['--epochs', '1', '--warmup-epochs', '0', '--log-interval', '200', '--output', work]
 
@@ -230,9 +278,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               '--checkpoint', os.path.join(fp16_dir, 'last.pth.tar'), '--results-file', results],
               limit, lambda: _validate_figures(results))
     check.run(f'torchrun, 1 process ({"nccl" if device == "cuda" else "gloo"})',
-              [torchrun, '--nproc_per_node', '1', '--standalone', 'train.py', *recipe, '--experiment', 'torchrun',
-               '--amp', '--amp-dtype', 'bfloat16', '--device-data'], limit,
+              [torchrun, '--nproc_per_node', '1', '--standalone', 'train.py', *recipe, *smoke_model, '--experiment',
+               'torchrun', '--amp', '--amp-dtype', 'bfloat16', '--device-data'], limit,
               lambda: _train_figures(os.path.join(work, 'torchrun')))
+    target = os.path.join(out, 'loop_target.csv')
+    check.run('10-minute target: loop of Cut-MixMo WRN-28-2 b = 2, --device-data, compiled'
+              + (' with CUDA graphs' if device == 'cuda' else ''),
+              [python, 'benchmark.py', 'loop', '--model', TARGET_MODEL if device == 'cuda' else loop_model,
+               '--batch-repeat', '2', '--no-backbone', *target_steps, '--results-file', target, '--', *target_flags],
+              limit, lambda: _projection_figures(target))
     path = check.write()
     failed = [row['part'] for row in check.rows if row['status'] != 'ok']
     print(f'wrote {path} and gpu_check.log in {out}; {len(check.rows) - len(failed)} of {len(check.rows)} parts ok'

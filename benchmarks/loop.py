@@ -38,12 +38,25 @@ __all__ = ['add_arguments', 'run', 'measure']
 CACHED_BATCHES = 8  # batches kept on the device for the isolated step (both plan kinds among them)
 
 
+def _count(minimum: int) -> Any:
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'{value} must be >= {minimum}')
+        return value
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', required=True, help='the MIMO model (or any timm model: then no backbone side)')
-    parser.add_argument('--batch-repeat', type=int, default=1, help='b of the MIMO side (default: 1)')
-    parser.add_argument('--steps', type=int, default=30, help='timed optimizer steps of each measurement')
-    parser.add_argument('--warmup-steps', type=int, default=5, help='untimed steps first (compilation, cuDNN)')
-    parser.add_argument('--rounds', type=int, default=3, help='alternating timed rounds (the best one is kept)')
+    parser.add_argument('--batch-repeat', type=_count(1), default=1, help='b of the MIMO side (default: 1)')
+    parser.add_argument('--steps', type=_count(1), default=30, help='timed optimizer steps of each measurement')
+    parser.add_argument('--warmup-steps', type=_count(0), default=5, help='untimed steps first (compilation, cuDNN)')
+    parser.add_argument('--rounds', type=_count(1), default=3, help='alternating timed rounds (the best one is kept)')
     parser.add_argument('--no-backbone', action='store_true', help='measure the MIMO side alone')
     parser.add_argument('--results-file', default='', help='CSV of the rows')
     parser.add_argument('train_args', nargs=argparse.REMAINDER,

@@ -39,6 +39,7 @@ from torch.utils._pytree import tree_flatten
 
 import timm_mimo  # noqa: F401  (registration)
 from benchmarks.common import count_flops, count_params, device_synchronizer, interleaved_throughput
+from timm_mimo.cli.args import check_compile
 from timm_mimo.metrics import is_mimo
 from timm_mimo.models import mixvit as mixvit_module
 from timm_mimo.models.mimo_cnn import MimoCNN
@@ -80,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--channels-last', action='store_true', help='channels-last models and inputs')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
                         help='torch.compile both sides (default backend: inductor)')
+    parser.add_argument('--torchcompile-mode', default=None, metavar='MODE',
+                        help='inductor mode of --torchcompile, e.g. reduce-overhead (CUDA graphs) or max-autotune')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
     parser.add_argument('--results-file', default='', metavar='FILE', help='write the rows as CSV')
@@ -178,7 +181,8 @@ class _Setup:
         elif args.amp_dtype:
             raise ValueError('--amp-dtype needs --amp')
         self.channels_last = args.channels_last
-        self.compile_backend = args.torchcompile
+        check_compile(args)
+        self.compile_backend, self.compile_mode = args.torchcompile, args.torchcompile_mode
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -188,7 +192,9 @@ class _Setup:
     def prepare(self, model: nn.Module) -> Tuple[nn.Module, Callable]:
         """Move the model; return it and the callable to run it (compiled with ``--torchcompile``)."""
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        return model, (torch.compile(model, backend=self.compile_backend) if self.compile_backend else model)
+        if not self.compile_backend:
+            return model, model
+        return model, torch.compile(model, backend=self.compile_backend, mode=self.compile_mode)
 
     def images(self, *shape: int) -> torch.Tensor:
         x = torch.randn(*shape, device=self.device)
@@ -228,7 +234,7 @@ def _train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, a
         task = MimoTask.from_model(model, smoothing=0.0, verbose=False)
         plans = [None]
     if compile_step:
-        task.compile(backend=setup.compile_backend)
+        task.compile(backend=setup.compile_backend, mode=setup.compile_mode)
     turn = [0]
 
     def step() -> None:
@@ -447,7 +453,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
             print(f'  cost targets of {name} vs {model_rows[-1]["backbone"]}: {verdict}', flush=True)
     print(f'device {args.device}, threads {torch.get_num_threads()}, batch {args.batch_size}, best of {args.rounds} '
           f'alternating rounds of >= {args.min_seconds}s; amp={args.amp}, channels_last={args.channels_last}, '
-          f'torchcompile={args.torchcompile}')
+          f'torchcompile={args.torchcompile}' + (f' mode={args.torchcompile_mode}' if args.torchcompile_mode else ''))
     if args.results_file:
         write_results(args.results_file, rows)
     return rows

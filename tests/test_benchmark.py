@@ -145,6 +145,14 @@ def test_mixvit_training_forward_compiles_as_one_graph():
     ([], 'no model given'),
     (['--model-list', 'missing.txt'], "--model-list file 'missing.txt' does not exist"),
     (['--model', 'resnet18', '--amp-dtype', 'float16'], '--amp-dtype needs --amp'),
+    (['--model', 'resnet18', '--torchcompile-mode', 'reduce-overhead'], 'add --torchcompile (inductor)'),
+    (['--model', 'resnet18', '--torchcompile', 'inductor', '--torchcompile-mode', 'bogus'],
+     "--torchcompile-mode 'bogus': not an inductor mode; use one of"),
+    (['--model', 'resnet18', '--torchcompile', 'aot_eager', '--torchcompile-mode', 'max-autotune'],
+     "--torchcompile 'aot_eager' would ignore it"),
+    (['--model', 'resnet18', '--torchcompile', 'bogus'], "--torchcompile 'bogus': not a torch.compile backend"),
+    (['loop', '--model', 'cut_mixmo', '--', '--data-dir', 'no/such/dir'], "data dir 'no/such/dir' does not exist"),
+    (['loop', '--model', 'cut_mixmo', '--', '--torchcompile-mode', 'reduce-overhead'], 'add --torchcompile'),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     assert benchmark.main(argv) == 2
@@ -156,6 +164,27 @@ def test_bad_input_is_one_line(argv, message, capsys):
 def test_cuda_device_refused_on_cpu(capsys):
     assert benchmark.main(['--model', 'resnet18', '--device', 'cuda']) == 2
     assert 'CUDA is not available' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv', [['--steps', '0'], ['--rounds', '0'], ['--batch-repeat', '0'],
+                                  ['--warmup-steps', '-1']])
+def test_loop_mode_counts_are_checked_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(['loop', '--model', 'cut_mixmo', *argv])
+    assert exit_info.value.code == 2
+    assert f'argument {argv[0]}: ' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only refusal')
+def test_gpu_check_without_cuda_refuses_the_gpu_sizes(tmp_path, capsys):
+    """The GPU sizes (B = 256 WRN-28-10) on a CPU would run for hours: refused before anything is written."""
+    from benchmarks import gpu_check
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(['--data-dir', str(tmp_path), '--out', str(tmp_path / 'check')])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'no CUDA device' in err and '--cpu' in err
+    assert not (tmp_path / 'check').exists()
 
 
 @pytest.mark.parametrize('family', ['cnn', 'mixvit', 'loader', 'loop'])
@@ -195,11 +224,26 @@ def test_gpu_check_runs_every_part_in_cpu_mode(small_digits_dir, tmp_path):
                            '--out', str(out)]) == 0
     with open(out / 'gpu_check.csv') as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 8 and all(row['status'] == 'ok' for row in rows), [(r['part'], r['status']) for r in rows]
+    assert len(rows) == 9 and all(row['status'] == 'ok' for row in rows), [(r['part'], r['status']) for r in rows]
     figures = {key for row in rows for key, value in row.items() if value}
     assert 'cut_mixmo:ratio_train_samples_per_sec' in figures and 'cut_mixmo:ratio_loop_to_step' in figures
-    assert 'eval_top1' in figures and 'top1' in figures
-    assert (out / 'gpu_check.log').read_text().count('$ ') == 8
+    assert 'eval_top1' in figures and 'top1' in figures and 'cut_mixmo:projected_300_epochs_min' in figures
+    assert (out / 'gpu_check.log').read_text().count('$ ') == 9
+    # nothing is overwritten: the same --out again is refused
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(['--cpu', '--out', str(out)])
+    assert exit_info.value.code == 2
+
+
+def test_gpu_check_budget_skips_the_parts_that_no_longer_fit(tmp_path, monkeypatch):
+    """With the budget spent, every part is recorded as skipped (not started), and the check says it failed."""
+    from benchmarks import gpu_check
+    monkeypatch.setattr(gpu_check.Check, 'MIN_PART_SECONDS', 10 ** 6)
+    out = tmp_path / 'check'
+    assert gpu_check.main(['--cpu', '--out', str(out), '--budget-minutes', '1']) == 1
+    with open(out / 'gpu_check.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and {row['status'] for row in rows} == {'skipped (budget)'}
 
 
 def test_ops_mode_counts_what_the_mimo_step_adds_and_no_host_reads(capsys):

@@ -16,7 +16,7 @@ from timm.utils import ParseKwargs
 
 __all__ = ['CliError', 'ArgumentParser', 'Refused', 'add_refused', 'check_refused', 'load_config', 'parse_with_config',
            'Check', 'check_values', 'positive', 'non_negative', 'unit_interval', 'at_least', 'one_line',
-           'check_channel_stats', 'check_model_input']
+           'check_channel_stats', 'check_model_input', 'check_compile']
 
 
 class CliError(Exception):
@@ -181,6 +181,30 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace, chec
         for item in values:
             if isinstance(item, float) and math.isnan(item) or not ok(item):
                 raise CliError(f'{flags.get(dest, dest)} {value!r}: must be {expected}')
+
+
+def check_compile(args: argparse.Namespace) -> None:
+    """``--torchcompile BACKEND`` names a torch.compile backend; ``--torchcompile-mode`` an inductor mode, with it."""
+    backend, mode = getattr(args, 'torchcompile', None), getattr(args, 'torchcompile_mode', None)
+    if backend:
+        import torch._dynamo
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in backends:
+            raise CliError(f'--torchcompile {backend!r}: not a torch.compile backend here; use inductor (the default), '
+                           'aot_eager or eager (all: torch._dynamo.list_backends())')
+    if mode is None:
+        return
+    if not backend:
+        raise CliError(f'--torchcompile-mode {mode!r} sets how --torchcompile compiles: add --torchcompile (inductor) '
+                       'or drop --torchcompile-mode')
+    if backend != 'inductor':
+        raise CliError(f'--torchcompile-mode {mode!r} is a mode of the inductor backend; --torchcompile {backend!r} '
+                       'would ignore it: use --torchcompile inductor or drop --torchcompile-mode')
+    import torch._inductor
+    modes = list(torch._inductor.list_mode_options())
+    if mode not in modes:
+        raise CliError(f'--torchcompile-mode {mode!r}: not an inductor mode; use one of {", ".join(modes)} '
+                       '(reduce-overhead: CUDA graphs)')
 
 
 def existing_file(path: str, flag: str) -> str:

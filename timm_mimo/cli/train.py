@@ -61,6 +61,7 @@ from timm_mimo.cli.args import (
     add_refused,
     at_least,
     check_channel_stats,
+    check_compile,
     check_model_input,
     check_refused,
     check_values,
@@ -515,6 +516,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.data and not args.data_dir:
         args.data_dir = args.data
     check_channel_stats(args)
+    check_compile(args)
     if args.sched != 'none' and args.warmup_epochs and args.warmup_epochs >= args.epochs:
         raise CliError(f'--warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the whole run would train at '
                        f'the warm-up lr (from --warmup-lr {args.warmup_lr:g}), never at --lr; lower --warmup-epochs '

@@ -56,6 +56,7 @@ from timm_mimo.cli.args import (
     add_refused,
     at_least,
     check_channel_stats,
+    check_compile,
     check_model_input,
     check_refused,
     check_values,
@@ -236,6 +237,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.results_file and os.path.splitext(args.results_file)[1] == '.json':
         args.results_format = 'json'
     check_channel_stats(args)
+    check_compile(args)
     check_uncertainty_args(parser, args)
     check_outputs_are_not_inputs(
         {'--results-file': args.results_file, '--reliability-diagram': args.reliability_diagram},
