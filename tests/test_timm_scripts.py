@@ -219,3 +219,16 @@ def test_weights_only_still_refuses_other_objects(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'torch.load(weights_only=True) refused to unpickle it' in err
     assert 'datetime.date' in err and err.endswith('.)') and not (tmp_path / 'out').exists()
+
+
+def test_timm_train_checkpoint_resume_says_what_it_is(timm_run, small_digits_dir, tmp_path, capsys):
+    """A run of timm's train.py is not a timm-mimo-train run (no batch-repetition sampler, plan or step state to
+    continue): ``--resume`` refuses it with the two ways out, before any folder is made."""
+    from timm_mimo.cli import train
+    code = train.main([*MIMO, *DIGITS, '--data-dir', str(small_digits_dir), '--workers', '0', '--epochs', '2',
+                       '--warmup-epochs', '0', '--output', str(tmp_path / 'out'), '--resume',
+                       str(timm_run / 'last.pth.tar')])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "written by timm's train.py" in err and f'--initial-checkpoint {timm_run / "last.pth.tar"}' in err
+    assert not (tmp_path / 'out').exists()

@@ -964,6 +964,11 @@ def read_resume(args: argparse.Namespace) -> Dict[str, Any]:
     if not isinstance(state, dict) or 'state_dict' not in state or 'epoch' not in state:
         raise CliError(f'--resume {path!r} is not a training checkpoint (no state_dict / epoch); use '
                        '--initial-checkpoint to start from its weights')
+    if isinstance(state.get('args'), argparse.Namespace):
+        raise CliError(f"--resume {path!r} was written by timm's train.py (its args are an argparse Namespace): a "
+                       'timm-mimo-train run continues only its own runs (batch-repetition sampler, plans, schedule '
+                       f'state); start a run from its weights with --initial-checkpoint {path}, or continue it with '
+                       "timm's train.py (python -m timm_mimo run train.py ...)")
     check_checkpoint_model(state, path, args.model, args.model_kwargs, '--resume')
     recorded = state.get('args') if isinstance(state.get('args'), dict) else {}
     current = recorded_args(args)
