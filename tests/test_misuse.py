@@ -509,6 +509,12 @@ def _validate_argv(run, *extra):
     return ['--config', str(run / 'args.yaml'), '--workers', '0', *[str(e) for e in extra]]
 
 
+def test_validate_checkpoint_that_is_a_run_folder_names_its_checkpoints(runs, capsys):
+    run = runs / 'cut'
+    assert validate.main(_validate_argv(run, '--checkpoint', run)) == 2
+    _error_line(capsys, 'is a folder, not a file', 'last.pth.tar', 'local-dir:FOLDER')
+
+
 @pytest.mark.parametrize('collision', ['results-checkpoint', 'results-config', 'diagram-results',
                                        'diagram-checkpoint'])
 def test_validate_output_that_is_an_input_is_refused(out, collision, capsys):

@@ -211,6 +211,12 @@ def existing_file(path: str, flag: str) -> str:
     """``path`` if it is a readable regular file, else a one-line error naming the flag."""
     if not os.path.exists(path):
         raise CliError(f'{flag} {path!r} does not exist')
+    if os.path.isdir(path):
+        held = sorted(name for name in os.listdir(path) if name.endswith(('.pth.tar', '.pth', '.safetensors', '.bin')))
+        shown = ', '.join(held[:4]) + (', ...' if len(held) > 4 else '')
+        raise CliError(f'{flag} {path!r} is a folder, not a file: ' + (
+            f'name one of its checkpoints ({shown})' if held else 'it holds no checkpoint (*.pth.tar, *.safetensors)')
+            + ("; an exported model folder loads with --model local-dir:FOLDER" if flag == '--checkpoint' else ''))
     if not os.path.isfile(path):
         raise CliError(f'{flag} {path!r} is not a file')
     if os.path.getsize(path) == 0:
