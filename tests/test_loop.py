@@ -20,13 +20,16 @@ import timm_mimo  # noqa: F401
 from timm_mimo.cli import train
 from timm_mimo.data import BatchRepeatSampler, PixelMix, ShardRequest
 from timm_mimo.loader import (
+    PACK_INLINE_BYTES,
     DeviceDraws,
     DeviceImages,
     DeviceShardDataset,
     MimoBatch,
+    PackedBatch,
     Prefetcher,
     ShardDataset,
     keep_batch,
+    pack_batch,
     seeded_global_rngs,
 )
 from timm_mimo.task import MimoTask
@@ -176,6 +179,91 @@ def test_shards_do_not_depend_on_the_worker_that_loads_them():
             assert torch.equal(a.plan.mix.masks, b.plan.mix.masks) and torch.equal(a.plan.pair_index,
                                                                                    b.plan.pair_index)
     assert not torch.equal(inline[0][0].images, inline[1][0].images)  # epochs differ
+
+
+def _packable_batch():
+    """A MimoBatch with every kind of tensor a shard holds: uint8 images, long targets and pairs, float masks (linear
+    masks are expanded views), a bool flip per copy, a 0-d tensor and an empty one."""
+    from timm_mimo.mixing import MixPlan
+    from timm_mimo.shard_plan import ShardPlan
+    kappas = torch.tensor([[0.25, 0.75], [0.5, 0.5], [1.0, 0.0]])
+    plan = ShardPlan(torch.tensor([[0, 1], [2, 0], [1, 2]]), MixPlan.linear(kappas, (2, 2)),
+                     pixel_pick=torch.zeros(0, dtype=torch.long), pixel_keep=torch.tensor(0.5))
+    draws = DeviceDraws(torch.tensor([7, 8, 9]), torch.tensor([[0, 1], [2, 3], [4, 5]]),
+                        torch.tensor([True, False, True]), num_partners=1)
+    images = torch.randint(0, 256, (3, 3, 5, 5), dtype=torch.uint8)
+    return MimoBatch(images, torch.tensor([4, 5, 6]), plan=plan, draws=draws)
+
+
+def _same_batch(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    elif hasattr(a, '__dataclass_fields__'):
+        for name in a.__dataclass_fields__:
+            _same_batch(getattr(a, name), getattr(b, name))
+    else:
+        assert a == b
+
+
+def test_packed_batch_unpacks_to_the_same_batch_as_views_of_one_buffer():
+    batch = _packable_batch()
+    packed = pack_batch(batch)
+    assert isinstance(packed, PackedBatch) and packed.buffer.dtype == torch.uint8 and packed.buffer.ndim == 1
+    unpacked = packed.unpack()
+    _same_batch(unpacked, batch)
+    assert unpacked.plan.mix.binary is batch.plan.mix.binary  # host values stay host values
+    for tensor in (unpacked.images, unpacked.plan.mix.masks, unpacked.draws.flips):
+        assert tensor.untyped_storage().data_ptr() == packed.buffer.untyped_storage().data_ptr()
+    # through the Prefetcher: one buffer moved, then the batch as before
+    from dataclasses import replace
+    batch = replace(batch, draws=None)
+    moved, = list(Prefetcher([pack_batch(batch)], torch.device('cpu'), (0.5,) * 3, (0.25,) * 3))
+    direct, = list(Prefetcher([batch], torch.device('cpu'), (0.5,) * 3, (0.25,) * 3))
+    _same_batch(moved, direct)
+
+
+def test_packed_batch_crosses_processes_inline_when_small():
+    """A small buffer travels inside the pickle (no shared-memory file descriptor for the main process to fetch);
+    a large one through shared memory, as torch sends tensors."""
+    import io
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    def dumped(packed):
+        stream = io.BytesIO()
+        ForkingPickler(stream).dump(packed)
+        return stream.getvalue()
+
+    small = pack_batch(_packable_batch())
+    data = dumped(small)
+    assert len(data) > small.buffer.numel()  # the bytes themselves
+    _same_batch(pickle.loads(data).unpack(), small.unpack())
+    large = pack_batch(MimoBatch(torch.zeros(PACK_INLINE_BYTES + 1, dtype=torch.uint8), torch.tensor([1])))
+    assert len(dumped(large)) < 10_000  # a handle to shared memory, not a megabyte
+
+
+def test_training_loader_delivers_one_packed_buffer_per_shard(small_digits_dir, tmp_path):
+    """The training loader's workers pack: one tensor per batch crosses to the main process; the step gets the
+    MimoBatch it always got."""
+    from timm.utils import init_distributed_device
+
+    from timm_mimo.cli.data_path import create_train_loader, open_train_data
+    args = train.parse_args(run_args(small_digits_dir, tmp_path, 'packed', '--workers', '1'))
+    init_distributed_device(args)
+    train.resolve_lr(args)
+    model = train.create_train_model(args)
+    args.num_classes_resolved = model.num_classes
+    task = train.build_task(args, model, torch.device('cpu'))
+    from timm.data import resolve_data_config
+    data_config = resolve_data_config(vars(args), model=model, verbose=False)
+    data = open_train_data(args, data_config, 0)
+    loader = create_train_loader(args, data, task, 2, torch.device('cpu'), data_config)
+    data.sampler.set_epoch(0)
+    raw = next(iter(loader.loader))
+    assert isinstance(raw, PackedBatch)
+    batch = next(iter(loader))
+    assert isinstance(batch, MimoBatch) and batch.images.dtype == torch.float32 and batch.plan is not None
 
 
 def test_seeded_global_rngs_restore_the_process_streams():

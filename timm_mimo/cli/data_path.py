@@ -31,7 +31,7 @@ from timm_mimo.loader import (
     DeviceShardDataset,
     Prefetcher,
     ShardDataset,
-    keep_batch,
+    pack_batch,
     quiet_worker_signals,
 )
 from timm_mimo.task import MimoTask
@@ -142,7 +142,7 @@ def create_train_loader(args: argparse.Namespace, data: TrainData, task: MimoTas
                                              num_epochs, args.seed, random_crop=not args.no_aug)
     else:
         shards = ShardDataset(data.dataset, plan_sampler, steps, num_epochs, args.seed)
-    loader = DataLoader(shards, batch_sampler=data.sampler, collate_fn=keep_batch, **_loader_kwargs(args, device))
+    loader = DataLoader(shards, batch_sampler=data.sampler, collate_fn=pack_batch, **_loader_kwargs(args, device))
     if args.no_prefetcher:
         return _MovedBatches(loader, device, args.channels_last, device_images)
     return Prefetcher(loader, device, mean, std, args.channels_last, _random_erasing(args, device), device_images)
