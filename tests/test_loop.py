@@ -20,7 +20,6 @@ import timm_mimo  # noqa: F401
 from timm_mimo.cli import train
 from timm_mimo.data import BatchRepeatSampler, PixelMix, ShardRequest
 from timm_mimo.loader import (
-    PACK_INLINE_BYTES,
     DeviceDraws,
     DeviceImages,
     DeviceShardDataset,
@@ -221,26 +220,6 @@ def test_packed_batch_unpacks_to_the_same_batch_as_views_of_one_buffer():
     moved, = list(Prefetcher([pack_batch(batch)], torch.device('cpu'), (0.5,) * 3, (0.25,) * 3))
     direct, = list(Prefetcher([batch], torch.device('cpu'), (0.5,) * 3, (0.25,) * 3))
     _same_batch(moved, direct)
-
-
-def test_packed_batch_crosses_processes_inline_when_small():
-    """A small buffer travels inside the pickle (no shared-memory file descriptor for the main process to fetch);
-    a large one through shared memory, as torch sends tensors."""
-    import io
-    import pickle
-    from multiprocessing.reduction import ForkingPickler
-
-    def dumped(packed):
-        stream = io.BytesIO()
-        ForkingPickler(stream).dump(packed)
-        return stream.getvalue()
-
-    small = pack_batch(_packable_batch())
-    data = dumped(small)
-    assert len(data) > small.buffer.numel()  # the bytes themselves
-    _same_batch(pickle.loads(data).unpack(), small.unpack())
-    large = pack_batch(MimoBatch(torch.zeros(PACK_INLINE_BYTES + 1, dtype=torch.uint8), torch.tensor([1])))
-    assert len(dumped(large)) < 10_000  # a handle to shared memory, not a megabyte
 
 
 def test_training_loader_delivers_one_packed_buffer_per_shard(small_digits_dir, tmp_path):

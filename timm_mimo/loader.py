@@ -146,7 +146,6 @@ def keep_batch(batch: Any) -> Any:
 
 
 PACK_ALIGN = 16  # byte alignment of every tensor in a PackedBatch's buffer (any dtype can view its slice)
-PACK_INLINE_BYTES = 1 << 20  # a smaller buffer crosses to the main process inside the pickle, not in shared memory
 
 
 @dataclass(frozen=True)
@@ -183,9 +182,9 @@ class PackedBatch:
 
     Each tensor a worker hands the main process through shared memory costs a file-descriptor exchange there (about
     0.5 ms on two CPU cores), and each host-to-device copy its own launch. A shard's batch holds up to ten small
-    tensors (targets, pairs, masks, κ, crops, flips...): packed, the main process pays for one, and a buffer under
-    :data:`PACK_INLINE_BYTES` (a batch of device-data draws and its plan, a batch of small images) travels inside the
-    pickle itself, with no exchange at all.
+    tensors (targets, pairs, masks, κ, crops, flips...): packed, the main process pays for one. (The buffer stays in
+    shared memory rather than inside the pickle: bytes in the result pipe can fill it, and a worker whose main process
+    died would then wait forever to flush them.)
 
     Attributes:
         buffer: ``(N,)`` uint8, every tensor's bytes at a :data:`PACK_ALIGN`-aligned offset.
@@ -193,11 +192,6 @@ class PackedBatch:
     """
     buffer: torch.Tensor
     skeleton: Any
-
-    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
-        if self.buffer.device.type == 'cpu' and self.buffer.numel() <= PACK_INLINE_BYTES:
-            return _inline_packed_batch, (self.buffer.numpy(), self.skeleton)
-        return PackedBatch, (self.buffer, self.skeleton)
 
     def pin_memory(self) -> 'PackedBatch':
         """The buffer page-locked (``DataLoader(pin_memory=True)`` calls this in its pinning thread)."""
@@ -210,10 +204,6 @@ class PackedBatch:
     def unpack(self) -> Any:
         """The batch, its tensors views of the buffer (no copy), on the buffer's device."""
         return _replace_tensors(self.skeleton, lambda slot: slot.view(self.buffer))
-
-
-def _inline_packed_batch(array: np.ndarray, skeleton: Any) -> PackedBatch:
-    return PackedBatch(torch.from_numpy(array), skeleton)
 
 
 def pack_batch(batch: Any) -> PackedBatch:
