@@ -44,7 +44,8 @@ from timm_mimo.metrics import (
 )
 
 __all__ = [
-    'SEVERITIES', 'CORRUPTION_METRICS', 'common_corruptions', 'known_corruptions', 'CorruptedDataset', 'corruption_metrics',
+    'SEVERITIES', 'CORRUPTION_METRICS', 'common_corruptions', 'known_corruptions', 'CorruptedDataset',
+    'corruption_metrics',
     'BENCHMARK_CORRUPTIONS', 'CorruptionRelease', 'released_corruption_metrics',
     'open_ood_folder', 'ood_folder_metrics', 'model_from_checkpoint', 'checkpoint_ensemble_logits',
     'checkpoint_ensemble_metrics', 'reliability_bins', 'save_reliability_diagram',
