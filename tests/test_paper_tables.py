@@ -17,6 +17,7 @@ from timm_mimo.recipes import (
     NO_RECIPE_REASONS,
     README_BEGIN,
     README_END,
+    config_path,
     list_configs,
     paper_tables,
     readme_recipe_section,
@@ -121,3 +122,15 @@ def test_readme_flag_rewrites_the_section_or_says_why_not(tmp_path):
     done = subprocess.run(run, env=env, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith('error: ') and done.stderr.count('\n') == 1
     assert 'no generated recipe section' in done.stderr and readme.read_text(encoding='utf-8') == '# no section\n'
+
+
+def test_deep_ensemble_rows_name_their_member_recipe_and_the_command():
+    """A "DE (N Nets)" / "2-Nets" / "2-Cut-MixMos" row: N --seed runs of its member recipe, whose comments give the
+    command that evaluates them as one ensemble."""
+    members = {name for t in TABLES for row in t.rows if row.runs > 1 for name in row.recipes}
+    assert len(members) == 34
+    for name in members:
+        with open(config_path(name), encoding='utf-8') as f:
+            header = f.read().split('\nmodel:')[0]
+        assert 'timm-mimo-validate --config RUN1/args.yaml --ensemble-checkpoints RUN1/model_best.pth.tar' in header, \
+            name
