@@ -8,7 +8,7 @@
 # OLD / NEW are any commits of this repository (git worktrees are made for them under $OUT/src); the defaults compare
 # the last commit before the training data path was rebuilt (plans and augmentation seeds in the loader workers,
 # packed batches, device prefetcher) with the rebuilt one. Two queues side by side (OLD | NEW), one torch thread each,
-# one seed after the other, so that a cut-short run still has complete pairs. Resumable: a run whose last.pth.tar
+# row after row, seed after seed, so that a cut-short run still has complete pairs. Resumable: a run whose last.pth.tar
 # exists is not trained again, one with an eval.json not evaluated again. Then results/paired_data_path.py writes the
 # table, the paired tests and the plot. DATA is the study's subset (results/cifar10_study_prepare.py writes it).
 set -euo pipefail
@@ -58,8 +58,8 @@ run_one() {  # run_one <commit> <row> <seed>: train with the commit's train.py, 
 }
 
 queue() {  # queue <commit>
-  for seed in $SEEDS; do
-    for row in $ROWS; do run_one "$1" "$row" "$seed"; done
+  for row in $ROWS; do
+    for seed in $SEEDS; do run_one "$1" "$row" "$seed"; done
   done
 }
 
