@@ -10,12 +10,11 @@
   where Python cannot raise (a destructor, e.g. a data loader shutting its workers down at an epoch's end) is
   remembered and raised at the command's next :meth:`SignalGuard.check`.
 """
-import contextlib
 import os
 import signal
 import sys
 import threading
-from typing import Callable, Dict, Iterable, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 from timm_mimo.cli.args import CliError, one_line
 
@@ -86,29 +85,11 @@ class SignalGuard:
         self._previous, self._unraisable_hook = {}, None
 
 
-def _temporary_path(path: str, keep_suffix: bool) -> str:
-    if not keep_suffix:
-        return f'{path}.tmp'
-    root, ext = os.path.splitext(path)
-    return f'{root}.tmp{ext}'
-
-
 def write_atomically(path: Union[str, os.PathLike], write: Callable[[str], None], keep_suffix: bool = False) -> None:
-    """``write(temporary_path)``, then rename onto ``path``: the file is complete or absent, never half-written.
-
-    On any failure (``OSError`` of a full disk, :class:`Interrupted`, ...) the temporary file is removed and the
-    exception re-raised; ``path`` keeps its previous content. ``keep_suffix`` keeps the extension last
-    (``x.tmp.png``) for writers that choose the format from it.
-    """
-    path = os.fspath(path)
-    tmp_path = _temporary_path(path, keep_suffix)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp_path)
-        raise
+    """``write(temporary_path)``, then rename onto ``path``: the file is complete or absent, never half-written
+    (:func:`timm_mimo.outputs.write_atomically`, the one implementation)."""
+    from timm_mimo.outputs import write_atomically as write_file
+    write_file(path, write, keep_suffix)
 
 
 def write_error(path: Union[str, os.PathLike], exc: OSError, way_out: str = 'free space or pick another path') -> str:
@@ -150,21 +131,12 @@ def is_inside(path: Union[str, os.PathLike], folder: Union[str, os.PathLike]) ->
 
 def check_outputs_are_not_inputs(outputs: Dict[str, Optional[str]],
                                  inputs: Dict[str, Union[None, str, Sequence[str]]]) -> None:
-    """One :class:`CliError` when an output file of a command is one of its input files or another of its outputs.
+    """One :class:`CliError` when an output file of a command is one of its input files, another of its outputs, a
+    file of the run folder of an input or an existing checkpoint (:func:`timm_mimo.outputs.check_outputs`).
 
     Args:
         outputs: ``{flag: path}`` of the files the command writes (unset ones ``None`` / ``''``).
         inputs: ``{flag: path or paths}`` of the files it reads.
     """
-    def flat(items: Dict[str, Union[None, str, Sequence[str]]]) -> Iterable:
-        for flag, paths in items.items():
-            for path in ([paths] if isinstance(paths, (str, os.PathLike)) else paths or []):
-                if path:
-                    yield flag, path
-    given = list(flat(outputs))
-    for index, (flag, path) in enumerate(given):
-        for other_flag, other in list(flat(inputs)) + given[:index]:
-            if same_path(path, other):
-                what = 'input' if (other_flag, other) not in given else 'output'
-                raise CliError(f'{flag} {path!r} is also the {what} {other_flag} {other!r}: writing it would replace '
-                               f'that file; pick another {flag}')
+    from timm_mimo.outputs import check_outputs
+    check_outputs(outputs, inputs)

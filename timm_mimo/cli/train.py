@@ -75,6 +75,7 @@ from timm_mimo.cli.args import (
 )
 from timm_mimo.cli.checkpoint import check_checkpoint_model, checkpoint_class_names, read_checkpoint
 from timm_mimo.cli.data_path import DEVICE_DATA_REFUSED, create_eval_loader, create_train_loader, open_train_data
+from timm_mimo.cli.errors import report_unexpected, split_debug
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
 from timm_mimo.cli.run_folder import (
     Interrupted,
@@ -89,6 +90,7 @@ from timm_mimo.data import DataError, SimultaneousMixup
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.mixing import MASK_KINDS
+from timm_mimo.outputs import check_start_epoch, lock_run_folder, release_run_folders
 from timm_mimo.task import MimoTask
 
 __all__ = ['build_parser', 'parse_args', 'train', 'main', 'save_checkpoint', 'load_resume', 'MIMO_FLAGS']
@@ -1078,6 +1080,7 @@ def prepare_output(args: argparse.Namespace, data_config: Dict[str, Any],
     try:
         if how != 'continue':
             output_dir = claim_run_folder(root, name, next_free=how == 'next_free')
+        lock_run_folder(output_dir)  # held until the process ends: another process writing into it is refused
         probe = os.path.join(output_dir, '.write-probe')
         with open(probe, 'w') as f:
             f.write('ok')
@@ -1331,6 +1334,9 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
     args.schedule_segment, args.schedule_segment_new = None, False
     resume_state = read_resume(args) if args.resume else None
     plan = plan_run_folder(args, resume_state)
+    check_start_epoch(args.start_epoch, plan[2], args.resume)
+    if plan[2] == 'continue' and args.rank == 0:  # before anything is built: a second resume of it is refused now
+        lock_run_folder(os.path.join(plan[0], plan[1]))
     torch.manual_seed(args.seed)
     model = create_train_model(args)
     args.num_classes_resolved = model.num_classes
@@ -1397,7 +1403,7 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
             write_atomically(args_path, lambda tmp_path: _dump_yaml(recorded_args(args), tmp_path))
             if resume_state is not None:
                 restore_summary(output_dir, resume_state, os.path.dirname(os.path.abspath(args.resume)))
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - a full disk is not always an OSError (torch.save, yaml)
             if plan[2] != 'continue':
                 with contextlib.suppress(OSError):
                     os.rmdir(output_dir)  # a run folder claimed for nothing (empty: the write left no file)
@@ -1442,6 +1448,7 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
             if task.has_ema():
                 ema_metrics = run.evaluate(task.get_trainable_module(ema=True).module, eval_loader, num_eval)
                 eval_metrics.update((f'ema_{k}', v) for k, v in ema_metrics.items())
+        epoch_lrs = [group['lr'] for group in optimizer.param_groups]  # the lr this epoch trained at (timm's row)
         if scheduler is not None:
             scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric))
         if args.rank == 0:
@@ -1453,7 +1460,7 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
                 print(f'Eval: {epoch}  {format_metrics(eval_metrics)}', flush=True)
             row = OrderedDict((f'train_{k}', v) for k, v in train_metrics.items())
             row.update((f'eval_{k}', v) for k, v in eval_metrics.items())
-            row['lr'] = optimizer.param_groups[0]['lr']
+            row['lr'] = sum(epoch_lrs) / len(epoch_lrs)
             state = run.state(epoch, eval_metrics, best_metric)
             state.update(class_names=class_names, world_size=args.world_size, schedule_segment=segment,
                          summary_row=dict(row))
@@ -1461,7 +1468,7 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
                 save_epoch(output_dir, epoch, state, is_best, args.checkpoint_hist)
                 write_summary(os.path.join(output_dir, 'summary.csv'), epoch, row)
                 prune_epoch_checkpoints(output_dir, args.checkpoint_hist)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - torch.save / safetensors on a full disk raise more than OSError
                 raise CliError(f'cannot write the epoch {epoch} checkpoint / summary in {output_dir!r} '
                                f'({one_line(exc)}); free space or fix the folder, then resume with --resume '
                                f'{os.path.join(output_dir, CHECKPOINT_LAST)}') from None
@@ -1510,6 +1517,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit status 2; SIGINT / SIGTERM with one line and
     status 130 / 143, after the files being written are complete or removed."""
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    argv, debug = split_debug(argv)
     args = None
     with SignalGuard() as guard:
         try:
@@ -1521,7 +1529,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (KeyboardInterrupt, Interrupted) as exc:
             print(_interrupted_line(exc, args), file=sys.stderr)
             return exc.exit_code if isinstance(exc, Interrupted) else 130
+        except Exception as exc:  # noqa: BLE001 - the one line of anything else (timm_mimo.cli.errors)
+            return report_unexpected(exc, debug)
         finally:
+            release_run_folders()
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
     return 0

@@ -73,6 +73,7 @@ from timm_mimo.cli.checkpoint import (
     read_checkpoint,
 )
 from timm_mimo.cli.data_path import device_batches, pin_memory
+from timm_mimo.cli.errors import report_unexpected, split_debug
 from timm_mimo.cli.evaluate import metric_columns
 from timm_mimo.cli.run_folder import (
     Interrupted,
@@ -105,6 +106,7 @@ from timm_mimo.evaluation import (
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.loader import quiet_worker_signals
 from timm_mimo.metrics import collect_member_logits, is_mimo
+from timm_mimo.outputs import lock_run_folder, release_run_folders, run_folder_of
 from timm_mimo.recipes import config_path
 
 __all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main', 'timm_columns', 'rounded_results',
@@ -423,6 +425,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     for path, flag in ((args.results_file, '--results-file'), (args.reliability_diagram, '--reliability-diagram')):
         if path:
             prepare_output_file(path, flag)
+            if (folder := run_folder_of(path)) is not None:  # not while a run (or another validate) writes there
+                lock_run_folder(folder)
     torch.manual_seed(args.seed)
     if args.fast_norm:
         set_fast_norm()
@@ -769,6 +773,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: prints the metrics; bad input ends with one line on stderr and exit status 2, SIGINT / SIGTERM
     with one line and status 130 / 143 (no results file written). Bulk mode (:func:`bulk_models`) validates every
     model, one row each, sorted by top1; its first failing model stops it with nothing written."""
+    argv, debug = split_debug(argv)
     with SignalGuard():
         try:
             args = parse_args(argv)
@@ -801,6 +806,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             name = exc.name if isinstance(exc, Interrupted) else 'SIGINT'
             print(f'error: interrupted ({name}); no results file was written', file=sys.stderr)
             return exc.exit_code if isinstance(exc, Interrupted) else 130
+        except Exception as exc:  # noqa: BLE001 - the one line of anything else (timm_mimo.cli.errors)
+            return report_unexpected(exc, debug)
+        finally:
+            release_run_folders()
     return 0
 
 
