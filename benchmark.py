@@ -37,15 +37,33 @@ FAMILIES = {
 }
 
 
+def refuse_bad_kwargs(parser: argparse.ArgumentParser) -> None:
+    """timm's ``ParseKwargs`` (``--model-kwargs``) as timm_mimo's ``KeyValueArgs``: a value without ``=`` is an
+    argparse error, not a ``ValueError``."""
+    from timm.utils import ParseKwargs
+
+    from timm_mimo.cli.args import KeyValueArgs
+    parser.register('action', ParseKwargs, KeyValueArgs)  # before add_arguments: argparse resolves actions then
+
+
+def check_results_file(args: argparse.Namespace) -> None:
+    """The output guard (:func:`timm_mimo.outputs.check_outputs`): ``--results-file`` is never an existing
+    checkpoint or a file of a run folder."""
+    from timm_mimo.outputs import check_outputs
+    check_outputs({'--results-file': getattr(args, 'results_file', None)})
+
+
 def run_family(family: str, argv: Sequence[str]) -> int:
     """``python benchmark.py <family> ...``: one of the family tables; bad input is one ``error:`` line, status 2."""
     from timm_mimo.cli.args import CliError, one_line
     module = importlib.import_module(FAMILIES[family])  # import only the family that runs
     parser = argparse.ArgumentParser(prog=f'benchmark.py {family}', description=module.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    refuse_bad_kwargs(parser)
     module.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        check_results_file(args)
         module.run(args)
     except (CliError, ValueError) as exc:  # timm_mimo's DataError is a ValueError
         print(f'error: {one_line(exc)}', file=sys.stderr)
@@ -53,22 +71,31 @@ def run_family(family: str, argv: Sequence[str]) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in FAMILIES:
         return run_family(argv[0], argv[1:])
     from benchmarks import models
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    refuse_bad_kwargs(parser)
     models.add_arguments(parser)
     args = parser.parse_args(argv)
     from timm_mimo.cli.args import CliError, one_line
     try:
+        check_results_file(args)
         models.run(args)
     except (CliError, ValueError) as exc:
         print(f'error: {one_line(exc)}', file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point in the top-level handler (:func:`timm_mimo.cli.errors.handle_errors`): any other error (an
+    unknown model, a full disk) is one ``error:`` line too; ``--debug`` shows its traceback."""
+    from timm_mimo.cli.errors import handle_errors
+    return handle_errors(_main)(argv)
 
 
 if __name__ == '__main__':

@@ -124,12 +124,10 @@ class Check:
         return status == 'ok'
 
     def write(self) -> str:
+        from timm_mimo.outputs import write_csv
         path = os.path.join(self.out, 'gpu_check.csv')
         columns = list(OrderedDict.fromkeys(key for row in self.rows for key in row))
-        with open(path, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        write_csv(path, [{key: row.get(key, '') for key in columns} for row in self.rows])  # atomically
         self.log.close()
         return path
 
@@ -177,6 +175,13 @@ def _validate_figures(path: str) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point in the top-level handler (:func:`timm_mimo.cli.errors.handle_errors`): one ``error:`` line for
+    anything that stops the check itself (a part that fails is a row of its table)."""
+    from timm_mimo.cli.errors import handle_errors
+    return handle_errors(_main)(argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data-dir', default='', help='CIFAR-10: an image folder with train/ and test/ splits, or '
                                                         "torchvision's files with --dataset torch/cifar10")
@@ -195,6 +200,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      'use --cpu for the tiny check of every command')
     if args.data_dir and not os.path.isdir(args.data_dir):
         parser.error(f'--data-dir {args.data_dir!r} is not a folder')
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f'--out {args.out!r} is a file: give a new or empty folder')
     if args.out and os.path.isdir(args.out) and os.listdir(args.out):
         parser.error(f'--out {args.out!r} already holds files: give a new or empty folder (nothing is overwritten)')
     if args.budget_minutes is not None and args.budget_minutes <= 0:

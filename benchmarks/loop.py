@@ -22,7 +22,6 @@ images per step) are printed too; with batch repetition b an epoch has b times t
 ``b · step_time(MIMO) / step_time(backbone)``.
 """
 import argparse
-import csv
 import itertools
 import time
 from collections import OrderedDict
@@ -32,6 +31,7 @@ import torch
 
 from benchmarks.common import print_table
 from benchmarks.models import backbone_model_kwargs
+from timm_mimo.outputs import write_csv
 
 __all__ = ['add_arguments', 'run', 'measure']
 
@@ -188,8 +188,5 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
           f'loop = real loader (workers, plans, prefetcher), step = batches already on the device; '
           f'threads {torch.get_num_threads()}; flags: {" ".join(shared)}')
     if args.results_file:
-        with open(args.results_file, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=list(OrderedDict.fromkeys(k for row in rows for k in row)))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.results_file, rows)  # atomically
     return rows

@@ -21,7 +21,6 @@ against its backbone and the cost targets. What is measured:
   allocator caching and fragmentation are not counted).
 """
 import argparse
-import csv
 import inspect
 import os
 from collections import OrderedDict
@@ -45,6 +44,7 @@ from timm_mimo.models import mixvit as mixvit_module
 from timm_mimo.models.mimo_cnn import MimoCNN
 from timm_mimo.models.mimo_vit import MimoViT
 from timm_mimo.models.mixvit import MixViT
+from timm_mimo.outputs import write_csv
 from timm_mimo.task import MimoTask
 
 __all__ = ['add_arguments', 'create_pair', 'backbone_model_kwargs', 'cost_targets', 'benchmark_model',
@@ -430,10 +430,7 @@ def write_results(path: str, rows: Sequence[Dict[str, Any]]) -> None:
     columns: List[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, [{key: row.get(key, '') for key in columns} for row in rows])  # atomically
 
 
 def run(args: argparse.Namespace) -> List[Dict[str, Any]]:

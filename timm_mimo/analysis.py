@@ -538,7 +538,13 @@ def _load_images(args: argparse.Namespace, config: Dict[str, Any], model: nn.Mod
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: writes ``analysis.json`` (+ PNGs) under ``--out``; bad input is one line on stderr, status 2,
+    """Entry point in the top-level handler (:func:`timm_mimo.cli.errors.handle_errors`): see :func:`_main`."""
+    from timm_mimo.cli.errors import handle_errors
+    return handle_errors(_main)(argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    """Writes ``analysis.json`` (+ PNGs) under ``--out``; bad input is one line on stderr, status 2,
     nothing written; SIGINT / SIGTERM one line, status 130 / 143, every file complete or absent."""
     from timm_mimo.cli.args import CliError
     from timm_mimo.cli.run_folder import Interrupted, SignalGuard, check_outputs_are_not_inputs

@@ -708,6 +708,13 @@ def _write_folder(out: Path, write: Any) -> Path:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m timm_mimo export | configs | run ...`` in the top-level handler
+    (:func:`timm_mimo.cli.errors.handle_errors`; ``run`` hands every flag to its script)."""
+    from timm_mimo.cli.errors import handle_errors
+    return handle_errors(_main, passthrough=lambda argv: bool(argv) and argv[0] == 'run')(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     """``python -m timm_mimo export | configs | run ...``: one-line errors, exit code 2; SIGINT / SIGTERM during an
     export end with one line and status 130 / 143, nothing written."""
     from timm_mimo.cli.args import ArgumentParser, CliError

@@ -22,8 +22,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 from timm_mimo.cli.args import CliError
 
-__all__ = ['LOCK_FILE', 'RUN_FILES', 'write_atomically', 'is_checkpoint_file', 'run_folder_of', 'run_folder_files',
-           'check_outputs', 'lock_run_folder', 'release_run_folders', 'check_start_epoch']
+__all__ = ['LOCK_FILE', 'RUN_FILES', 'write_atomically', 'write_csv', 'is_checkpoint_file', 'run_folder_of',
+           'run_folder_files', 'check_outputs', 'lock_run_folder', 'release_run_folders', 'check_start_epoch']
 
 PathLike = Union[str, os.PathLike]
 
@@ -62,6 +62,19 @@ def write_atomically(path: PathLike, write: Callable[[str], None], keep_suffix: 
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def write_csv(path: PathLike, rows: Sequence[Dict[str, object]]) -> None:
+    """``rows`` as a CSV file (the union of their columns, in first-seen order), written atomically."""
+    import csv
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+
+    def write(tmp_path: str) -> None:
+        with open(tmp_path, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval='')
+            writer.writeheader()
+            writer.writerows(rows)
+    write_atomically(path, write)
 
 
 def _suffix(name: str) -> str:
@@ -127,8 +140,8 @@ def check_outputs(outputs: Dict[str, Union[None, PathLike, Sequence[PathLike]]],
     """One :class:`CliError` when an output file would replace a file the command must keep.
 
     Refused: an output that is one of ``inputs``, another output, a file of a run folder the command touches (the
-    run folders of its inputs and ``run_folders``: :func:`run_folder_files`) or an existing checkpoint anywhere
-    (:func:`is_checkpoint_file`).
+    run folders of its inputs and outputs and ``run_folders``: :func:`run_folder_files`) or an existing checkpoint
+    anywhere (:func:`is_checkpoint_file`).
 
     Args:
         outputs: ``{flag: path or paths}`` of the files the command writes (unset ones ``None`` / ``''``).
@@ -137,7 +150,7 @@ def check_outputs(outputs: Dict[str, Union[None, PathLike, Sequence[PathLike]]],
     """
     given, read = list(_flat(outputs)), list(_flat(inputs or {}))
     folders = {os.path.realpath(os.fspath(folder)) for folder in run_folders}
-    folders.update(folder for _, path in read if (folder := run_folder_of(path)) is not None)
+    folders.update(folder for _, path in read + given if (folder := run_folder_of(path)) is not None)
     for index, (flag, path) in enumerate(given):
         for other_flag, other in read + given[:index]:
             if _same(path, other):

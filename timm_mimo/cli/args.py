@@ -29,6 +29,24 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise CliError(f'{message} (see {self.prog} --help)')
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # timm's ParseKwargs, in this parser and its groups, is taken as KeyValueArgs (argparse looks an action class
+        # up in the registry): a value without '=' is a one-line error, not timm's ValueError
+        self.register('action', ParseKwargs, KeyValueArgs)
+
+
+class KeyValueArgs(ParseKwargs):
+    """timm's ``key=value`` arguments (``--model-kwargs``, ``--opt-kwargs``), refusing a value without ``=``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        bad = [value for value in values or [] if value and '=' not in value]
+        if bad:
+            raise argparse.ArgumentError(self, f'{bad[0]!r} is not key=value (e.g. depth=10); give every keyword '
+                                               'argument as key=value')
+        super().__call__(parser, namespace, values, option_string)
+
 
 def one_line(exc: BaseException, limit: Optional[int] = 300) -> str:
     """An exception's message on one line (its type name when the message is empty), cut at ``limit`` characters

@@ -14,14 +14,15 @@ the cause and the way out in one line:
 :func:`split_debug` takes it out of ``argv`` before the command's parser sees it.
 """
 import errno
+import functools
 import os
 import sys
 import traceback
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
-from timm_mimo.cli.args import one_line
+from timm_mimo.cli.args import CliError, one_line
 
-__all__ = ['DEBUG_FLAG', 'split_debug', 'unexpected_error_line', 'report_unexpected']
+__all__ = ['DEBUG_FLAG', 'split_debug', 'unexpected_error_line', 'report_unexpected', 'handle_errors']
 
 DEBUG_FLAG = '--debug'
 WAY_OUT = {
@@ -59,6 +60,9 @@ def unexpected_error_line(exc: BaseException) -> Tuple[int, str]:
         return 2, f'cannot read or write{where} ({cause}); {way_out}'
     if isinstance(exc, MemoryError) or 'out of memory' in str(exc).lower():
         return 2, f'out of memory ({type(exc).__name__}: {one_line(exc, 200)}); lower --batch-size (or the model size)'
+    if isinstance(exc, RuntimeError) and str(exc).startswith('Unknown model'):  # timm.create_model's
+        return 2, (f'{one_line(exc, 200)}: --model names no registered model; see timm.list_models() (after import '
+                   'timm_mimo)')
     if isinstance(exc, RuntimeError) and _disk_full(exc):
         return 2, (f'a file could not be written ({one_line(exc, 200)}): the disk is probably full; free space or pick '
                    'another output path, then run the command again (a training run resumes from its last.pth.tar)')
@@ -74,3 +78,26 @@ def report_unexpected(exc: BaseException, debug: bool) -> int:
         traceback.print_exception(exc, file=sys.stderr)
     print(f'error: {line}', file=sys.stderr)
     return code
+
+
+def handle_errors(main: Callable[[Optional[List[str]]], int], passthrough: Callable[[List[str]], bool] = lambda a: False
+                  ) -> Callable[[Optional[Sequence[str]]], int]:
+    """Wrap a command's ``main(argv)`` in the top-level handler: ``--debug`` taken out of ``argv``; a
+    :class:`CliError` / ``DataError`` escaping it is one ``error:`` line and status 2, anything else
+    :func:`report_unexpected`. ``passthrough(argv)`` true leaves ``argv`` untouched (``python -m timm_mimo run``
+    hands its flags to a script)."""
+    @functools.wraps(main)
+    def wrapped(argv: Optional[Sequence[str]] = None) -> int:
+        from timm_mimo.data import DataError
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = False
+        if not passthrough(argv):
+            argv, debug = split_debug(argv)
+        try:
+            return main(argv)
+        except (CliError, DataError) as exc:
+            print(f'error: {one_line(exc, None)}', file=sys.stderr)
+            return 2
+        except Exception as exc:  # noqa: BLE001 - the one line of anything else
+            return report_unexpected(exc, debug)
+    return wrapped

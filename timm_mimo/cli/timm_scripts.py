@@ -53,6 +53,13 @@ def run_script_command(argv: Sequence[str]) -> int:
               "a checkout of timm's repository)", file=sys.stderr)
         return 2
     try:
+        with open(script, 'rb') as f:
+            compile(f.read(), script, 'exec')  # only to refuse a file that is no Python script; the run compiles again
+    except (SyntaxError, ValueError, OSError) as exc:
+        print(f'error: run: {script!r} is not a Python script ({type(exc).__name__}: {exc}); give the path of a timm '
+              'script, e.g. validate.py', file=sys.stderr)
+        return 2
+    try:
         run_script(script, argv[1:])
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
