@@ -12,8 +12,8 @@ import torch
 from timm_mimo.checkpoint import checkpoint_train_args, load_checkpoint_file, unpickling_reason
 from timm_mimo.cli.args import CliError, existing_file, one_line, quiet_warnings
 
-__all__ = ['read_checkpoint', 'checkpoint_weights', 'checkpoint_class_names', 'check_checkpoint_model',
-           'EVALUATION_KWARGS']
+__all__ = ['read_checkpoint', 'read_weights_file', 'checkpoint_weights', 'checkpoint_class_names',
+           'check_checkpoint_model', 'EVALUATION_KWARGS']
 
 # constructor arguments that only choose how a trained model is evaluated (not what it is)
 EVALUATION_KWARGS = ('inference', 'single_member', 'alternating_seed')
@@ -32,6 +32,22 @@ def read_checkpoint(path: str, flag: str = '--checkpoint') -> Any:
     except Exception as exc:  # any failure to read the file is the file's fault: say which file
         raise CliError(f'{flag} {path!r} cannot be read as a checkpoint ({type(exc).__name__}: '
                        f'{one_line(exc, 200)})') from None
+
+
+def read_weights_file(path: str, flag: str = '--pretrained-path') -> Dict[str, Any]:
+    """The state dict of a weights file as timm reads ``pretrained_cfg['file']`` (torch or safetensors,
+    ``weights_only``), read before timm is handed the file: a text file, a truncated or pickled-object file is a
+    one-line :class:`CliError` naming ``flag`` (timm's own reader would raise a bare ``KeyError`` / unpickling error
+    from deep inside the model's constructor)."""
+    import timm
+    existing_file(path, flag)
+    try:
+        with quiet_warnings():
+            return timm.models.load_state_dict(path, weights_only=True)
+    except Exception as exc:  # any failure to read the file is the file's fault: say which file
+        raise CliError(f'{flag} {path!r} cannot be read as a weights file (torch or safetensors; '
+                       f'{type(exc).__name__}: {one_line(exc, 200)}); give a checkpoint of the model\'s weights') \
+            from None
 
 
 def checkpoint_weights(state: Any, path: str, use_ema: bool = False, flag: str = '--checkpoint'

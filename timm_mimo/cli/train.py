@@ -73,7 +73,12 @@ from timm_mimo.cli.args import (
     quiet_warnings,
     unit_interval,
 )
-from timm_mimo.cli.checkpoint import check_checkpoint_model, checkpoint_class_names, read_checkpoint
+from timm_mimo.cli.checkpoint import (
+    check_checkpoint_model,
+    checkpoint_class_names,
+    read_checkpoint,
+    read_weights_file,
+)
 from timm_mimo.cli.data_path import DEVICE_DATA_REFUSED, create_eval_loader, create_train_loader, open_train_data
 from timm_mimo.cli.errors import report_unexpected, split_debug
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
@@ -580,7 +585,7 @@ def create_train_model(args: argparse.Namespace) -> nn.Module:
     if args.input_size is not None:
         kwargs['in_chans'] = args.input_size[0]
     if args.pretrained_path:  # timm's meaning: the backbone's weights from a file, the classifier left fresh
-        existing_file(args.pretrained_path, '--pretrained-path')
+        read_weights_file(args.pretrained_path, '--pretrained-path')  # a one-line error for a bad file
         kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path, num_classes=-1)
     hub_name = args.model.startswith('hf-hub:')
     try:  # --pretrained-path implies --pretrained (it is never silently ignored)

@@ -71,6 +71,7 @@ from timm_mimo.cli.checkpoint import (
     checkpoint_class_names,
     checkpoint_weights,
     read_checkpoint,
+    read_weights_file,
 )
 from timm_mimo.cli.data_path import device_batches, pin_memory
 from timm_mimo.cli.errors import report_unexpected, split_debug
@@ -304,7 +305,7 @@ def check_uncertainty_args(parser: argparse.ArgumentParser, args: argparse.Names
                            f'split, never on the reported --split {args.split!r}; name another split (e.g. '
                            '--split test --fit-temperature validation)')
     if args.pretrained_path:
-        existing_file(args.pretrained_path, '--pretrained-path')
+        read_weights_file(args.pretrained_path, '--pretrained-path')  # a one-line error for a bad file
         if args.checkpoint or args.ensemble_checkpoints:
             raise CliError('--pretrained-path loads pretrained weights; with --checkpoint / --ensemble-checkpoints '
                            'they would be replaced: drop one of them')
