@@ -318,6 +318,13 @@ class CorruptionRelease:
             self._labels = labels
         return self._labels
 
+    def relabel(self, labels: np.ndarray) -> None:
+        """CIFAR-*-C: score the images against ``labels`` (the release's labels mapped to the model's outputs by
+        class name, :func:`timm_mimo.labels.release_label_map`) instead of ``labels.npy``'s raw indices."""
+        if len(labels) != len(self.labels()):
+            raise ValueError(f'{len(labels)} labels for the {len(self.labels())} of {self.root!r}')
+        self._labels = np.asarray(labels)
+
     def max_label(self) -> int:
         """The largest class index of the release (CIFAR-*-C: ``labels.npy``; Tiny-ImageNet-C: its class map)."""
         if self.layout == 'cifar':

@@ -661,10 +661,8 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Optional[
         raise ValueError(f'checkpoint {str(checkpoint)!r} does not fit {args["model"]!r} built from {source}: '
                          f'{" ".join(str(exc).split())[:400]}') from None
     class_names = state.get('class_names') or args.get('class_names')
-    if class_names:  # timm's label_names: a list by output index, or {index: name} when some outputs have none
-        names = [None if name is None else str(name) for name in class_names]
-        label_names = tuple(names) if len(names) == model.num_classes and None not in names else \
-            {index: name for index, name in enumerate(names) if name is not None}
+    if class_names:  # timm's label_names: the run's class of each output, a list in output order (None: no class)
+        label_names = tuple(None if name is None else str(name) for name in class_names)
         model.pretrained_cfg = dict(model.pretrained_cfg, label_names=label_names)
     if metrics and metrics.get('temperature') is not None:
         try:

@@ -93,6 +93,7 @@ from timm_mimo.cli.run_folder import (
 )
 from timm_mimo.data import DataError, SimultaneousMixup
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
+from timm_mimo.labels import check_unique_names
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.mixing import MASK_KINDS
 from timm_mimo.outputs import check_start_epoch, lock_run_folder, release_run_folders
@@ -524,6 +525,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.data_dir = args.data
     check_channel_stats(args)
     check_compile(args)
+    check_unique_names(args.class_names)
     if args.sched != 'none' and args.warmup_epochs and args.warmup_epochs >= args.epochs:
         raise CliError(f'--warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the whole run would train at '
                        f'the warm-up lr (from --warmup-lr {args.warmup_lr:g}), never at --lr; lower --warmup-epochs '

@@ -105,6 +105,13 @@ from timm_mimo.evaluation import (
     save_reliability_diagram,
 )
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
+from timm_mimo.labels import (
+    check_ensemble_names,
+    check_unique_names,
+    label_names_list,
+    release_class_names,
+    release_label_map,
+)
 from timm_mimo.loader import quiet_worker_signals
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.outputs import lock_run_folder, release_run_folders, run_folder_of
@@ -242,6 +249,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     check_channel_stats(args)
     check_compile(args)
     check_uncertainty_args(parser, args)
+    check_unique_names(args.class_names)
     check_outputs_are_not_inputs(
         {'--results-file': args.results_file, '--reliability-diagram': args.reliability_diagram},
         {'--checkpoint': args.checkpoint, '--config': config_path(args.config) if args.config else '',
@@ -342,9 +350,8 @@ def eval_class_names(args: argparse.Namespace, state: Any, model: torch.nn.Modul
                        f'{len(recorded)} ({", ".join(recorded[:4])}, ...): give the run\'s args.yaml as --config')
     names = list(args.class_names or recorded or [])
     if not names and not args.checkpoint:
-        label_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
-        if isinstance(label_names, (list, tuple)) and len(label_names) == model.num_classes:
-            names = [str(name) for name in label_names]
+        names = label_names_list((getattr(model, 'pretrained_cfg', None) or {}).get('label_names'),
+                                 model.num_classes) or []  # an export's classes, in output order
     if names and len(names) > model.num_classes:
         raise CliError(f'{len(names)} class names for a model of {model.num_classes} outputs: set --num-classes '
                        f'{len(names)} (and a checkpoint trained with it)')
@@ -567,6 +574,9 @@ def open_calibration_split(args: argparse.Namespace, dataset: Any, transform: An
     """``--fit-temperature SPLIT``, opened like ``--split``; refused when it shares any image with ``--split``."""
     calibration_set = open_dataset(args.dataset, args.data_dir, args.fit_temperature, False, args.dataset_download,
                                    transform, args.class_map, **reader_kwargs(args))
+    # labelled through the run's classes, as the reported split is (a held-out split may lack a class)
+    apply_class_names(calibration_set, dataset_class_names(dataset),
+                      f'--fit-temperature split {args.fit_temperature!r}')
     common = shared_images(calibration_set, dataset)
     if common:
         raise CliError(f'--fit-temperature {args.fit_temperature!r} shares {common} images with --split '
@@ -629,17 +639,12 @@ def create_ensemble(paths: Sequence[str], use_ema: bool
         listed = ', '.join(f'{path!r}: {h}x{w} px' for path, (h, w) in zip(paths, sizes))
         raise CliError(f'--ensemble-checkpoints: the networks were trained at different input sizes ({listed}), and '
                        'one evaluation feeds them one size; ensemble networks trained at the same size')
-    known = [(path, run_names) for path, run_names in zip(paths, names) if run_names is not None]
-    for path, run_names in known[1:]:
-        if run_names != known[0][1]:
-            raise CliError(f'--ensemble-checkpoints: {known[0][0]!r} and {path!r} were trained on different classes '
-                           f'({len(known[0][1])} and {len(run_names)}, e.g. {known[0][1][:3]} vs {run_names[:3]}): '
-                           'their outputs cannot be averaged; ensemble runs of the same classes')
+    class_names = check_ensemble_names(names, paths)  # one class list, or none at all
     try:
         ensemble = CheckpointEnsemble(networks)
     except ValueError as exc:
         raise CliError(f'--ensemble-checkpoints: {one_line(exc)}') from None
-    return ensemble, (known[0][1] if known else None), sizes
+    return ensemble, class_names, sizes
 
 
 def check_ensemble_size(size: Tuple[int, int], input_size: Sequence[int]) -> None:
@@ -667,6 +672,11 @@ def open_release(root: str, dataset: Any, num_classes: int) -> CorruptionRelease
     names = dataset_class_names(dataset)
     class_to_idx = {name: index for index, name in enumerate(names) if name is not None} if names else None
     release = CorruptionRelease(root, class_to_idx=class_to_idx)
+    if release.layout == 'cifar':  # labels.npy indexes its data set's classes: scored by name, like the wnids
+        labels = release.labels()
+        where = f'--corruption-dir {os.path.join(root, "labels.npy")!r}'
+        release.relabel(release_label_map(labels, release_class_names(int(labels.max(initial=0)) + 1, names), names,
+                                          num_classes, where))
     largest = release.max_label()
     if largest >= num_classes:
         raise ValueError(f'{root!r} has class index {largest} but the model has {num_classes} outputs (a '
