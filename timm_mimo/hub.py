@@ -673,8 +673,11 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Optional[
     data_config = {k: args[k] for k in ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation')
                    if args.get(k) not in (None, '', [])}
     card = dict(train_args=args, results=metrics, repo_id=repo_id, install=install, dataset=dataset)
-    return _write_folder(Path(out), lambda folder: save_pretrained(model.eval(), folder, model_card_kwargs=card,
-                                                                    data_config=data_config))
+    def write(folder: Path) -> None:
+        from timm_mimo.export_preprocessing import record_eval_transform
+        save_pretrained(model.eval(), folder, model_card_kwargs=card, data_config=data_config)
+        record_eval_transform(str(folder), args)  # --crop-pad: local-dir: evaluates as the run did
+    return _write_folder(Path(out), write)
 
 
 EXPORT_FILES = (WEIGHTS_FILE, 'config.json', 'README.md')

@@ -70,7 +70,8 @@ def release_class_names(num_labels: int, split_names: Optional[Sequence[Optional
     for cifar in (CIFAR10_CLASSES, CIFAR100_CLASSES):
         if named and named <= set(cifar) and num_labels <= len(cifar):
             return list(cifar)
-    return sorted(named) if named else None
+    from timm.data.readers.reader_image_folder import natural_key
+    return sorted(named, key=natural_key) if named else None
 
 
 def release_label_map(labels: np.ndarray, release_names: Optional[Sequence[str]],
@@ -91,8 +92,8 @@ def release_label_map(labels: np.ndarray, release_names: Optional[Sequence[str]]
                            'another data set?)')
         return labels
     if largest >= len(release_names):
-        raise CliError(f'{where} holds the label {largest} but its data set has {len(release_names)} classes (a '
-                       'release of another data set?)')
+        raise CliError(f'{where} has class index {largest} but the model has {num_classes} outputs and the run '
+                       f'{len(release_names)} classes (a release of another data set?)')
     output_of = {name: index for index, name in enumerate(run_names) if name is not None}
     mapping = np.full(len(release_names), -1, dtype=np.int64)
     for index, name in enumerate(release_names):

@@ -104,6 +104,7 @@ from timm_mimo.evaluation import (
     released_corruption_metrics,
     save_reliability_diagram,
 )
+from timm_mimo.export_preprocessing import exported_crop_pad
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.labels import (
     check_ensemble_names,
@@ -452,6 +453,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     data_config = resolve_data_config(vars(args), model=model)
+    args.crop_pad = exported_crop_pad(args.model, args.crop_pad)  # a local-dir: export's recorded --crop-pad
     if args.ensemble_checkpoints:
         check_ensemble_input(model, data_config['input_size'][0])
         check_ensemble_size(trained_sizes[0], data_config['input_size'])
