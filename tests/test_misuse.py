@@ -592,7 +592,7 @@ def test_resume_extended_with_a_schedule_trains_at_that_schedule(out, small_digi
     assert rows[:2] == rows_before and [row['epoch'] for row in rows] == ['0', '1', '2', '3']
     # a fresh cosine from 0.02 over the two added epochs: 0.02 during epoch 2, 0.01 during epoch 3, then 0
     assert 'Train: 2 [' in printed and 'lr 2.000e-02' in printed.split('Train: 2 [')[1].splitlines()[0]
-    assert float(rows[2]['lr']) == pytest.approx(0.01) and float(rows[3]['lr']) == pytest.approx(0.0)
+    assert float(rows[2]['lr']) == pytest.approx(0.02) and float(rows[3]['lr']) == pytest.approx(0.01)  # trained at
     recorded = yaml.safe_load(open(out / 'cut' / 'args.yaml'))
     assert recorded['epochs'] == 4 and recorded['extend_lr'] == 0.02
 

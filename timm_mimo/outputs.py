@@ -23,7 +23,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 from timm_mimo.cli.args import CliError
 
 __all__ = ['LOCK_FILE', 'RUN_FILES', 'write_atomically', 'write_csv', 'is_checkpoint_file', 'run_folder_of',
-           'run_folder_files', 'check_outputs', 'lock_run_folder', 'release_run_folders', 'check_start_epoch']
+           'run_folder_files', 'check_outputs', 'lock_run_folder', 'release_run_folders', 'remove_empty_run_folder',
+           'check_start_epoch']
 
 PathLike = Union[str, os.PathLike]
 
@@ -215,6 +216,19 @@ def release_run_folders() -> None:
         _, fd = _HELD.popitem()
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def remove_empty_run_folder(folder: PathLike) -> None:
+    """Remove a run folder claimed for nothing (it holds only its lock file): release the lock, remove both.
+    ``OSError`` when it holds anything else."""
+    key = os.path.realpath(os.fspath(folder))
+    fd = _HELD.pop(key, None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if os.listdir(key) == [LOCK_FILE]:
+        os.remove(os.path.join(key, LOCK_FILE))
+    os.rmdir(key)
 
 
 def check_start_epoch(start_epoch: Optional[int], how: str, resume: Optional[str]) -> None:

@@ -96,7 +96,7 @@ from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.labels import check_unique_names
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.mixing import MASK_KINDS
-from timm_mimo.outputs import check_start_epoch, lock_run_folder, release_run_folders
+from timm_mimo.outputs import check_start_epoch, lock_run_folder, release_run_folders, remove_empty_run_folder
 from timm_mimo.task import MimoTask
 
 __all__ = ['build_parser', 'parse_args', 'train', 'main', 'save_checkpoint', 'load_resume', 'MIMO_FLAGS']
@@ -1413,7 +1413,7 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
         except Exception as exc:  # noqa: BLE001 - a full disk is not always an OSError (torch.save, yaml)
             if plan[2] != 'continue':
                 with contextlib.suppress(OSError):
-                    os.rmdir(output_dir)  # a run folder claimed for nothing (empty: the write left no file)
+                    remove_empty_run_folder(output_dir)  # claimed for nothing (the write left no file)
             raise CliError(write_error(args_path, exc, 'free space or pick a writable --output')) from None
         global_batch = args.batch_size * args.world_size * args.grad_accum_steps
         lr_text = f'lr {args.lr:g}' if segment is None else \
