@@ -125,6 +125,29 @@ def copy_file(key: str, name: str) -> Callable:
     return recipe
 
 
+def broken_image_data(split: str = 'validation', extra_split: str = '') -> Callable:
+    """A copy of the data in ``tmp/data`` whose ``split`` holds one file that is no image (``extra_split``: also a
+    held-out split of one image per class)."""
+    def recipe(ctx, monkeypatch):
+        data = os.path.join(ctx['tmp'], 'data')
+        shutil.copytree(ctx['data'], data)
+        if extra_split:
+            shutil.copytree(os.path.join(data, 'train'), os.path.join(data, extra_split))
+        with open(os.path.join(data, extra_split or split, 'red', '0.png'), 'wb') as f:
+            f.write(b'not a png')
+    return recipe
+
+
+def results_json(**columns) -> Callable:
+    """``tmp/results.json``: a validate results file with ``columns`` (``{key}`` values are ``ctx`` paths)."""
+    def recipe(ctx, monkeypatch):
+        import json
+        row = {key: _fill(value, ctx) for key, value in columns.items()}
+        with open(os.path.join(ctx['tmp'], 'results.json'), 'w') as f:
+            json.dump(dict(top1=100.0, loss=0.1, **row), f)
+    return recipe
+
+
 def recipes(*steps: Callable) -> Callable:
     def recipe(ctx, monkeypatch):
         for step in steps:
@@ -261,6 +284,14 @@ ROWS = [
         disk_full_in('os.replace', NO_SPACE)),
     Row('validate-internal-error', 'validate', V('--checkpoint', '{last}'), 1, r'internal error \(ZeroDivisionError',
         crash_in('timm_mimo.cli.validate.metric_columns')),
+    Row('validate-unreadable-image', 'validate', V('--checkpoint', '{last}', '--data-dir', '{tmp}/data'), 2,
+        r"image '.*red/0.png' \(index \d+ of the split\) cannot be read", broken_image_data()),
+    Row('validate-unreadable-image-in-a-worker', 'validate',
+        V('--checkpoint', '{last}', '--data-dir', '{tmp}/data', '--workers', '1'), 2,
+        r"^error: image '.*red/0.png' \(index \d+ of the split\) cannot be read", broken_image_data()),
+    Row('validate-unreadable-image-in-the-held-out-split', 'validate',
+        V('--checkpoint', '{last}', '--data-dir', '{tmp}/data', '--fit-temperature', 'heldout'), 2,
+        r"image '.*heldout/red/0.png' .* cannot be read", broken_image_data(extra_split='heldout')),
     # --- python -m timm_mimo export / run ------------------------------------------------------------------------
     Row('export-out-is-a-checkpoint', 'export', A('export', '--checkpoint', '{last}', '--out', '{best}'), 2,
         r'--out .*model_best.pth.tar.* (is a file|run folder|checkpoint)'),
@@ -270,6 +301,18 @@ ROWS = [
         r'(file write failed|No space left)', disk_full_in('safetensors.torch.save_file', TORCH_FULL)),
     Row('export-internal-error', 'export', A('export', '--checkpoint', '{last}', '--out', '{tmp}/e'), 1,
         r'internal error \(ZeroDivisionError', crash_in('timm_mimo.hub.model_card')),
+    Row('export-temperature-of-another-checkpoint', 'export',
+        A('export', '--checkpoint', '{last}', '--out', '{tmp}/e', '--results', '{tmp}/results.json'), 2,
+        r'holds a temperature fitted on another checkpoint',
+        results_json(temperature=1.5, checkpoint='{old}', temperature_checkpoint='{old}',
+                     temperature_checkpoint_sha256='0123456789abcdef')),
+    Row('export-results-of-another-checkpoint-without-hash', 'export',
+        A('export', '--checkpoint', '{last}', '--out', '{tmp}/e', '--results', '{tmp}/results.json'), 2,
+        r"was written for the checkpoint '.*old/last.pth.tar'", results_json(temperature=1.5, checkpoint='{old}')),
+    Row('export-flagged-temperature', 'export',
+        A('export', '--checkpoint', '{last}', '--out', '{tmp}/e', '--results', '{tmp}/results.json'), 2,
+        r'the temperature 0.001 is flagged \(at the search bound',
+        results_json(temperature=0.001, checkpoint='{last}', temperature_flag='at the search bound (...)')),
     Row('run-binary-file', 'timm_mimo', A('run', '{tmp}/junk.py'), 2, r"run: '.*junk.py' is not a Python script",
         text_file('junk.py', b'\x00\x01\x02binary')),
     Row('run-missing-script', 'timm_mimo', A('run', '{tmp}/nothing.py'), 2, r"script '.*nothing.py' does not exist"),
@@ -418,6 +461,29 @@ def test_held_out_temperature_split_is_labelled_by_the_runs_classes(world, tmp_p
     held_out = validate.open_calibration_split(args, dataset, None)
     assert [held_out[i][1] for i in range(len(held_out))] == [1, 2, 3]
     assert isinstance(args, argparse.Namespace)
+
+
+def test_temperature_records_its_provenance_and_a_tiny_fit_is_flagged(world, tmp_path, capsys):
+    """A fit on 4 held-out images: the results name the checkpoint (hash), split and count, flag the fit, and
+    export refuses it; the temperature column is exact (not rounded to 4 decimals)."""
+    import json
+
+    from timm_mimo.temperature_provenance import checkpoint_digest
+    data = tmp_path / 'data'
+    shutil.copytree(world['data'], data)
+    write_colour_folder(str(data), {'heldout': 1})
+    results = tmp_path / 'val.json'
+    assert validate.main([*V('--checkpoint', '{last}')(world), '--data-dir', str(data), '--fit-temperature', 'heldout',
+                          '--results-file', str(results)]) == 0
+    assert 'WARNING: the temperature' in capsys.readouterr().out
+    row = json.loads(results.read_text())
+    assert row['temperature_checkpoint'] == world['last'] and row['temperature_images'] == 4
+    assert row['temperature_checkpoint_sha256'] == checkpoint_digest(world['last'])
+    assert 'fitted on 4 images (< 100)' in row['temperature_flag']
+    assert validate.rounded_results({'temperature': 1.23456789e-5, 'loss': 0.123456})['temperature'] == 1.23456789e-5
+    assert hub.main(['export', '--checkpoint', world['last'], '--results', str(results), '--out',
+                     str(tmp_path / 'e')]) == 2
+    assert 'is flagged' in capsys.readouterr().err and not (tmp_path / 'e').exists()
 
 
 def test_export_reproduces_the_checkpoint_metrics(world, tmp_path, capsys):

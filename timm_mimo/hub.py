@@ -636,6 +636,9 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Optional[
     from timm_mimo.checkpoint import run_train_args
     args = _read_mapping(train_args, 'train args') if train_args else None
     metrics = _read_mapping(results, 'results file') if results else None
+    if metrics:  # a temperature fitted on this checkpoint, and not flagged, or none
+        from timm_mimo.temperature_provenance import check_temperature_source
+        check_temperature_source(metrics, str(checkpoint), f'--results {str(results)!r}')
     state = read_checkpoint(checkpoint)
     if args is None:
         args = run_train_args(str(checkpoint), state)

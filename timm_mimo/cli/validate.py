@@ -117,6 +117,8 @@ from timm_mimo.loader import quiet_worker_signals
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.outputs import lock_run_folder, release_run_folders, run_folder_of
 from timm_mimo.recipes import config_path
+from timm_mimo.strict_images import strict_images
+from timm_mimo.temperature_provenance import provenance_columns
 
 __all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main', 'timm_columns', 'rounded_results',
            'bulk_models', 'fit_temperature_columns', 'open_calibration_split', 'shared_images']
@@ -467,6 +469,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         raise CliError(f'cannot build the image transform: {one_line(exc)}') from None
     dataset = open_dataset(args.dataset, args.data_dir, args.split, False, args.dataset_download, loader_transform,
                            args.class_map, args.class_map_partial, **reader_kwargs(args))
+    strict_images(dataset)  # an unreadable image is an error, not replaced by the next one (scored twice)
     where = f'split {args.split!r} of {args.data_dir!r}'
     apply_class_names(dataset, class_names, where)
     num_data_classes = len(class_names) if class_names else dataset_num_classes(dataset)
@@ -576,6 +579,7 @@ def open_calibration_split(args: argparse.Namespace, dataset: Any, transform: An
     """``--fit-temperature SPLIT``, opened like ``--split``; refused when it shares any image with ``--split``."""
     calibration_set = open_dataset(args.dataset, args.data_dir, args.fit_temperature, False, args.dataset_download,
                                    transform, args.class_map, **reader_kwargs(args))
+    strict_images(calibration_set)
     # labelled through the run's classes, as the reported split is (a held-out split may lack a class)
     apply_class_names(calibration_set, dataset_class_names(dataset),
                       f'--fit-temperature split {args.fit_temperature!r}')
@@ -602,8 +606,13 @@ def fit_temperature_columns(args: argparse.Namespace, eval_model: torch.nn.Modul
         eval_model, logged_batches(loader, args.log_freq), device, autocast_dtype, args.channels_last)
     current = get_temperature(model) if temperature_heads(model) else 1.0
     columns = temperature_columns(calibration_logits, calibration_targets, member_logits, targets, current)
+    provenance = provenance_columns(args.checkpoint, columns['temperature'] / current, len(calibration_set))
+    if provenance['temperature_flag']:
+        print(f'WARNING: the temperature {columns["temperature"]:g} is {provenance["temperature_flag"]}; export '
+              'refuses it', flush=True)
     return OrderedDict(temperature=columns['temperature'], temperature_split=args.fit_temperature,
-                       temperature_images=len(calibration_set), loss_ts=columns['loss_ts'], ece_ts=columns['ece_ts'])
+                       temperature_images=len(calibration_set), loss_ts=columns['loss_ts'], ece_ts=columns['ece_ts'],
+                       **provenance)
 
 
 def create_ensemble(paths: Sequence[str], use_ema: bool
@@ -756,7 +765,8 @@ def _check_model_name(name: str, source: str) -> None:
 def rounded_results(results: Dict[str, Any]) -> Dict[str, Any]:
     """timm's rounding: ``param_count`` (millions) to 2 decimals, every other number to 4 (timm rounds its top-k
     columns to 4; the same for the MIMO columns: losses in nats, ECE and accuracies in %, rates in [0, 1])."""
-    return OrderedDict((key, round(value, 2 if key == 'param_count' else 4) if isinstance(value, float) else value)
+    return OrderedDict((key, round(value, 2 if key == 'param_count' else 4)
+                        if isinstance(value, float) and key != 'temperature' else value)  # T exact: it is applied
                        for key, value in results.items())
 
 
