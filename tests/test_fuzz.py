@@ -512,3 +512,22 @@ def test_release_labels_are_scored_by_class_name(world, tmp_path):
     from timm_mimo.cli.args import CliError
     with pytest.raises(CliError, match="class\\(es\\) the run never had \\(yellow\\)"):
         release_label_map(np.array([0, 3]), ['blue', 'green', 'red', 'yellow'], ['blue', 'green', 'red'], 4, 'x')
+
+
+def test_export_of_a_head_larger_than_its_classes_keeps_the_label_order(world, tmp_path):
+    """A 6-output head trained on 4 classes listed in reverse: the export's label_names are those 4, a list in output
+    order, and ``local-dir:`` scores the split as the checkpoint does."""
+    import json
+    names = ['yellow', 'red', 'green', 'blue']
+    argv = [*MODEL, *TRAIN, '--num-classes', '6', '--class-names', *names, '--data-dir', world['data'], '--output',
+            str(tmp_path), '--experiment', 'wide']
+    assert train.main(argv) == 0
+    out = tmp_path / 'export'
+    assert hub.main(['export', '--checkpoint', str(tmp_path / 'wide' / 'last.pth.tar'), '--out', str(out)]) == 0
+    assert json.loads((out / 'config.json').read_text())['label_names'] == names
+    checkpoint = validate.validate(validate.parse_args(
+        [*MODEL, '--num-classes', '6', '--data-dir', world['data'], '--workers', '0', '--crop-pad', '2',
+         '--checkpoint', str(tmp_path / 'wide' / 'last.pth.tar')]))
+    exported = validate.validate(validate.parse_args(['--model', f'local-dir:{out}', '--data-dir', world['data'],
+                                                      '--workers', '0']))
+    assert (exported['top1'], round(exported['loss'], 4)) == (checkpoint['top1'], round(checkpoint['loss'], 4))
