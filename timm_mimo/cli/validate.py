@@ -73,6 +73,7 @@ from timm_mimo.cli.checkpoint import (
     read_checkpoint,
 )
 from timm_mimo.cli.data_path import device_batches, pin_memory
+from timm_mimo.cli.dry_run import validate_dry_run
 from timm_mimo.cli.evaluate import metric_columns
 from timm_mimo.cli.run_folder import (
     Interrupted,
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser, group)
     group.add_argument('--split', metavar='NAME', default='validation',
                        help="split to evaluate (default: validation); '.' = the data dir itself")
+    group.add_argument('--dry-run', action='store_true', default=False,
+                       help='resolve the model and the data as the evaluation would, print what it would evaluate '
+                            '(dataset layout, classes, images, sizes, batches) and what is wrong, then exit without '
+                            'writing anything')
     group = parser.add_argument_group('Model parameters')
     add_model_args(group)
     group.add_argument('--checkpoint', default='', type=str, metavar='PATH',
@@ -772,6 +777,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with SignalGuard():
         try:
             args = parse_args(argv)
+            if args.dry_run:
+                return validate_dry_run(args)
             names = bulk_models(args)
             if not names:
                 results: Any = rounded_results(validate(args))
