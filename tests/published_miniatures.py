@@ -29,7 +29,7 @@ def class_colour(index: int) -> tuple:
     return ((index * 67) % 256, (index * 139) % 256, (index * 211) % 256)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jpeg_bytes(colour: tuple, size: tuple) -> bytes:
     buffer = io.BytesIO()
     Image.new('RGB', size, colour).save(buffer, format='JPEG', quality=95)

@@ -3,6 +3,7 @@
 Every layout is a faithful miniature written here (tests/published_miniatures.py): the release's folder and file
 names and annotation formats, tiny one-colour images whose colour says their class.
 """
+import json
 import os
 
 import pytest
@@ -24,7 +25,8 @@ from published_miniatures import (
     write_tiny_imagenet,
 )
 
-from timm_mimo.cli import train
+from timm_mimo import hub
+from timm_mimo.cli import train, validate
 from timm_mimo.data import DataError, dataset_class_descriptions, dataset_class_names, open_dataset
 from timm_mimo.datasets import CLASS_SUBSETS, IMAGENET100_WNIDS
 
@@ -93,7 +95,7 @@ def test_tiny_imagenet_val_image_without_annotation_is_refused(tmp_path):
         open_dataset('tinyimagenet', top, 'val')
 
 
-def test_tiny_imagenet_trains_with_its_wnids_and_records_them(tiny3, tmp_path):
+def test_tiny_imagenet_trains_with_its_wnids_and_records_them(tiny3, tmp_path, capsys):
     """A few steps on the colour-coded classes; no --num-classes: the head takes the 3 classes, args.yaml and the
     checkpoint record them in wnids.txt order with their words.txt names."""
     out = tmp_path / 'out'
@@ -107,6 +109,20 @@ def test_tiny_imagenet_trains_with_its_wnids_and_records_them(tiny3, tmp_path):
     state = torch.load(out / 'run' / 'last.pth.tar', weights_only=True)
     assert state['class_names'] == TINY3
     assert state['state_dict']['fc.weight'].shape[0] == 3
+    # the evaluation's dry run reads the run's classes; test/ (unlabelled) is one error line
+    base = ['--config', str(out / 'run' / 'args.yaml'), '--checkpoint', str(out / 'run' / 'last.pth.tar'),
+            '--device', 'cpu', '--dry-run']
+    assert validate.main([*base, '--split', 'val']) == 0
+    printed = capsys.readouterr().out
+    assert f"3: {TINY3[0]} ({IMAGENET_WORDS[TINY3[0]]})" in printed and 'labelled by val_annotations.txt' in printed
+    assert validate.main([*base, '--split', 'test']) == 2
+    assert "split 'test' of Tiny ImageNet" in _error(capsys)
+    # the exported model's config.json and card carry the readable names
+    folder = hub.export_checkpoint(out / 'run' / 'last.pth.tar', None, tmp_path / 'export')
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['label_names'] == TINY3
+    assert config['label_descriptions'] == {wnid: IMAGENET_WORDS[wnid] for wnid in TINY3}
+    assert f'{TINY3[0]} ({IMAGENET_WORDS[TINY3[0]]})' in (folder / 'README.md').read_text()
 
 
 # --- ImageNet / ImageNet-100 ---------------------------------------------------------------------------------------

@@ -17,7 +17,13 @@ import torch
 from timm.data import resolve_data_config
 
 from timm_mimo.cli.args import CliError, check_model_input, one_line
-from timm_mimo.data import DataError, dataset_class_descriptions, dataset_class_names, dataset_layout
+from timm_mimo.data import (
+    DataError,
+    dataset_class_descriptions,
+    dataset_class_names,
+    dataset_layout,
+    dataset_num_classes,
+)
 
 __all__ = ['train_dry_run', 'validate_dry_run', 'sampled_image_sizes']
 
@@ -132,6 +138,7 @@ def _train_report(args: argparse.Namespace) -> None:
         args.data_config = resolve_data_config(vars(args), model=model, verbose=False)
         check_model_input(model, args, args.data_config['input_size'])
     args.num_classes_resolved = model.num_classes
+    cli.check_labels(len(names) if names else dataset_num_classes(dataset), model.num_classes, args, names)
     head = (f'--num-classes {given_classes}' if given_classes is not None else
             "the training split's class count" if args.num_classes is not None else "the model's default")
     _line('model', f'{args.model}: {sum(p.numel() for p in model.parameters()):,} params, '
@@ -145,8 +152,6 @@ def _train_report(args: argparse.Namespace) -> None:
     num_partners = args.batch_size if task.pixel_mix is not None else 0
     train_data = open_train_data(args, config, num_partners, dataset)
     class_names = train_data.class_names
-    cli.check_labels(len(class_names) if class_names else train_data.num_classes, model.num_classes, args,
-                     class_names)
     if resume_state is not None:
         from timm_mimo.cli.checkpoint import checkpoint_class_names
         if checkpoint_class_names(resume_state) not in (None, class_names):

@@ -1384,6 +1384,9 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
     args.num_classes_resolved = model.num_classes
     if args.initial_checkpoint:
         load_initial_checkpoint(model, args.initial_checkpoint)
+    split_names = dataset_class_names(train_split)
+    check_labels(len(split_names) if split_names else dataset_num_classes(train_split), model.num_classes, args,
+                 split_names)
     if args.sync_bn and args.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -1400,7 +1403,6 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
     train_data = open_train_data(args, args.data_config, num_partners, train_split)
     sampler = train_data.sampler
     class_names = args.class_names = train_data.class_names
-    check_labels(len(class_names) if class_names else train_data.num_classes, model.num_classes, args, class_names)
     if resume_state is not None and checkpoint_class_names(resume_state) not in (None, class_names):
         raise CliError(f'--resume {args.resume!r} was trained on the classes '
                        f'{checkpoint_class_names(resume_state)}, the data gives {class_names}: resume on its data')
