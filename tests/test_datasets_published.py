@@ -248,3 +248,18 @@ def test_a_recipe_num_classes_other_than_the_data_is_refused(tiny3, tmp_path, ca
     err = _error(capsys)
     assert 'the model has 200 outputs (--num-classes 200' in err and 'has 3 classes' in err
     assert not (tmp_path / 'out').exists()
+
+
+def test_cifar_c_labels_follow_the_run_class_names_in_torchvision_order(tmp_path):
+    """CIFAR-10-C's labels.npy holds torchvision's indices: a run whose class list is in another order is refused."""
+    import numpy as np
+
+    from timm_mimo.cli.validate import check_cifar_c_order
+    from timm_mimo.evaluation import CorruptionRelease
+    np.save(tmp_path / 'labels.npy', np.arange(5) % 10)
+    np.save(tmp_path / 'gaussian_noise.npy', np.zeros((5, 32, 32, 3), dtype=np.uint8))
+    release = CorruptionRelease(str(tmp_path))
+    for names in (CIFAR10_NAMES, [str(i) for i in range(10)], None):
+        check_cifar_c_order(str(tmp_path), release, names)
+    with pytest.raises(ValueError, match=r"torchvision's CIFAR class indices .* another order \(truck, ship"):
+        check_cifar_c_order(str(tmp_path), release, list(reversed(CIFAR10_NAMES)))

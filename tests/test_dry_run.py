@@ -106,3 +106,16 @@ def test_validate_dry_run_resolves_a_checkpoint_free_model_without_weights(minia
                         '--dataset', 'tinyimagenet', '--split', 'val', '--dry-run', '--device', 'cpu'])
     err = capsys.readouterr().err
     assert rc == 2 and 'has no pretrained weights' in err and len(err.strip().splitlines()) == 1
+
+
+def test_docs_list_every_recipe_under_its_dataset():
+    """docs/datasets.md: one section per dataset, naming every recipe that uses it (and the recipes point there)."""
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'datasets.md')).read()
+    sections = {'tinyimagenet': '## Tiny ImageNet', 'imagenet': '## ImageNet-1k', 'imagenet100': '## ImageNet-100',
+                'torch/cifar10': '## CIFAR-10', 'torch/cifar100': '## CIFAR-10'}
+    for name in NAMES:
+        dataset = _config(name)['dataset']
+        section = text.split(sections[dataset], 1)[1].split('\n## ', 1)[0]
+        assert f'`{name}`' in section, (name, dataset)
+        if dataset in ('tinyimagenet', 'imagenet', 'imagenet100'):
+            assert 'docs/datasets.md' in open(config_path(name)).read()

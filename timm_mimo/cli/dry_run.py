@@ -165,8 +165,8 @@ def _train_report(args: argparse.Namespace) -> None:
         rule = '--lr as given'
     else:
         scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
-        rule = (f'--lr-base {args.lr_base:g} x ({global_batch // args.batch_repeat} unique / --lr-base-size '
-                f'{args.lr_base_size}), {scale} scaling')
+        ratio = f'{global_batch // args.batch_repeat} unique a step / --lr-base-size {args.lr_base_size}'
+        rule = f'--lr-base {args.lr_base:g} x {"sqrt" if scale == "sqrt" else ""}({ratio}), {scale} scaling'
     _line('lr', f'{args.lr:g} ({rule}); {args.opt}, sched {args.sched}, warm-up {args.warmup_epochs} epoch(s)')
     if args.val_split:
         cli.check_eval_metric(args, task)

@@ -661,12 +661,27 @@ def check_ensemble_input(ensemble: CheckpointEnsemble, in_chans: int) -> None:
                        f'gives {in_chans}: set --in-chans {channels[0]} (or --config with a run\'s args.yaml)')
 
 
+def check_cifar_c_order(root: str, release: CorruptionRelease, names: Optional[List[Optional[str]]]) -> None:
+    """CIFAR-*-C labels (``labels.npy``) are torchvision's CIFAR class indices, whose class names are sorted: the
+    run's class list must be in that order (torchvision's names, an image folder of the class names, or of the
+    indices '0'..'K-1'), else its labels would silently be other classes."""
+    if release.layout != 'cifar' or not names:
+        return
+    known = [str(name) for name in names if name is not None]
+    if known == sorted(known) or known == [str(index) for index in range(len(known))]:
+        return
+    raise ValueError(f'{root!r} is labelled by torchvision\'s CIFAR class indices (sorted class names), but the run\'s '
+                     f'classes are in another order ({", ".join(known[:4])}, ...): evaluate a model trained on '
+                     'torch/cifar10 / torch/cifar100, or on an image folder whose folders are the class names')
+
+
 def open_release(root: str, dataset: Any, num_classes: int) -> CorruptionRelease:
     """The release of ``--corruption-dir``, its class folders (Tiny-ImageNet-C's wnids) mapped to the indices the clean
     split is evaluated with (the run's class names when it recorded them); its labels must fit the model."""
     names = dataset_class_names(dataset)
     class_to_idx = {name: index for index, name in enumerate(names) if name is not None} if names else None
     release = CorruptionRelease(root, class_to_idx=class_to_idx)
+    check_cifar_c_order(root, release, names)
     largest = release.max_label()
     if largest >= num_classes:
         raise ValueError(f'{root!r} has class index {largest} but the model has {num_classes} outputs (a '
