@@ -35,22 +35,32 @@ def _line(key: str, value: str) -> None:
     print(f'  {key + ":":<14s}{value}', flush=True)
 
 
-def sampled_image_sizes(dataset: Any, count: int = NUM_SIZE_SAMPLES) -> str:
-    """The sizes (W x H px) of ``count`` images spread over the split, as they are stored (no transform)."""
+def _sampled_sizes(dataset: Any, count: int = NUM_SIZE_SAMPLES) -> List[Any]:
+    """The stored sizes ``(W, H)`` of ``count`` images spread over the split (no transform applied)."""
     total = len(dataset)
     indices = sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(min(count, total))})
     saved = getattr(dataset, 'transform', None)
-    sizes: Counter = Counter()
+    sizes = []
     try:
         dataset.transform = None
         for index in indices:
             image = dataset[index][0]
             size = getattr(image, 'size', None)
-            sizes['x'.join(map(str, size)) if isinstance(size, tuple) else type(image).__name__] += 1
+            sizes.append(size if isinstance(size, tuple) else type(image).__name__)
     finally:
         dataset.transform = saved
-    shown = ', '.join(f'{size}' + (f' ({n})' if len(sizes) > 1 else '') for size, n in sizes.most_common(4))
-    return f'{shown} in {len(indices)} sampled images' + (' (sizes vary)' if len(sizes) > 1 else '')
+    return sizes
+
+
+def sampled_image_sizes(dataset: Any, count: int = NUM_SIZE_SAMPLES) -> str:
+    """The sizes (W x H px) of ``count`` images spread over the split, as they are stored (no transform)."""
+    return _format_sizes(_sampled_sizes(dataset, count))
+
+
+def _format_sizes(sizes: Sequence[Any]) -> str:
+    counts = Counter('x'.join(map(str, size)) if isinstance(size, tuple) else str(size) for size in sizes)
+    shown = ', '.join(f'{size}' + (f' ({n})' if len(counts) > 1 else '') for size, n in counts.most_common(4))
+    return f'{shown} in {len(sizes)} sampled images' + (' (sizes vary)' if len(counts) > 1 else '')
 
 
 def _class_summary(names: Optional[Sequence[Optional[str]]], descriptions: Optional[Dict[str, str]],
@@ -126,7 +136,8 @@ def _train_report(args: argparse.Namespace) -> None:
     names = dataset_class_names(dataset)
     descriptions = dataset_class_descriptions(dataset)
     _line('classes', _class_summary(names, descriptions, args.num_classes))
-    _line('image sizes', sampled_image_sizes(dataset))
+    sizes = _sampled_sizes(dataset)
+    _line('image sizes', _format_sizes(sizes))
     weights = _weights_line(args)
     with torch.device('meta'):
         model = cli.create_train_model(_meta_copy(args))
@@ -149,6 +160,12 @@ def _train_report(args: argparse.Namespace) -> None:
     _line('input', f'{"x".join(map(str, config["input_size"]))}, mean {tuple(round(m, 4) for m in config["mean"])}, '
           f'std {tuple(round(s, 4) for s in config["std"])}, '
           f'{"CIFAR-style pad-crop " + str(args.crop_pad) if args.crop_pad is not None else "timm transforms"}')
+    height, width = config['input_size'][-2:]
+    small = [size for size in sizes if isinstance(size, tuple) and (size[0] < width or size[1] < height)]
+    if small:
+        grown = 'zero-padded (--crop-pad transform)' if args.crop_pad is not None else 'upscaled by the transforms'
+        _line('note', f'{len(small)} of {len(sizes)} sampled images are smaller than the {width}x{height} input: '
+                      f'{grown}')
     num_partners = args.batch_size if task.pixel_mix is not None else 0
     train_data = open_train_data(args, config, num_partners, dataset)
     class_names = train_data.class_names
