@@ -515,16 +515,20 @@ def test_release_labels_are_scored_by_class_name(world, tmp_path):
 
 
 def test_export_of_a_head_larger_than_its_classes_keeps_the_label_order(world, tmp_path):
-    """A 6-output head trained on 4 classes listed in reverse: the export's label_names are those 4, a list in output
-    order, and ``local-dir:`` scores the split as the checkpoint does."""
+    """A 6-output head trained on 4 classes mapped (``--class-map``) to outputs 0, 2, 3 and 5 in another order than
+    the folders': the export's label_names are the class of every output, a list in output order (null for the
+    outputs without one), and ``local-dir:`` scores the split as the checkpoint does."""
     import json
-    names = ['yellow', 'red', 'green', 'blue']
-    argv = [*MODEL, *TRAIN, '--num-classes', '6', '--class-names', *names, '--data-dir', world['data'], '--output',
-            str(tmp_path), '--experiment', 'wide']
+    import pickle
+    with open(tmp_path / 'map.pkl', 'wb') as f:
+        pickle.dump({'yellow': 0, 'red': 2, 'green': 3, 'blue': 5}, f)
+    argv = [*MODEL, *TRAIN, '--num-classes', '6', '--class-map', str(tmp_path / 'map.pkl'), '--data-dir',
+            world['data'], '--output', str(tmp_path), '--experiment', 'wide']
     assert train.main(argv) == 0
     out = tmp_path / 'export'
     assert hub.main(['export', '--checkpoint', str(tmp_path / 'wide' / 'last.pth.tar'), '--out', str(out)]) == 0
-    assert json.loads((out / 'config.json').read_text())['label_names'] == names
+    assert json.loads((out / 'config.json').read_text())['label_names'] == ['yellow', None, 'red', 'green', None,
+                                                                           'blue']
     checkpoint = validate.validate(validate.parse_args(
         [*MODEL, '--num-classes', '6', '--data-dir', world['data'], '--workers', '0', '--crop-pad', '2',
          '--checkpoint', str(tmp_path / 'wide' / 'last.pth.tar')]))
