@@ -535,3 +535,21 @@ def test_export_of_a_head_larger_than_its_classes_keeps_the_label_order(world, t
     exported = validate.validate(validate.parse_args(['--model', f'local-dir:{out}', '--data-dir', world['data'],
                                                       '--workers', '0']))
     assert (exported['top1'], round(exported['loss'], 4)) == (checkpoint['top1'], round(checkpoint['loss'], 4))
+
+
+def test_an_atomic_write_that_fails_in_any_way_keeps_the_old_file(tmp_path):
+    """Whatever the writer raises (a RuntimeError as torch's writer on a full disk), the old bytes stay and no
+    temporary file is left; a successful write replaces the file whole."""
+    from timm_mimo.outputs import write_atomically
+    path = tmp_path / 'results.csv'
+    path.write_text('old\n')
+
+    def half_then_fail(tmp):
+        with open(tmp, 'w') as f:
+            f.write('half')
+        raise RuntimeError('PytorchStreamWriter failed writing file data/0: file write failed')
+    with pytest.raises(RuntimeError):
+        write_atomically(path, half_then_fail)
+    assert path.read_text() == 'old\n' and os.listdir(tmp_path) == ['results.csv']
+    write_atomically(path, lambda tmp: open(tmp, 'w').write('new\n'))
+    assert path.read_text() == 'new\n' and os.listdir(tmp_path) == ['results.csv']
