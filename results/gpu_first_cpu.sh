@@ -24,7 +24,7 @@ run() {  # run <name> <command...>: the command line and its output into $OUT/<n
     | grep -v -e 'UserWarning' -e 'warnings.warn' | tee "$OUT/$name.txt"
 }
 part() { [[ " $PARTS " == *" $1 "* ]]; }
-LOOP_DATA=(--data-dir "$CIFAR10" --dataset '' --num-classes 10 --crop-pad 4 -b 64 --val-split '')
+LOOP_DATA=(--data-dir "$CIFAR10" --dataset '' --num-classes 10 --crop-pad 4 -b 32 --val-split '')
 LOOP=(benchmark.py loop --model cut_mixmo_wrn28_2 --batch-repeat 2 --steps 20 --warmup-steps 3 --rounds 2)
 
 if part models; then
@@ -36,12 +36,12 @@ if part ops; then
     mixvit_deit_small_patch16_224 -b 2
 fi
 if part loop; then
-  for workers in 1 2; do
-    run "loop_workers$workers" $PY "${LOOP[@]}" --results-file "$OUT/loop_workers$workers.csv" -- "${LOOP_DATA[@]}" \
-      --workers "$workers"
-  done
-  run loop_device_data $PY "${LOOP[@]}" --results-file "$OUT/loop_device_data.csv" -- "${LOOP_DATA[@]}" \
-    --workers 1 --device-data
+  # the MIMO model against its backbone with 1 worker; the other loaders on the MIMO side alone (shorter)
+  run loop_workers1 $PY "${LOOP[@]}" --results-file "$OUT/loop_workers1.csv" -- "${LOOP_DATA[@]}" --workers 1
+  run loop_workers2 $PY "${LOOP[@]}" --no-backbone --results-file "$OUT/loop_workers2.csv" -- "${LOOP_DATA[@]}" \
+    --workers 2
+  run loop_device_data $PY "${LOOP[@]}" --no-backbone --results-file "$OUT/loop_device_data.csv" \
+    -- "${LOOP_DATA[@]}" --workers 1 --device-data
   # the instrument itself: a data path at 0.4x the step rate (a delay slept in the 2 workers) must read <= 0.45
   run loop_slow_data $PY "${LOOP[@]}" --no-backbone --loader-share 0.4 --results-file "$OUT/loop_slow_data.csv" \
     -- "${LOOP_DATA[@]}" --workers 2

@@ -192,3 +192,22 @@ def test_cpu_mode_runs_every_part_and_writes_the_summary(small_digits_dir, tmp_p
     # the commands it ran wrote nothing outside --out and its temporary folder
     assert subprocess.run(['git', 'status', '--porcelain', '--', 'results/gpu_check'], cwd=REPO,
                           capture_output=True, text=True).stdout == ''
+
+
+def test_machine_record_on_a_gpu(monkeypatch):
+    """The CUDA branch of the machine record (GPU name, capability, memory, cuDNN, driver), with torch's CUDA queries
+    and nvidia-smi stood in for."""
+    from types import SimpleNamespace
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda i: SimpleNamespace(total_memory=80 * 2 ** 30))
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda i: 'NVIDIA H100 80GB HBM3')
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda i: (9, 0))
+    monkeypatch.setattr(torch.backends.cudnn, 'version', lambda: 91000)
+    real = gpu_check._command_output
+    monkeypatch.setattr(gpu_check, '_command_output',
+                        lambda argv: '560.35.03\n' if argv[0] == 'nvidia-smi' else real(argv))
+    record = gpu_check.machine_record()
+    assert (record['gpu'], record['gpu_capability'], record['gpu_memory_gib'], record['cudnn'], record['driver']) == (
+        'NVIDIA H100 80GB HBM3', '9.0', 80.0, 91000, '560.35.03')
+    assert record['torch'] == torch.__version__ and record['cuda'] == torch.version.cuda
