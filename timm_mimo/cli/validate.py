@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 import timm_mimo  # noqa: F401  (registers the MIMO models)
 from timm_mimo.analysis import sharing_rates
-from timm_mimo.calibration import get_temperature, temperature_columns, temperature_heads
+from timm_mimo.calibration import at_search_bound, columns_after, fit_temperature, get_temperature, temperature_heads
 from timm_mimo.checkpoint import run_train_args
 from timm_mimo.cli.args import (
     MODEL_CHECKS,
@@ -497,6 +497,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     results.update(checkpoint=checkpoint, dataset=args.dataset, split=args.split, num_images=len(dataset),
                    num_members=model.num_members if is_mimo(model) else 1)
     results.update((key, value) for key, value in metrics.items() if key not in results)
+    results.update(temperature_of(model))
     results.update(rates)
     if calibration_set is not None:
         results.update(fit_temperature_columns(args, eval_model, model, calibration_set, data_config, member_logits,
@@ -574,19 +575,38 @@ def fit_temperature_columns(args: argparse.Namespace, eval_model: torch.nn.Modul
                             calibration_set: Any, data_config: Dict[str, Any], member_logits: torch.Tensor,
                             targets: torch.Tensor, device: torch.device,
                             autocast_dtype: Optional[torch.dtype]) -> Dict[str, Any]:
-    """The temperature fitted on the held-out ``calibration_set`` (loaded as the reported split is) and the reported
-    split's NLL / ECE after it (:func:`timm_mimo.calibration.temperature_columns`)."""
+    """The temperature fitted on the held-out ``calibration_set`` (loaded as the reported split is;
+    :func:`timm_mimo.calibration.fit_temperature`, not applied: the later evaluations use the model as given) and the
+    reported split's NLL / ECE after it. A fit that ends at its search bound is reported on stderr."""
     loader = device_batches(DataLoader(calibration_set, batch_size=args.batch_size, shuffle=False,
                                        num_workers=args.workers, pin_memory=pin_memory(args, device),
                                        worker_init_fn=quiet_worker_signals),
                             args, data_config, device)
     print(f'Fitting the temperature on split {args.fit_temperature!r} ({len(calibration_set)} images)', flush=True)
-    calibration_logits, calibration_targets = collect_member_logits(
-        eval_model, logged_batches(loader, args.log_freq), device, autocast_dtype, args.channels_last)
-    current = get_temperature(model) if temperature_heads(model) else 1.0
-    columns = temperature_columns(calibration_logits, calibration_targets, member_logits, targets, current)
-    return OrderedDict(temperature=columns['temperature'], temperature_split=args.fit_temperature,
-                       temperature_images=len(calibration_set), loss_ts=columns['loss_ts'], ece_ts=columns['ece_ts'])
+    if not temperature_heads(model):
+        raise CliError(f'--fit-temperature: {args.model!r} has no timm_mimo member heads to hold a temperature (a '
+                       'plain timm model); temperature scaling is deployable on timm_mimo MIMO models')
+    _, fit = fit_temperature(eval_model, logged_batches(loader, args.log_freq), device, autocast_dtype,
+                             args.channels_last, apply=False)
+    if fit['temperature_at_bound']:
+        print(f"warning: the temperature fit on split {args.fit_temperature!r} ended at its search bound (T = "
+              f"{fit['temperature']:.6g}): its NLL kept falling, which calibrated logits do not do; check the split's "
+              'labels and the model (temperature_at_bound is true in the results)', file=sys.stderr, flush=True)
+    columns = columns_after(fit, member_logits, targets)
+    return OrderedDict(temperature=columns['temperature'], temperature_at_bound=columns['temperature_at_bound'],
+                       temperature_split=args.fit_temperature, temperature_images=len(calibration_set),
+                       loss_ts=columns['loss_ts'], ece_ts=columns['ece_ts'])
+
+
+def temperature_of(model: torch.nn.Module) -> Dict[str, Any]:
+    """The ``temperature`` column of every row (the one the model applies: 1.0 for an uncalibrated or plain model, an
+    ensemble of checkpoints included) and ``temperature_at_bound`` (an exported temperature that sits at the fit's
+    search bound); ``--fit-temperature`` replaces both with its fit."""
+    try:
+        temperature = get_temperature(model) if temperature_heads(model) else 1.0
+    except ValueError:  # networks of a deep ensemble holding different temperatures: each applies its own
+        return OrderedDict(temperature='', temperature_at_bound=False)
+    return OrderedDict(temperature=temperature, temperature_at_bound=at_search_bound(temperature))
 
 
 def create_ensemble(paths: Sequence[str], use_ema: bool
