@@ -18,7 +18,9 @@ Tiny-ImageNet-C files, ``--reliability-diagram`` a PNG of the ensemble's calibra
 deployable temperature fitted on a held-out split (:mod:`timm_mimo.calibration`).
 
 Results files start with timm validate.py's columns and rounding (:func:`timm_columns`, :func:`rounded_results`);
-timm's bulk mode (``--model-list``, ``--model FILE``, wildcards) writes one row per model (:func:`bulk_models`).
+timm's bulk mode (``--model-list``, ``--model FILE``, wildcards, a ``--checkpoint`` folder) writes one row per model
+(:func:`bulk_models`, :func:`checkpoint_runs`); a failing model is reported and skipped (exit status 1). Like timm's
+validate.py, the command ends by printing ``--result`` and the results as JSON on stdout.
 """
 import argparse
 import contextlib
@@ -108,7 +110,8 @@ from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.recipes import config_path
 
 __all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main', 'timm_columns', 'rounded_results',
-           'bulk_models', 'fit_temperature_columns', 'open_calibration_split', 'shared_images']
+           'bulk_models', 'checkpoint_runs', 'validate_each', 'shape_mismatch', 'fit_temperature_columns',
+           'open_calibration_split', 'shared_images', 'temperature_of']
 
 REFUSED = [
     Refused(('--num-samples',), 'for iterable datasets; this evaluation indexes the whole split', default=None,
@@ -145,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(group)
     group.add_argument('--checkpoint', default='', type=str, metavar='PATH',
                        help="checkpoint file whose weights are evaluated, timm_mimo's or timm's train.py (default: "
-                            'none => the pretrained weights)')
+                            'none => the pretrained weights); a folder: each of its *.pth.tar / *.pth checkpoints, '
+                            "one results row each (timm's bulk mode)")
     group.add_argument('--pretrained-path', default=None, type=str, metavar='FILE',
                        help="a local copy of the model's pretrained weights (e.g. the model.safetensors of its Hub "
                             'repository, downloaded elsewhere), loaded as the published weights would be')
@@ -320,12 +324,34 @@ def load_weights(model: torch.nn.Module, path: str, use_ema: bool, state: Any = 
     ``state``: the file already read (:func:`timm_mimo.cli.checkpoint.read_checkpoint`)."""
     if state is None:
         state = read_checkpoint(path, flag)
-    weights = checkpoint_weights(state, path, use_ema, flag)
+    weights = clean_state_dict(checkpoint_weights(state, path, use_ema, flag))
+    mismatch = shape_mismatch(model, weights)
+    if mismatch:
+        raise CliError(f'checkpoint {path!r} does not fit model {type(model).__name__}: {mismatch}')
     try:
-        model.load_state_dict(clean_state_dict(weights))
+        model.load_state_dict(weights)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CliError(f'checkpoint {path!r} does not fit model {type(model).__name__}: {one_line(exc, 240)}') \
             from None
+
+
+def shape_mismatch(model: torch.nn.Module, weights: Dict[str, torch.Tensor]) -> Optional[str]:
+    """What differs in size between ``weights`` and ``model`` (``None``: nothing); a classifier of another class
+    count is named with both sizes and the ``--num-classes`` way out."""
+    own = model.state_dict()
+    differ = [(key, tuple(weights[key].shape), tuple(own[key].shape)) for key in weights
+              if key in own and tuple(weights[key].shape) != tuple(own[key].shape)]
+    if not differ:
+        return None
+    num_classes = getattr(model, 'num_classes', None)
+    for key, theirs, ours in differ:
+        if key.endswith('.bias') and ours and ours[-1] == num_classes and theirs:
+            return (f'its classifier head has {theirs[-1]} outputs ({key} {theirs}) and the model {num_classes} '
+                    f'({ours}): set --num-classes {theirs[-1]} (or --config with the run\'s args.yaml)')
+    shown = '; '.join(f'{key} {theirs} in the checkpoint, {ours} in the model' for key, theirs, ours in differ[:3])
+    more = f' and {len(differ) - 3} more' if len(differ) > 3 else ''
+    return (f'{len(differ)} tensors differ in size ({shown}{more}): give the --model / --model-kwargs of the run '
+            "that wrote it (or --config with the run's args.yaml)")
 
 
 def eval_class_names(args: argparse.Namespace, state: Any, model: torch.nn.Module) -> Optional[List[str]]:
@@ -727,6 +753,51 @@ def bulk_models(args: argparse.Namespace) -> list:
     return names
 
 
+CHECKPOINT_PATTERNS = ('*.pth.tar', '*.pth')  # what timm's validate.py validates in a --checkpoint folder
+
+
+def checkpoint_runs(args: argparse.Namespace) -> List[str]:
+    """timm's ``--checkpoint DIR``: every checkpoint in the folder (``*.pth.tar``, ``*.pth``, in natural order), each
+    validated as ``--model`` and written as one row; ``[]`` when ``--checkpoint`` is not a folder."""
+    import glob
+
+    from timm.utils import natural_key
+    folder = args.checkpoint
+    if not folder or not os.path.isdir(folder):
+        return []
+    paths = sorted({path for pattern in CHECKPOINT_PATTERNS for path in glob.glob(os.path.join(folder, pattern))},
+                   key=natural_key)
+    if not paths:
+        raise CliError(f'--checkpoint {folder!r} is a folder holding no checkpoint ({", ".join(CHECKPOINT_PATTERNS)}); '
+                       'an exported model folder validates with --model local-dir:FOLDER')
+    for dest in ('ensemble_checkpoints', 'reliability_diagram'):
+        if getattr(args, dest):
+            raise CliError(f'--checkpoint {folder!r} (a folder) validates each of its {len(paths)} checkpoints; '
+                           f'--{dest.replace("_", "-")} applies to one: drop one of them')
+    return paths
+
+
+def validate_each(args: argparse.Namespace, runs: Sequence[Tuple[str, str]]
+                  ) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
+    """Bulk mode as timm's: validate every ``(model, checkpoint)``; a failing one is reported on stderr and
+    skipped, the others go on. Returns the rows (sorted by top1, timm's order) and the ``(run, error)`` failures."""
+    rows, failed = [], []
+    for index, (name, checkpoint) in enumerate(runs):
+        label = f'{name} {checkpoint}' if checkpoint else name
+        print(f'== [{index + 1}/{len(runs)}] {label}', flush=True)
+        try:
+            rows.append(rounded_results(validate(argparse.Namespace(**dict(vars(args), model=name,
+                                                                           checkpoint=checkpoint)))))
+        except (CliError, DataError) as exc:
+            failed.append((label, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - as timm's bulk mode: one model's failure does not stop the rest
+            failed.append((label, f'{type(exc).__name__}: {one_line(exc)}'))
+        else:
+            continue
+        print(f'error: {label}: {failed[-1][1]} (skipped; the others go on)', file=sys.stderr, flush=True)
+    return sorted(rows, key=lambda row: row['top1'], reverse=True), failed
+
+
 def _names_in_file(path: str) -> list:
     with open(path) as f:
         return [line.split('#', 1)[0].strip() for line in f if line.split('#', 1)[0].strip()]
@@ -786,34 +857,34 @@ def _print_results(results: Dict[str, Any]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: prints the metrics; bad input ends with one line on stderr and exit status 2, SIGINT / SIGTERM
-    with one line and status 130 / 143 (no results file written). Bulk mode (:func:`bulk_models`) validates every
-    model, one row each, sorted by top1; its first failing model stops it with nothing written."""
+    """Entry point: prints the metrics, then timm's ``--result`` block (the results as JSON) on stdout; bad input ends
+    with one line on stderr and exit status 2, SIGINT / SIGTERM with one line and status 130 / 143 (no results file
+    written). Bulk mode (:func:`bulk_models`, a ``--checkpoint`` folder: :func:`checkpoint_runs`) validates every
+    model, one row each, sorted by top1; a failing model is reported and skipped, the others written, and the exit
+    status is 1."""
+    failed: List[Tuple[str, str]] = []
     with SignalGuard():
         try:
             args = parse_args(argv)
-            names = bulk_models(args)
-            if not names:
+            runs = [(name, '') for name in bulk_models(args)] or [(args.model, path) for path in checkpoint_runs(args)]
+            if not runs:
                 results: Any = rounded_results(validate(args))
                 _print_results(results)
             else:
-                rows = []
-                for index, name in enumerate(names):
-                    print(f'== [{index + 1}/{len(names)}] {name}', flush=True)
-                    try:
-                        rows.append(rounded_results(validate(argparse.Namespace(**dict(vars(args), model=name)))))
-                    except (CliError, DataError) as exc:
-                        raise CliError(f'{name}: {exc} (bulk mode stops at the first failing model; nothing '
-                                       'written)') from None
-                results = sorted(rows, key=lambda row: row['top1'], reverse=True)  # timm's order
+                results, failed = validate_each(args, runs)
                 for row in results:
-                    print(f"{row['model']:>40s}  top1 {row['top1']}  top5 {row['top5']}  loss {row['loss']}  "
-                          f"ece {row['ece']}")
-            if args.results_file:
+                    print(f"{row['model']:>40s}  {os.path.basename(row['checkpoint'] or '')}  top1 {row['top1']}  "
+                          f"top5 {row['top5']}  loss {row['loss']}  ece {row['ece']}  T {row['temperature']}")
+                if failed:
+                    print(f"error: {len(failed)} of {len(runs)} failed: {', '.join(label for label, _ in failed)}"
+                          + ('; the others are in ' + args.results_file if args.results_file and results else ''),
+                          file=sys.stderr)
+            if args.results_file and (results or not failed):
                 try:
                     write_results(args.results_file, results, args.results_format)
                 except OSError as exc:
                     raise CliError(write_error(args.results_file, exc)) from None
+            print(f'--result\n{json.dumps(results, indent=4)}', flush=True)  # timm's block for runner scripts
         except (CliError, DataError) as exc:
             print(f'error: {exc}', file=sys.stderr)
             return 2
@@ -821,7 +892,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             name = exc.name if isinstance(exc, Interrupted) else 'SIGINT'
             print(f'error: interrupted ({name}); no results file was written', file=sys.stderr)
             return exc.exit_code if isinstance(exc, Interrupted) else 130
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == '__main__':
