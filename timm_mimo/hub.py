@@ -923,20 +923,44 @@ def _write_folder(out: Path, write: Any) -> Path:
     return out
 
 
+def recipe_summary(path: Union[str, os.PathLike]) -> str:
+    """One line of a recipe for ``python -m timm_mimo configs``: model, data set, epochs, batch repetition."""
+    try:
+        recipe = _read_mapping(path, 'recipe')
+    except (OSError, ValueError) as exc:
+        return f'(unreadable: {" ".join(str(exc).split())[:80]})'
+    parts = [str(recipe.get('model', '?')), f"on {recipe.get('dataset') or 'an image folder'}"]
+    if recipe.get('epochs'):
+        parts.append(f"{recipe['epochs']} epochs")
+    if (recipe.get('batch_repeat') or 1) > 1:
+        parts.append(f"b = {recipe['batch_repeat']}")
+    return ', '.join(parts)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m timm_mimo export | configs | run ...``: one-line errors, exit code 2; SIGINT / SIGTERM during an
     export end with one line and status 130 / 143, nothing written."""
     from timm_mimo.cli.args import ArgumentParser, CliError
     from timm_mimo.cli.run_folder import Interrupted, SignalGuard
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ['run', '--version']:
+        from timm_mimo.cli.args import version_line
+        print(version_line('python -m timm_mimo run'))
+        return 0
     if argv and argv[0] == 'run':  # the script's own flags (and --help) pass through untouched
         from timm_mimo.cli.timm_scripts import run_script_command
         return run_script_command(argv[1:])
     parser = ArgumentParser(prog='python -m timm_mimo',
                             description='timm_mimo commands: export a run to a Hub folder, list the shipped recipes, '
-                                        "run timm's own scripts on timm_mimo models")
-    commands = parser.add_subparsers(dest='command', required=True)
-    export = commands.add_parser('export', help='a train.py checkpoint to a Hub folder (safetensors, config, card)')
+                                        "run timm's own scripts on timm_mimo models. Training and evaluation are "
+                                        'timm-mimo-train and timm-mimo-validate.')
+    commands = parser.add_subparsers(dest='command', required=True, metavar='{export,configs,run}')
+    export = commands.add_parser(
+        'export', help='a train.py checkpoint to a Hub folder (safetensors, config, card)',
+        description="Export a checkpoint of timm_mimo's or timm's train.py to a folder that timm loads with "
+                    "timm.create_model('local-dir:FOLDER', pretrained=True) and that pushes to the Hugging Face Hub "
+                    'as it is: model.safetensors, config.json and a README.md model card describing the run '
+                    '(training script, initialisation, recipe in effect, metrics of --results, temperature).')
     export.add_argument('--checkpoint', required=True, help="checkpoint written by timm_mimo's or timm's train.py")
     export.add_argument('--args', default=None,
                         help="the run's args.yaml (default: the args.yaml beside the checkpoint, else the arguments "
@@ -950,9 +974,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     export.add_argument('--dataset-name', default=None,
                         help="the training data set's name for the card (default: the run's --dataset name, e.g. "
                              'cifar10 for torch/cifar10; an image folder has none)')
-    commands.add_parser('configs', help='list the shipped training recipes (use one as --config NAME)')
+    commands.add_parser('configs', help='list the shipped training recipes (use one as --config NAME)',
+                        description='List the training recipes shipped in the package, each with its model, data set, '
+                                    'epochs and batch repetition; timm-mimo-train --config NAME runs one.')
     commands.add_parser('run', help="run a script of timm's (train.py, validate.py, benchmark.py ...) with the "
-                                    'timm_mimo models registered: python -m timm_mimo run SCRIPT [ARGS ...]')
+                                    'timm_mimo models registered: python -m timm_mimo run SCRIPT [ARGS ...]',
+                        description="Run one of timm's own scripts (from timm's repository, at the installed "
+                                    'release) with the timm_mimo models registered.')
     try:
         args = parser.parse_args(argv)
     except CliError as exc:
@@ -960,8 +988,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if args.command == 'configs':
         from timm_mimo.recipes import CONFIG_DIR, list_configs
-        print(f'# {CONFIG_DIR}')
-        print('\n'.join(list_configs()))
+        names = list_configs()
+        print(f'# {len(names)} recipes in {CONFIG_DIR}; run one with timm-mimo-train --config NAME --data-dir DIR')
+        width = max((len(name) for name in names), default=0)
+        for name in names:
+            print(f'{name:<{width}}  {recipe_summary(os.path.join(CONFIG_DIR, name + ".yaml"))}')
         return 0
     with SignalGuard():
         try:

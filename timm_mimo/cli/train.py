@@ -190,7 +190,9 @@ def _alpha(value: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     """timm's train.py options (names, meanings, defaults; refused ones say why) plus the MIMO group."""
-    parser = ArgumentParser(prog='timm-mimo-train', description='timm_mimo training (timm flags + MIMO)')
+    parser = ArgumentParser(prog='timm-mimo-train', usage='%(prog)s [-c FILE] [--data-dir DIR] [--model MODEL] '
+                            '[options]', description="Train a timm model, MIMO ensembles included, with timm's "
+                                                     'train.py flags (the MIMO options first).')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help='YAML file of default flag values (keys: flag names), or the name of a shipped recipe '
                              '(python -m timm_mimo configs); command-line flags override it')
@@ -453,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--mimo-mix-prob', type=float, default=0.5,
                        help='probability that one member input is pixel-mixed (default 0.5, the official MixMo '
                             'code; the papers give none)')
+    parser._action_groups.insert(2, parser._action_groups.pop())  # --help: the MIMO group right after the options
     return parser
 
 

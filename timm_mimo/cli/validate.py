@@ -136,7 +136,10 @@ REFUSED = [
 
 def build_parser() -> argparse.ArgumentParser:
     """timm's validate.py options (names, meanings, defaults; refused ones say why) plus ``--crop-pad``."""
-    parser = ArgumentParser(prog='timm-mimo-validate', description='timm_mimo validation')
+    parser = ArgumentParser(prog='timm-mimo-validate', usage='%(prog)s [-c FILE] [--data-dir DIR] [--model MODEL] '
+                            '[--checkpoint PATH] [options]',
+                            description="Evaluate a timm or timm_mimo model with timm's validate.py flags: timm's "
+                                        'columns, then the ensemble, member, calibration and robustness ones.')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help="YAML flag defaults, e.g. a training run's args.yaml (training-only keys are "
                              'skipped), or a shipped recipe name')
