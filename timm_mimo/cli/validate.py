@@ -76,6 +76,7 @@ from timm_mimo.cli.checkpoint import (
 )
 from timm_mimo.cli.data_path import device_batches, pin_memory
 from timm_mimo.cli.evaluate import metric_columns
+from timm_mimo.cli.progress import collect_logged
 from timm_mimo.cli.run_folder import (
     Interrupted,
     SignalGuard,
@@ -106,7 +107,7 @@ from timm_mimo.evaluation import (
 )
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.loader import quiet_worker_signals
-from timm_mimo.metrics import collect_member_logits, is_mimo
+from timm_mimo.metrics import is_mimo
 from timm_mimo.recipes import config_path
 
 __all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main', 'timm_columns', 'rounded_results',
@@ -515,8 +516,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     autocast_dtype = None
     if args.amp:
         autocast_dtype = torch.float16 if device.type == 'cuda' and args.amp_dtype == 'float16' else torch.bfloat16
-    member_logits, targets = collect_member_logits(eval_model, logged_batches(loader, args.log_freq), device,
-                                                   autocast_dtype, args.channels_last)
+    member_logits, targets = collect_logged(eval_model, loader, device, autocast_dtype, args.channels_last,
+                                            args.log_freq, 'Test:')  # the running top-1 every --log-freq batches
     if args.ensemble_checkpoints:
         name, checkpoint = 'ensemble', ' '.join(args.ensemble_checkpoints)
     else:
