@@ -771,7 +771,7 @@ def test_sigint_in_validate_is_one_line_and_writes_nothing(runs, tmp_path, monke
 
     def interrupted(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)  # Ctrl-C while the split is evaluated
-    monkeypatch.setattr(validate, 'collect_member_logits', interrupted)
+    monkeypatch.setattr(validate, 'collect_logged', interrupted)
     code = validate.main(_validate_argv(run, '--checkpoint', run / 'last.pth.tar', '--results-file',
                                         tmp_path / 'val.csv'))
     assert code == 130

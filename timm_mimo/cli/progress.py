@@ -18,7 +18,7 @@ import torch
 
 from timm_mimo.metrics import collect_member_logits
 
-__all__ = ['setup_console_logging', 'add_log_file', 'close_log_file', 'StepTimes', 'format_duration', 'collect_logged',
+__all__ = ['setup_console_logging', 'add_log_file', 'close_logging', 'StepTimes', 'format_duration', 'collect_logged',
            'rounded_summary']
 
 _OURS = '_timm_mimo_handler'
@@ -31,12 +31,19 @@ def _remove_our_handlers(kind: type) -> None:
         handler.close()
 
 
+_saved_level: Optional[int] = None
+
+
 def setup_console_logging(level: int = logging.INFO) -> None:
     """timm's ``setup_default_logging`` (INFO lines bare, others ``LEVEL: message``), its console handler on stdout;
-    calling it again replaces the handler it added (a command run twice in one process logs each line once)."""
+    calling it again replaces the handler it added (a command run twice in one process logs each line once);
+    :func:`close_logging` undoes it."""
+    global _saved_level
     from timm.utils import setup_default_logging
     _remove_our_handlers(logging.StreamHandler)
     root = logging.getLogger()
+    if _saved_level is None:
+        _saved_level = root.level
     before = set(root.handlers)
     setup_default_logging(default_level=level)
     for handler in set(root.handlers) - before:
@@ -54,9 +61,15 @@ def add_log_file(path: str) -> None:
     logging.getLogger().addHandler(handler)
 
 
-def close_log_file() -> None:
-    """Detach and close the ``--log-file`` handler (at the end of a command)."""
+def close_logging() -> None:
+    """At the end of a command: detach and close the handlers :func:`setup_console_logging` and :func:`add_log_file`
+    added (a console handler must not outlive the stdout it writes to) and restore the root logger's level."""
+    global _saved_level
     _remove_our_handlers(logging.handlers.RotatingFileHandler)
+    _remove_our_handlers(logging.StreamHandler)
+    if _saved_level is not None:
+        logging.getLogger().setLevel(_saved_level)
+        _saved_level = None
 
 
 def format_duration(seconds: float) -> str:

@@ -79,7 +79,7 @@ from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_co
 from timm_mimo.cli.progress import (
     StepTimes,
     add_log_file,
-    close_log_file,
+    close_logging,
     collect_logged,
     rounded_summary,
     setup_console_logging,
@@ -1554,7 +1554,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(_interrupted_line(exc, args), file=sys.stderr)
             return exc.exit_code if isinstance(exc, Interrupted) else 130
         finally:
-            close_log_file()
+            close_logging()
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
     return 0
