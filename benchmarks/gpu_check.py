@@ -595,6 +595,11 @@ def _refusal(args: argparse.Namespace, cuda: bool) -> str:
     return ''
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM: end like Ctrl-C (the running part's process group is killed, the answer so far written)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data-dir', default='', help='CIFAR-10: an image folder with train/ and test/ splits, or '
@@ -636,15 +641,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parts = plan_parts(args.cpu, data_dir, args.dataset, val_split, args.workers, out, work, python,
                        find_torchrun(python))
     interrupted = False
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a terminated check still ends its part's process group
     try:
         for part in parts:
             check.run(part)
-    except KeyboardInterrupt:  # the running part's group is already killed: still give the answer so far
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the running part's group is killed; still give the answer so far
         interrupted = True
         check.rows.append(OrderedDict(part='(check interrupted)', status='interrupted', seconds=0))
     except Exception as exc:  # a defect of the check itself: still give the answer so far
         check.rows.append(OrderedDict(part='(check error)', status=f'{type(exc).__name__}: {exc}', seconds=0))
     finally:
+        signal.signal(signal.SIGTERM, previous)
         path = check.write()
         check.log.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -211,3 +211,28 @@ def test_machine_record_on_a_gpu(monkeypatch):
     assert (record['gpu'], record['gpu_capability'], record['gpu_memory_gib'], record['cudnn'], record['driver']) == (
         'NVIDIA H100 80GB HBM3', '9.0', 80.0, 91000, '560.35.03')
     assert record['torch'] == torch.__version__ and record['cuda'] == torch.version.cuda
+
+
+def test_a_terminated_check_ends_its_running_part_and_writes_its_answer(tmp_path):
+    """SIGTERM to the check while a part runs: the part's whole process group ends too, and gpu_check.json holds the
+    parts so far and the interruption."""
+    import signal
+    out = tmp_path / 'check'
+    check = subprocess.Popen([sys.executable, os.path.join(REPO, 'benchmarks', 'gpu_check.py'), '--cpu', '--out',
+                              str(out), '--data-dir', str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    for line in check.stdout:  # the first part has started
+        if line.startswith('--- model table (eager)'):
+            break
+    time.sleep(1)
+    part_pids = [int(pid) for pid in subprocess.run(['pgrep', '-f', str(out / 'models_eager.csv')],
+                                                    capture_output=True, text=True).stdout.split()]
+    assert part_pids
+    check.send_signal(signal.SIGTERM)
+    assert check.wait(timeout=60) == 130
+    check.stdout.close()
+    time.sleep(0.5)
+    for pid in part_pids:
+        assert not os.path.exists(f'/proc/{pid}') or open(f'/proc/{pid}/stat').read().split()[2] == 'Z', pid
+    report = json.loads((out / 'gpu_check.json').read_text())
+    assert report['parts'][-1]['status'] == 'interrupted'
