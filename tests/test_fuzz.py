@@ -475,7 +475,7 @@ def test_temperature_records_its_provenance_and_a_tiny_fit_is_flagged(world, tmp
     results = tmp_path / 'val.json'
     assert validate.main([*V('--checkpoint', '{last}')(world), '--data-dir', str(data), '--fit-temperature', 'heldout',
                           '--results-file', str(results)]) == 0
-    assert 'WARNING: the temperature' in capsys.readouterr().out
+    assert 'warning: the temperature' in capsys.readouterr().err
     row = json.loads(results.read_text())
     assert row['temperature_checkpoint'] == world['last'] and row['temperature_images'] == 4
     assert row['temperature_checkpoint_sha256'] == checkpoint_digest(world['last'])
