@@ -85,6 +85,7 @@ from timm_mimo.cli.run_folder import (
     write_atomically,
     write_error,
 )
+from timm_mimo.compiled_optim import CompiledOptimizerStep
 from timm_mimo.data import DataError, SimultaneousMixup
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.metrics import collect_member_logits, is_mimo
@@ -1111,6 +1112,19 @@ def restore_summary(output_dir: str, state: Dict[str, Any], source_dir: str) -> 
 # The loop (timm's train.py shape: task(input, target) -> loss, backward, step, EMA, scheduler)
 # --------------------------------------------------------------------------------------------------------------------
 
+def compiled_optimizer_step(args: argparse.Namespace, optimizer: torch.optim.Optimizer, task: MimoTask,
+                            loss_scaler: Optional[Any]) -> Optional[CompiledOptimizerStep]:
+    """With ``--device-data --torchcompile``, the clipping and update of torch's own optimizers as one compiled
+    graph (:class:`~timm_mimo.compiled_optim.CompiledOptimizerStep`); ``None`` (eager update) otherwise, and under
+    float16 AMP, whose GradScaler unscales and steps itself."""
+    if not (args.device_data and args.torchcompile) or loss_scaler is not None:
+        return None
+    if not type(optimizer).__module__.startswith('torch.optim'):
+        return None  # timm's own optimizers: not written for a tensor learning rate
+    return CompiledOptimizerStep(optimizer, list(task.get_clip_parameters()), args.clip_grad, args.clip_mode,
+                                 backend=args.torchcompile, mode=args.torchcompile_mode)
+
+
 class Run:
     """One training run's objects: the task, optimizer, scheduler, AMP and the timm Mixup of plain models."""
 
@@ -1128,6 +1142,7 @@ class Run:
             self.autocast_dtype = torch.float16 if args.amp_dtype == 'float16' and device.type == 'cuda' \
                 else torch.bfloat16
         self.loss_scaler = NativeScaler(device=device.type) if self.autocast_dtype == torch.float16 else None
+        self.optimizer_step = compiled_optimizer_step(args, optimizer, task, self.loss_scaler)
         self.mixup_fn = None
         if not task.mimo and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
             smoothing = 0.1 if args.smoothing is None else args.smoothing
@@ -1165,7 +1180,7 @@ class Run:
             sync = contextlib.nullcontext() if update or not args.distributed else task.no_sync()
             with sync:
                 result = self.forward_shard(batch, epoch, step, args.rank * accum + micro_step)
-                self.backward(result['loss'] / accum, update)
+                self.backward(result['loss'] / accum if accum > 1 else result['loss'], update)
             count = batch.images.shape[0]
             weighted = result['loss'].detach().float() * count
             loss_sum = weighted if loss_sum is None else loss_sum + weighted
@@ -1233,7 +1248,9 @@ class Run:
                              parameters=params, need_update=update)
         else:
             loss.backward()
-            if update:
+            if update and self.optimizer_step is not None:
+                self.optimizer_step()  # clipping and the update: one compiled graph
+            elif update:
                 if args.clip_grad is not None:
                     dispatch_clip_grad(params, value=args.clip_grad, mode=args.clip_mode)
                 self.optimizer.step()
@@ -1383,8 +1400,10 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
     if args.torchcompile:
         task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
     if args.distributed:
+        # static_graph: every step uses the same parameters in the same graph; DDP refuses it when the first step
+        # starts under no_sync (accumulation), so it is on without accumulation only
         task.prepare_distributed(device_ids=[device] if device.type == 'cuda' else None,
-                                 broadcast_buffers=not args.no_ddp_bb)
+                                 broadcast_buffers=not args.no_ddp_bb, static_graph=args.grad_accum_steps == 1)
     if start_epoch > 0 and scheduler is not None:
         scheduler.step(start_epoch)
 
