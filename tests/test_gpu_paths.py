@@ -6,6 +6,8 @@
 * Graph inputs: every per-step value that changes (MixShare's fadeout strength) reaches the compiled step as a tensor
   carried with the plan, so the step compiles once over steps whose fadeout / progress differ.
 """
+from collections import Counter
+
 import pytest
 import timm
 import torch
@@ -263,3 +265,116 @@ def test_ddp_compiled_step_has_no_graph_break(tmp_path, bucket_cap_mb, widen, ac
     finally:
         torch._dynamo.reset()
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------- host work of a device step
+
+COMPILED_REGIONS = ('Torch-Compiled Region', 'CompiledFunction')  # dynamo frames; AOT forward and backward
+# ops that make views or read metadata: no kernel on any device
+NO_KERNEL = frozenset({'aten::view', 'aten::slice', 'aten::empty', 'aten::to', 'aten::detach', 'aten::set_',
+                       'aten::resolve_conj', 'aten::resolve_neg', 'aten::alias', 'aten::select', 'aten::unsqueeze',
+                       'aten::reshape', 'aten::_unsafe_view', 'aten::as_strided', 'aten::lift_fresh'})
+
+
+def ops_outside_compiled_regions(events):
+    """The ATen ops the host dispatched itself (not from inside another op or a compiled region), by name."""
+    counts = Counter()
+    for event in events:
+        if not event.name.startswith('aten::'):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith(COMPILED_REGIONS + ('aten::',)):
+            parent = parent.cpu_parent
+        if parent is None:
+            counts[event.name] += 1
+    return counts
+
+
+def test_device_data_compiled_step_launches_a_handful_of_ops_from_the_host(small_digits_dir, tmp_path, monkeypatch):
+    """--device-data --torchcompile: the device augmentation, the step (gather, mixing, forward, loss, backward) and
+    the optimizer update (clipping included) run as compiled graphs; what the host still dispatches per step,
+    counted with the CPU profiler over three steady steps, is the loader hand-off (views of one packed buffer), the
+    backward's seed gradient, the loss weighting and the sampler's CPU shuffle: a bounded handful, no model,
+    augmentation or optimizer op (the eager step dispatches over 500)."""
+    from test_train import run_args
+    from torch.profiler import ProfilerActivity, profile
+
+    from timm_mimo.cli import train
+    per_step = []
+    train_step = train.Run.train_step
+
+    def profiled(self, batches, epoch, step):
+        if not 3 <= step < 6:
+            return train_step(self, batches, epoch, step)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = train_step(self, batches, epoch, step)
+        per_step.append(ops_outside_compiled_regions(prof.events()))
+        return out
+
+    monkeypatch.setattr(train.Run, 'train_step', profiled)
+    argv = run_args(small_digits_dir, tmp_path, 'host', '-b', '16', '--crop-pad', '1', '--epochs', '1',
+                    '--device-data', '--val-split', '', '--workers', '1', '--clip-grad', '1.0',
+                    '--torchcompile', 'aot_eager')
+    assert train.main(argv) == 0
+    assert len(per_step) == 3
+    for counts in per_step:
+        kernels = {name: count for name, count in counts.items() if name not in NO_KERNEL}
+        assert not {'aten::convolution', 'aten::convolution_backward', 'aten::native_batch_norm_backward',
+                    'aten::_foreach_add_', 'aten::add_', 'aten::addcmul', 'aten::clamp_'} & set(kernels), kernels
+        assert sum(kernels.values()) <= 10, kernels
+        assert sum(counts.values()) <= 80, counts
+
+
+@pytest.mark.parametrize('opt', ['sgd', 'adamw'])
+def test_compiled_optimizer_update_is_the_eager_update_in_one_graph(opt):
+    """Clipping + the update of torch's SGD (Nesterov, weight decay) / AdamW as one compiled graph: the weights follow
+    the eager update over five steps whose learning rate changes each step, the groups hold the scheduler's floats
+    again after every call, and the steady steps replay one graph (the first step also builds the optimizer state)."""
+    import copy
+
+    from timm.utils import dispatch_clip_grad
+
+    from timm_mimo.compiled_optim import CompiledOptimizerStep
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    ref = copy.deepcopy(net)
+
+    def make(params):
+        if opt == 'sgd':
+            return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        return torch.optim.AdamW(params, lr=0.1, weight_decay=0.05)
+
+    optimizer, ref_optimizer = make(net.parameters()), make(ref.parameters())
+    calls = []
+
+    def backend(gm, example_inputs):
+        calls.append(0)
+        index = len(calls) - 1
+
+        def run(*args):
+            calls[index] += 1
+            return gm.forward(*args)
+        return run
+
+    torch._dynamo.reset()
+    update = CompiledOptimizerStep(optimizer, clip_grad=0.5, backend=backend)
+    x = torch.randn(8, 5)
+    for step in range(5):
+        lr = 0.1 * (1 - step / 5)
+        for group in optimizer.param_groups + ref_optimizer.param_groups:
+            group['lr'] = lr
+        net(x).square().sum().backward()
+        ref(x).square().sum().backward()
+        update()
+        dispatch_clip_grad(list(ref.parameters()), value=0.5, mode='norm')
+        ref_optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ref_optimizer.zero_grad(set_to_none=True)
+        assert optimizer.param_groups[0]['lr'] == lr and isinstance(optimizer.param_groups[0]['lr'], float)
+    # float32 rounding: the tensor learning rate is float32, the eager float is double until the kernel
+    tol = dict(rtol=1e-6, atol=1e-6) if opt == 'sgd' else dict(rtol=1e-4, atol=1e-5)
+    for param, ref_param in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(param, ref_param, **tol)
+    # at most one graph for the first step (which builds the optimizer state), then one graph per update
+    assert len(calls) <= 2 and calls[-1] >= 4, calls
+    torch._dynamo.reset()
