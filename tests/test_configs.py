@@ -6,7 +6,6 @@ MixViT openreview.net/forum?id=pOq1HuMI8Dz App. H (MixViT recipes: Tables 4.1-4.
 Table 3 and Fig. 7), MixShare arXiv:2205.10139 App. A (MixShare recipes, Table 1 = thesis Table 3.6).
 """
 import math
-import os
 import re
 
 import pytest
@@ -18,10 +17,9 @@ from timm.data import resolve_data_config
 from timm.utils import init_distributed_device
 
 from timm_mimo.cli import train
-from timm_mimo.recipes import config_path, list_configs
+from timm_mimo.recipes import config_path, list_configs, recipes_by_table
 from timm_mimo.task import MimoTask
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = list_configs()
 MIXSHARE_ROWS = ('mixmo', 'unmix', 'unmix_same_init', 'partial', 'fadeout')  # MixShare Table 1, top to bottom
 WRN_WIDTHS = (2, 3, 4, 5, 7, 10, 14)  # thesis Tables A.16 / A.17
@@ -65,10 +63,17 @@ def _t42(data, backbone):
 
 
 # Every row of the papers' tables -> the recipes that reproduce it (shared rows appear under every table they fill)
+T31_BASELINES = ['mixmo_ta17_vanilla_wrn28_10_cifar100', 'mixmo_t3_1_vanilla_wrn28_10_cifar10',  # Vanilla, DE
+                 'mixmo_t3_1_mixup_wrn28_10_cifar100', 'mixmo_t3_1_mixup_wrn28_10_cifar10',  # Mixup
+                 'mixmo_ta17_cutmix_wrn28_10_cifar100', 'mixmo_t3_1_cutmix_wrn28_10_cifar10']  # CutMix, DE + CutMix
+T32_AUGMIX = ['mixmo_t3_2_augmix_wrn28_10_cifar100', 'mixmo_t3_2_linear_mixmo_augmix_wrn28_10_cifar100_b4',
+              'mixmo_t3_2_cut_mixmo_augmix_wrn28_10_cifar100_b4']  # 1 Net (and DE), Linear-MixMo, Cut-MixMo
 PAPER_TABLES = {
-    'thesis Table 3.1': [f'{method}_wrn28_10_{dataset}_b{b}' for dataset in ('cifar10', 'cifar100') for b in (2, 4)
-                         for method in ('mimo', 'linear_mixmo', 'cut_mixmo', 'linear_mixmo_cutmix',
-                                        'cut_mixmo_cutmix')],
+    'thesis Table 3.1': T31_BASELINES + [f'{method}_wrn28_10_{dataset}_b{b}' for dataset in ('cifar10', 'cifar100')
+                                         for b in (2, 4) for method in ('mimo', 'linear_mixmo', 'cut_mixmo',
+                                                                        'linear_mixmo_cutmix', 'cut_mixmo_cutmix')],
+    'thesis Table 3.2': T32_AUGMIX + ['mixmo_ta17_vanilla_wrn28_10_cifar100', 'mixmo_ta17_cutmix_wrn28_10_cifar100']
+    + [f'{method}_wrn28_10_cifar100_b4' for method in ('mimo', 'linear_mixmo', 'cut_mixmo')],
     'thesis Table 3.3': ['linear_mixmo_wrn28_10_cifar100_b2', *[f'mixmo_t3_3_{k}_wrn28_10_cifar100_b2'
                                                                 for k in T33_BLOCKS], 'cut_mixmo_wrn28_10_cifar100_b2'],
     'thesis Table 3.4': [f'mixmo_t3_4_{row}_wrn28_10_cifar100_b2' for row in T34_ROWS]
@@ -128,33 +133,25 @@ def _lr(args):
     return args.lr
 
 
-def test_the_papers_recipes_are_all_there():
-    shipped = set(NAMES)
+def test_the_table_map_names_the_recipes_of_every_table():
+    """timm_mimo/paper_tables.yaml (the coverage map, tests/test_paper_tables.py) against the tables written here from
+    the papers' row structure: the same recipes for every table, and every shipped recipe in some table."""
+    by_table = recipes_by_table()
+    assert set(by_table) - set(PAPER_TABLES) == {'thesis App. A.5.6'}  # no recipe: no hyper-parameters given
     for table, names in PAPER_TABLES.items():
         assert len(set(names)) == len(names), table
-        missing = sorted(set(names) - shipped)
-        assert not missing, f'{table}: {missing}'
-    in_a_table = {name for names in PAPER_TABLES.values() for name in names}
-    assert sorted(shipped - in_a_table) == []  # every recipe reproduces a row of some table
+        assert sorted(by_table[table]) == sorted(names), table
+    assert sorted({name for names in PAPER_TABLES.values() for name in names}) == NAMES
     counts = {table: len(names) for table, names in PAPER_TABLES.items()}
     assert counts['thesis Table A.17'] == 7 * 6 and counts['thesis Table 3.5'] == 3 * 7
     assert counts['thesis Table 4.2'] == 8 * 3 and counts['thesis Table 4.6'] == 9
-
-
-def test_readme_lists_every_recipe_with_its_table():
-    """The README's recipe table: one row per shipped recipe (`name` | paper table | what it reproduces)."""
-    with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
-        rows = [line for line in f if re.match(r'\| `[a-z0-9_]+` \| ', line)]
-    listed = [re.match(r'\| `([a-z0-9_]+)` \| ', row).group(1) for row in rows]
-    assert sorted(listed) == NAMES  # each exactly once
-    for row in rows:
-        name, tables = re.match(r'\| `([a-z0-9_]+)` \| ([^|]+) \|', row).groups()
-        assert tables.strip() == ', '.join(t for t, names in PAPER_TABLES.items() if name in names), name
+    assert counts['thesis Table 3.1'] == 26 and counts['thesis Table 3.2'] == 8
 
 
 # --- MixMo on CIFAR: thesis App. A.1.3.1 -----------------------------------------------------------------------
 
-CIFAR_MIXMO_TABLES = ('thesis Table 3.1', 'thesis Table 3.3', 'thesis Table 3.4', 'thesis Table A.17')
+CIFAR_MIXMO_TABLES = ('thesis Table 3.1', 'thesis Table 3.2', 'thesis Table 3.3', 'thesis Table 3.4',
+                      'thesis Table A.17')
 CIFAR_MIXMO_RECIPES = sorted({n for t in CIFAR_MIXMO_TABLES for n in PAPER_TABLES[t]}
                              | {f'mixvit_paper_fig7_mixmo_m{m}_wrn28_5_cifar100_b2' for m in (2, 3, 4)})
 
@@ -178,18 +175,20 @@ def test_cifar_mixmo_configs_match_thesis_appendix_a131(name):
     assert args.epochs == 300
     assert args.l2 == 3e-4 and args.weight_decay == 0.0  # the papers' L2, not timm's (halved, filtered) decay
     # thesis App. A.1.3.1: "4 pixels padding, random cropping and horizontal flipping"
-    assert args.crop_pad == 4 and args.hflip == 0.5 and args.aa is None and args.reprob == 0
+    # thesis App. A.1.3.1, Table 3.2: AugMix ("severity 3, width 3, depth 4", docs/decisions.md) after them
+    assert args.crop_pad == 4 and args.hflip == 0.5 and args.reprob == 0
+    assert args.aa == ('augmix' if name in T32_AUGMIX else None)
     assert args.smoothing == 0.0
     dataset = 'cifar100' if 'cifar100' in name else 'cifar10'
     assert args.dataset == f'torch/{dataset}' and args.num_classes == (100 if dataset == 'cifar100' else 10)
     # "+ CutMix" (thesis Sec. 3.3.4.1): λ ~ Beta(1, 1); MixMo models on the pixels of every input (partners from the
     # whole dataset), the 1-Net baselines through timm's Mixup, each input / batch with probability 0.5
     plain = not args.model.startswith(('mimo', 'linear_mixmo', 'cut_mixmo'))
-    with_cutmix = '_cutmix_' in name
+    with_cutmix, with_mixup = '_cutmix_' in name, '_mixup_' in name  # Mixup: the 1-Net rows of Table 3.1
     assert (args.mimo_cutmix, args.mimo_mixup) == ((1.0, None) if with_cutmix and not plain else (None, None))
-    assert (args.cutmix, args.mixup) == ((1.0, 0.0) if with_cutmix and plain else (0.0, 0.0))
+    assert (args.cutmix, args.mixup) == ((1.0 if with_cutmix and plain else 0.0), (1.0 if with_mixup else 0.0))
     if plain:
-        assert b == 1 and args.mixup_prob == (0.5 if with_cutmix else 1.0)
+        assert b == 1 and args.mixup_prob == (0.5 if with_cutmix or with_mixup else 1.0)
         return
     # thesis Sec. 3.3.4.1: M = 2, r = 3, alpha = 2, p = 0.5 (MIMO: kappa = 0.5); from the model
     kwargs = dict(_config(name).get('model_kwargs', {}))
@@ -204,8 +203,9 @@ def test_cifar_mixmo_configs_match_thesis_appendix_a131(name):
     if method == 'cut_mixmo':
         assert task.mixer.prob == 0.5 and task.mixer.prob_decay
     root = 1.0 if kwargs.get('tied_heads') else 3.0  # one head: interpolated labels (docs/decisions.md)
-    assert task.criterion.root == root and task.criterion.weight_sum is None
     members = int(name[len('mixvit_paper_fig7_mixmo_m')]) if 'fig7' in name else 2
+    # Decision (docs/decisions.md): two of M > 2 inputs mixed, their weights sum to 2 (the M = 2 scale)
+    assert task.criterion.root == root and task.criterion.weight_sum == (2.0 if members > 2 else None)
     assert model.num_members == members and task.mixer.pair_only == (members > 2)
 
 
@@ -273,7 +273,8 @@ def test_mixvit_configs_match_thesis_appendix_a15(name):
     # {100, 120})"; Table A.19: 300 epochs, 4 batch augmentations, a reduced rate (Decision: 0.0005, {250, 280}, 30)
     epochs, milestones = 150, [125, 140]
     if imagenet1k:
-        epochs, milestones = (133, [75, 90]) if 'cait_s24' in name else (100, [100, 120])
+        # Decision (docs/decisions.md): App. H's decay sets read swapped, both at 75 % and 90 % of the run
+        epochs, milestones = (133, [100, 120]) if 'cait_s24' in name else (100, [75, 90])
     if long_run:
         epochs, milestones = 300, [250, 280]
     assert args.opt == 'adamw' and args.l2 is None and args.lr is None
@@ -305,8 +306,8 @@ def test_mixvit_configs_match_thesis_appendix_a15(name):
     assert args.mimo_mix_prob == 1.0 or not msda
     model = timm.create_model(args.model, **{**_config(name).get('model_kwargs', {}), **_tiny_kwargs(args.model)})
     task = MimoTask.from_model(model, verbose=False)
-    if name.startswith('mixvit_t4_1_') or name.startswith('mixvit_ta18_'):  # naive ViTs: MixMo's defaults
-        assert task.criterion.root == 3.0
+    if name.startswith('mixvit_t4_1_') or name.startswith('mixvit_ta18_'):  # naive ViTs: MixMo's model, r = 1
+        assert args.loss_root == 1.0  # Decision (docs/decisions.md): "discarded early on" (thesis App. A.1.5)
         return
     # "alpha = 0.5", "r = 1" (thesis App. A.1.5) and the end-of-training single-source schedule: from the model
     if getattr(model, 'mixing', 'tokens') == 'tokens':

@@ -92,7 +92,7 @@ def test_cifar_c_release_columns_per_corruption_severity_and_mean(tmp_path):
     out = released_corruption_metrics(LevelModel(), release, TO_TENSOR, CPU, batch_size=3)
     # the on-the-fly evaluation's columns, in its order: c_num_images, per corruption, per severity, mean
     groups = [*BENCHMARK_CORRUPTIONS, *(f's{s}' for s in range(1, 6)), 'mean']
-    assert list(out) == ['c_num_images'] + [f'c_{g}_{m}' for g in groups for m in ('top1', 'nll', 'ece')]
+    assert list(out) == ['c_num_images'] + [f'c_{g}_{m}' for g in groups for m in ('top1', 'top5', 'nll', 'ece')]
     assert out['c_num_images'] == PER_SEVERITY and 'c_saturate_top1' not in out  # the 15 of the benchmark only
     per_severity = [100.0 * correct_at(s) / PER_SEVERITY for s in range(1, 6)]  # 100, 75, 50, 25, 0
     assert out['c_contrast_top1'] == pytest.approx(sum(per_severity) / 5)

@@ -142,15 +142,21 @@ def test_corruption_metrics_match_a_direct_evaluation(digit_folders):
     out = corruption_metrics(model, dataset, TO_TENSOR, CPU, corruptions=['contrast', 'motion_blur'],
                              severities=[1, 4], batch_size=5)
     expected_keys = ['c_num_images'] + [f'c_{g}_{m}' for g in ('contrast', 'motion_blur', 's1', 's4', 'mean')
-                                        for m in ('top1', 'nll', 'ece')]
+                                        for m in ('top1', 'top5', 'nll', 'ece')]
     assert list(out) == expected_keys and out['c_num_images'] == 12
-    per_set = {}
+    per_set, top5 = {}, {}
     for name in ('contrast', 'motion_blur'):
         for severity in (1, 4):
             loader = DataLoader(CorruptedDataset(dataset, name, severity, TO_TENSOR), batch_size=12)
             logits, targets = collect_member_logits(model, loader, CPU)
             per_set[name, severity] = topk_accuracy(logits.double().mean(1), targets)
+            top5[name, severity] = topk_accuracy(logits.double().mean(1), targets, 5)
     assert out['c_contrast_top1'] == pytest.approx((per_set['contrast', 1] + per_set['contrast', 4]) / 2)
+    # thesis Table 3.2 reports Top-5 under corruption too: per corruption, per severity and the mean
+    assert out['c_motion_blur_top5'] == pytest.approx((top5['motion_blur', 1] + top5['motion_blur', 4]) / 2)
+    assert out['c_s1_top5'] == pytest.approx((top5['contrast', 1] + top5['motion_blur', 1]) / 2)
+    assert out['c_mean_top5'] == pytest.approx(sum(top5.values()) / 4)
+    assert all(out[f'c_{g}_top5'] >= out[f'c_{g}_top1'] for g in ('contrast', 'motion_blur', 's1', 's4', 'mean'))
     assert out['c_s4_top1'] == pytest.approx((per_set['contrast', 4] + per_set['motion_blur', 4]) / 2)
     assert out['c_mean_top1'] == pytest.approx(sum(per_set.values()) / 4)
     assert all(np.isfinite(v) for v in out.values())
@@ -161,7 +167,7 @@ def test_corruption_metrics_all_common_corruptions_on_a_subset(digit_folders):
     dataset = ImageDataset(str(digit_folders / 'test'))
     out = corruption_metrics(BrightnessModel(), dataset, TO_TENSOR, CPU, num_images=3, batch_size=3)
     assert out['c_num_images'] == 3
-    assert len(out) == 1 + 3 * (15 + 5 + 1)
+    assert len(out) == 1 + 4 * (15 + 5 + 1)  # top1, top5, nll, ece
     assert 'c_elastic_transform_ece' in out and 'c_s5_nll' in out
     with pytest.raises(ValueError, match='num_images must be positive'):
         corruption_metrics(BrightnessModel(), dataset, TO_TENSOR, CPU, num_images=0)

@@ -472,18 +472,45 @@ def _image_mode(in_chans: int) -> str:
     return 'L' if in_chans == 1 else 'RGB'
 
 
+class _ChainDepth:
+    """A chain depth drawn anew each time an AugMix chain reads it: uniform in ``1..maximum``.
+
+    torchvision's AugMix draws a random depth only in 1..3 (``chain_depth=-1``). It reads ``chain_depth`` once per
+    chain (a ``> 0`` test, then ``range(depth)``), so a value whose index is drawn on each read gives every chain its
+    own depth in ``1..maximum``, from torch's global generator as the library's own draw.
+    """
+
+    def __init__(self, maximum: int):
+        if maximum < 1:
+            raise ValueError(f'the maximum AugMix chain depth must be >= 1, got {maximum}')
+        self.maximum = maximum
+
+    def __gt__(self, other: int) -> bool:
+        return self.maximum > other  # "a fixed depth": torchvision then takes the value as the chain's depth
+
+    def __index__(self) -> int:
+        return int(torch.randint(1, self.maximum + 1, (1,)).item())
+
+    def __repr__(self) -> str:
+        return f'U{{1..{self.maximum}}}'
+
+
 class CifarAugMix(transforms.AugMix):
     """torchvision's AugMix with MixMo's CIFAR-100-c settings (thesis App. A.1.3.1 / MixMo arXiv:2103.06132 App.).
 
-    Severity 3, width 3, depth 4; the operations that overlap with CIFAR-100-c corruptions are excluded, so
-    [equalize, posterize, rotate, solarize, shear_x, shear_y, translate_x, translate_y] remain (torchvision's
-    default set minus autocontrast). No Jensen-Shannon consistency loss (the thesis disables it).
+    Severity 3, width 3, and a chain depth drawn per chain uniformly in 1..4 (Decision, docs/decisions.md: the thesis'
+    "default parameters ... the mixture's depth to 4" read as AugMix's default random depth with 4 as its maximum);
+    the operations that overlap with CIFAR-100-c corruptions are excluded, so [equalize, posterize, rotate, solarize,
+    shear_x, shear_y, translate_x, translate_y] remain (torchvision's default set minus autocontrast). No
+    Jensen-Shannon consistency loss (the thesis disables it).
     """
 
     KEPT_OPS = ('Equalize', 'Posterize', 'Rotate', 'Solarize', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
+    MAX_DEPTH = 4
 
     def __init__(self, fill: Optional[Any] = None):
-        super().__init__(severity=3, mixture_width=3, chain_depth=4, all_ops=False, fill=fill)
+        super().__init__(severity=3, mixture_width=3, chain_depth=self.MAX_DEPTH, all_ops=False, fill=fill)
+        self.chain_depth = _ChainDepth(self.MAX_DEPTH)
 
     def _augmentation_space(self, num_bins: int, image_size: Tuple[int, int]) -> Dict[str, Tuple[torch.Tensor, bool]]:
         space = super()._augmentation_space(num_bins, image_size)

@@ -21,7 +21,9 @@ def mixing_loss_weights(kappas: torch.Tensor, root: float = 3.0, weight_sum: Opt
         kappas: ``(B, M)`` mixing ratios, non-negative, summing to 1 over members.
         root: r (MixMo: 3, MixShare / MixViT: 1).
         weight_sum: What the weights of one sample add up to; ``None`` means M (MixMo). MixViT's eq. 4.4
-            (``λ CE_0 + (1 - λ) CE_1``) is ``root=1, weight_sum=1``.
+            (``λ CE_0 + (1 - λ) CE_1``) is ``root=1, weight_sum=1``. MixMo with M > 2 inputs of which two are mixed
+            per sample (MixViT paper Fig. 7) uses 2, the M = 2 scale (Decision, docs/decisions.md: read literally,
+            the two mixed inputs would share M, an M / 2 larger data term against the same L2).
         check: Check the values (non-negative, a positive ratio per sample): reads the tensor back to the host.
             :class:`MimoLoss` does not: its ratios come from a :class:`~timm_mimo.mixing.MixPlan`, checked where the
             plan was made, so the training step never waits for the device.
@@ -51,7 +53,8 @@ class MimoLoss(nn.Module):
 
     Args:
         root: r of :func:`mixing_loss_weights` (3 for MixMo; 1 for MixShare and MixViT; ``inf`` for none).
-        weight_sum: Sum of one sample's member weights; ``None`` = M (MixMo), 1 for MixViT's eq. 4.4.
+        weight_sum: Sum of one sample's member weights; ``None`` = M (MixMo), 1 for MixViT's eq. 4.4, 2 for MixMo
+            with two of M > 2 inputs mixed per sample.
         label_smoothing: Applied to hard targets, as ``nn.CrossEntropyLoss`` does.
     """
 

@@ -20,6 +20,7 @@ Your own loop::
 """
 import contextlib
 import logging
+import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -37,6 +38,10 @@ from timm_mimo.shard_plan import PlanSampler, ShardPlan
 __all__ = ['MimoTask', 'TrainStep', 'MIXER_OVERRIDES', 'LOSS_OVERRIDES']
 
 _logger = logging.getLogger(__name__)
+BATCH_PARTNERS_WARNING = (
+    'pixel mixing (mimo_cutmix / mimo_mixup) got no partner images: partners are taken from the batch itself, not '
+    'from the whole dataset (thesis App. A.1.3.1), and with batch repetition a partner can be a copy of the same '
+    'image; pass partner_images / partner_targets (BatchRepeatSampler(num_partners=B)) to mix with the dataset')
 
 # the step's 'binary' flags, made once: a step creates no host tensor for them (treat them as read-only)
 _BINARY = {flag: torch.tensor(flag) for flag in (False, True)}
@@ -66,6 +71,8 @@ class MimoTask(TrainingTask):
         dtype: Dtype for task tensors.
         verbose: Log the configuration.
     """
+
+    _batch_partners_warned = False  # set on the task once it warned that pixel-mixing partners come from the batch
 
     def __init__(
             self,
@@ -283,6 +290,9 @@ class MimoTask(TrainingTask):
             raise ValueError('partner images given but this task does no pixel mixing (mimo_cutmix / mimo_mixup)')
         if self.pixel_mix is not None and partner_images is None:
             partner_images, partner_targets = images, targets  # a loop without dataset partners: the batch
+            if not self._batch_partners_warned:
+                self._batch_partners_warned = True  # once per task (per run); outside the (compiled) step
+                warnings.warn(BATCH_PARTNERS_WARNING, stacklevel=3)
         if plan is None:
             num_partners = 0 if partner_images is None else partner_images.shape[0]
             plan = self.sample_plan(images.shape[0], tuple(images.shape[-2:]), num_partners)

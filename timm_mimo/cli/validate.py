@@ -194,8 +194,8 @@ def add_uncertainty_args(group: argparse._ArgumentGroup) -> None:
                             "the members' mutual information")
     group.add_argument('--corruptions', nargs='*', default=None, metavar='NAME',
                        help='evaluate under common corruptions (imagecorruptions package, ImageNet-C parameters) of '
-                            'the split: c_* columns (top1 / nll / ece per corruption, per severity, mean); the flag '
-                            'alone = the 15 common corruptions')
+                            'the split: c_* columns (top1 / top5 / nll / ece per corruption, per severity, mean); '
+                            'the flag alone = the 15 common corruptions')
     group.add_argument('--corruption-dir', default='', metavar='DIR',
                        help='read the corrupted test sets from a released benchmark instead of generating them: '
                             'CIFAR-10-C / CIFAR-100-C (<corruption>.npy + labels.npy) or Tiny-ImageNet-C '
