@@ -378,3 +378,11 @@ def test_compiled_optimizer_update_is_the_eager_update_in_one_graph(opt):
     # at most one graph for the first step (which builds the optimizer state), then one graph per update
     assert len(calls) <= 2 and calls[-1] >= 4, calls
     torch._dynamo.reset()
+
+
+def test_compiled_device_data_run_resumes_exactly(small_digits_dir, tmp_path, monkeypatch):
+    """--device-data --torchcompile (compiled augmentation, step and optimizer update, clipping on) keeps the exact
+    resume: a run stopped after epoch 1 and resumed ends bit-identical to the uninterrupted one."""
+    from test_train import test_interrupted_run_resumes_exactly_for_every_schedule as resumes_exactly
+    resumes_exactly(small_digits_dir, tmp_path, monkeypatch,
+                    ['--sched', 'cosine', '--device-data', '--torchcompile', 'aot_eager', '--clip-grad', '1.0'])
