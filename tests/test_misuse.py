@@ -864,7 +864,7 @@ def test_partial_class_map_when_asked_trains_and_records_the_mapped_classes(smal
     names = list(reversed(CLASSES[:9]))  # no '9'; label 0 is '8'
     class_map.write_text('\n'.join(names) + '\n')
     argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', 'run', '--epochs', '1', '--class-map', class_map,
-                     '--class-map-partial')
+                     '--class-map-partial', '--num-classes', '9')  # a head of the 9 mapped classes
     assert train.main(argv) == 0
     run = tmp_path / 'out' / 'run'
     assert yaml.safe_load(open(run / 'args.yaml'))['class_names'] == names

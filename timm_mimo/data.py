@@ -29,6 +29,7 @@ from timm.data.random_erasing import RandomErasing
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 
+from timm_mimo.datasets import PublishedDataError, detect_published, is_published, open_published
 from timm_mimo.mixing import (
     MixPlan,
     channels_last_members,
@@ -42,7 +43,8 @@ __all__ = [
     'apply_pixel_mix', 'corrected_mix_ratio', 'soft_targets', 'SimultaneousMixup',
     'ConvertImageMode', 'PadToSize', 'channel_stats', 'CifarAugMix', 'pixel_policy', 'cifar_transform',
     'eval_transform', 'create_image_transform', 'open_dataset', 'check_split', 'dataset_num_classes',
-    'DataError', 'dataset_class_names', 'check_class_names', 'apply_class_names', 'ClassIndexMap',
+    'DataError', 'dataset_class_names', 'check_class_names', 'apply_class_names', 'ClassIndexMap', 'dataset_layout',
+    'dataset_class_descriptions',
 ]
 
 
@@ -762,30 +764,54 @@ def _class_map_names(class_map: str, root: Optional[str]) -> List[Optional[str]]
     return names
 
 
+def _published_kind(name: str, root: Optional[str], split: str) -> Optional[str]:
+    """The published layout ``name`` reads (:mod:`timm_mimo.datasets`): named, or detected in an image folder."""
+    if is_published(name):
+        return name.lower()
+    if (name or '').lower() in ('', 'folder'):
+        return detect_published(root, split.split('[')[0])
+    return None
+
+
 def open_dataset(name: str, root: Optional[str], split: str, is_training: bool = False, download: bool = False,
                  transform: Optional[Callable] = None, class_map: str = '', partial_class_map: bool = False,
                  **reader_kwargs: Any) -> Dataset:
     """timm's ``create_dataset`` with a readable one-line :class:`DataError` for a missing, empty or unknown split.
 
-    A ``class_map`` of an image folder / tar must name every class of the split (timm would skip the images of the
-    classes it leaves out, silently) unless ``partial_class_map``; it then orders the labels by name
-    (:func:`apply_class_names`). ``reader_kwargs`` go to ``create_dataset`` (``input_key``, ``target_key``,
-    ``trust_remote_code``; ``None`` values are dropped there)."""
-    if not download:
+    ``tinyimagenet``, ``imagenet`` and ``imagenet100`` read those data sets in their published layouts
+    (:mod:`timm_mimo.datasets`), and so does an image folder (``''``) holding one of these releases (detected from
+    the release's own files). A ``class_map`` of an image folder / tar must name every class of the split (timm
+    would skip the images of the classes it leaves out, silently) unless ``partial_class_map``; it then orders the
+    labels by name (:func:`apply_class_names`). ``reader_kwargs`` go to ``create_dataset`` (``input_key``,
+    ``target_key``, ``trust_remote_code``; ``None`` values are dropped there)."""
+    if not download or is_published(name):
         if not root or not os.path.isdir(root):
             raise DataError(f'data dir {root!r} does not exist (--data-dir)')
         if not any(files for _, _, files in os.walk(root, followlinks=True)):
             raise DataError(f'data dir {root!r} is empty (--data-dir)')
-    check_split(name, root, split)
-    by_name = bool(class_map) and not partial_class_map and _folder_reader(name)
+    published = _published_kind(name, root, split)
+    if published is None:
+        check_split(name, root, split)
+    by_name = bool(class_map) and (published is not None or not partial_class_map and _folder_reader(name))
     map_names = _class_map_names(class_map, root) if by_name else None
-    try:
-        dataset = create_dataset(name, root=root, split='' if split == '.' else split, is_training=is_training,
-                                 download=download, class_map='' if by_name else class_map, **reader_kwargs)
-    except (RuntimeError, OSError, ValueError, AssertionError, KeyError) as exc:
-        message = ' '.join(str(exc).split()) or type(exc).__name__
-        raise DataError(f'cannot open dataset {name or "(image folder)"!r} split {split!r} in {root!r}: '
-                        f'{message}') from None
+    if published is not None:
+        try:
+            dataset = open_published(published, root, split.split('[')[0])
+        except PublishedDataError as exc:
+            raise DataError(str(exc)) from None
+        if map_names is not None and partial_class_map:  # the mapped classes only
+            reader, kept = dataset.reader, set(map_names)
+            index_to_name = {index: class_name for class_name, index in reader.class_to_idx.items()}
+            reader.samples = [sample for sample in reader.samples if index_to_name[sample[1]] in kept]
+            reader.class_to_idx = {n: i for n, i in reader.class_to_idx.items() if n in kept}
+    else:
+        try:
+            dataset = create_dataset(name, root=root, split='' if split == '.' else split, is_training=is_training,
+                                     download=download, class_map='' if by_name else class_map, **reader_kwargs)
+        except (RuntimeError, OSError, ValueError, AssertionError, KeyError) as exc:
+            message = ' '.join(str(exc).split()) or type(exc).__name__
+            raise DataError(f'cannot open dataset {name or "(image folder)"!r} split {split!r} in {root!r}: '
+                            f'{message}') from None
     if len(dataset) == 0:
         raise DataError(f'dataset {name or "(image folder)"!r} split {split!r} in {root!r} has no images')
     if map_names is not None:
@@ -798,3 +824,23 @@ def open_dataset(name: str, root: Optional[str], split: str, is_training: bool =
         apply_class_names(dataset, map_names, f'split {split!r} in {root!r}')
     dataset.transform = transform
     return dataset
+
+
+def dataset_layout(dataset: Dataset, name: str) -> str:
+    """What an opened split is, in words: the published layout detected, a torchvision data set or an image folder."""
+    reader = getattr(dataset, 'reader', None)
+    layout = getattr(reader, 'layout', None)
+    if layout:
+        return layout
+    if (name or '').lower().startswith('torch/'):
+        return f'torchvision {type(dataset).__name__} in {getattr(dataset, "root", "?")!r}'
+    root = getattr(reader, 'root', None)
+    if root is not None and type(reader).__name__ == 'ReaderImageFolder':
+        return f'image folder {os.path.basename(os.path.normpath(str(root)))}/<class>/<image>'
+    return f'{type(reader or dataset).__name__} ({name or "image folder"})'
+
+
+def dataset_class_descriptions(dataset: Dataset) -> Optional[Dict[str, str]]:
+    """class name -> readable name where the release gives them (Tiny ImageNet's ``words.txt``, ImageNet's lemmas)."""
+    descriptions = getattr(getattr(dataset, 'reader', None), 'class_descriptions', None)
+    return dict(descriptions) if descriptions else None

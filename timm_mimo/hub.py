@@ -418,6 +418,10 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Opti
             lines.append(f'- inference: `{model.inference}`')
     lines += [f'- parameters: {num_params / 1e6:.2f} M', f'- classes: {getattr(model, "num_classes", "?")}',
               f'- input size (C, H, W): {card_input_size(model, train_args)}']
+    described = (getattr(model, 'pretrained_cfg', None) or {}).get('label_descriptions') or {}
+    if described:  # the release's readable class names (config.json label_descriptions holds them all)
+        shown = [f'{name} ({text})' for name, text in list(described.items())[:5]]
+        lines.append(f'- class names: {", ".join(shown)}{", ..." if len(described) > 5 else ""}')
     if temperature != 1.0:
         lines.append(f'- temperature: {temperature:.4g} (every member\'s logits are divided by it; see Calibration)')
     if paper_title:
@@ -498,6 +502,9 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike],
     record = calibration_record(model, (model_card_kwargs or {}).get('results'))
     label_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')  # the classes, timm's key
     model_config = dict(label_names=label_names) if label_names else {}
+    label_descriptions = (getattr(model, 'pretrained_cfg', None) or {}).get('label_descriptions')  # readable names
+    if label_descriptions:
+        model_config['label_descriptions'] = label_descriptions
     if record:
         model_config['calibration'] = record
     save_for_hf(model, str(save_directory), model_config=model_config or None, model_args=args or None,
@@ -666,6 +673,10 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], train_args: Optional[
         label_names = tuple(names) if len(names) == model.num_classes and None not in names else \
             {index: name for index, name in enumerate(names) if name is not None}
         model.pretrained_cfg = dict(model.pretrained_cfg, label_names=label_names)
+        descriptions = args.get('class_descriptions') or {}  # a release's readable names (Tiny ImageNet's words.txt)
+        if isinstance(descriptions, dict) and descriptions:
+            model.pretrained_cfg = dict(model.pretrained_cfg, label_descriptions={
+                name: str(descriptions[name]) for name in names if name in descriptions})
     if metrics and metrics.get('temperature') is not None:
         try:
             set_temperature(model, metrics['temperature'])

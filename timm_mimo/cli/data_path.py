@@ -22,6 +22,7 @@ from timm_mimo.data import (
     apply_class_names,
     channel_stats,
     create_image_transform,
+    dataset_class_names,
     dataset_num_classes,
     eval_transform,
     open_dataset,
@@ -36,7 +37,8 @@ from timm_mimo.loader import (
 )
 from timm_mimo.task import MimoTask
 
-__all__ = ['TrainData', 'open_train_data', 'create_train_loader', 'create_eval_loader', 'device_batches', 'pin_memory',
+__all__ = ['TrainData', 'open_train_split', 'open_train_data', 'open_eval_split', 'create_train_loader',
+           'create_eval_loader', 'device_batches', 'pin_memory',
            'load_device_images', 'DEVICE_DATA_REFUSED']
 
 # training options that the device-resident data path cannot apply (it does the CIFAR recipe: pad-crop, flip)
@@ -62,8 +64,22 @@ class TrainData:
     class_names: Optional[List[Optional[str]]] = None
 
 
-def open_train_data(args: argparse.Namespace, data_config: Dict[str, Any], num_partners: int) -> TrainData:
-    """The training split (with its augmentation) and the batch-repetition sampler (steps per epoch)."""
+def open_train_split(args: argparse.Namespace) -> Dataset:
+    """The training split labelled by the run's classes (``--class-names``), without its transform yet: opened before
+    the model, whose head it sizes when ``--num-classes`` is unset (:func:`open_train_data` sets the transform)."""
+    dataset = open_dataset(args.dataset, args.data_dir, args.train_split, True, args.dataset_download, None,
+                           args.class_map, args.class_map_partial, **reader_kwargs(args))
+    names = apply_class_names(dataset, args.class_names,
+                              f'the training split {args.train_split!r} (against --class-names)')
+    if names is not None:
+        dataset.class_names = names
+    return dataset
+
+
+def open_train_data(args: argparse.Namespace, data_config: Dict[str, Any], num_partners: int,
+                    dataset: Optional[Dataset] = None) -> TrainData:
+    """The training split (with its augmentation; ``dataset``: the one :func:`open_train_split` opened) and the
+    batch-repetition sampler (steps per epoch)."""
     timm_kwargs = dict(auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
     train_config = dict(data_config)
     if args.crop_pad is None:
@@ -81,10 +97,10 @@ def open_train_data(args: argparse.Namespace, data_config: Dict[str, Any], num_p
                                                normalize=not _normalized_on_device(args), **timm_kwargs)
     except (ValueError, TypeError, AssertionError) as exc:
         raise CliError(f'cannot build the image transforms: {one_line(exc)}') from None
-    dataset = open_dataset(args.dataset, args.data_dir, args.train_split, True, args.dataset_download, transform,
-                           args.class_map, args.class_map_partial, **reader_kwargs(args))
-    class_names = apply_class_names(dataset, args.class_names,
-                                    f'the training split {args.train_split!r} (against --class-names)')
+    if dataset is None:
+        dataset = open_train_split(args)
+    dataset.transform = transform
+    class_names = dataset_class_names(dataset)
     try:
         sampler = BatchRepeatSampler(len(dataset), args.batch_size, args.batch_repeat, args.world_size, args.rank,
                                      args.grad_accum_steps, args.seed, num_partners)
@@ -150,6 +166,19 @@ def create_train_loader(args: argparse.Namespace, data: TrainData, task: MimoTas
     return Prefetcher(loader, device, mean, std, args.channels_last, _random_erasing(args, device), device_images)
 
 
+def open_eval_split(args: argparse.Namespace, transform: Any,
+                    class_names: Optional[List[Optional[str]]] = None) -> Dataset:
+    """The validation split (``--val-split``) labelled by ``class_names`` (the run's); its classes must be some of
+    them."""
+    try:
+        dataset = open_dataset(args.dataset, args.data_dir, args.val_split, False, args.dataset_download, transform,
+                               args.class_map, args.class_map_partial, **reader_kwargs(args))
+    except DataError as exc:
+        raise DataError(f"{exc} (--val-split '' trains without evaluation)") from None
+    apply_class_names(dataset, class_names, f'the validation split {args.val_split!r} in {args.data_dir!r}')
+    return dataset
+
+
 def create_eval_loader(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device,
                        class_names: Optional[List[Optional[str]]] = None) -> Tuple[Optional[Iterable[Any]], int]:
     """This rank's share of the validation split (indices ``rank::world``) in order, and the split's size; the split
@@ -161,12 +190,7 @@ def create_eval_loader(args: argparse.Namespace, data_config: Dict[str, Any], de
         transform = create_image_transform(data_config, False, args.crop_pad, normalize=normalize)
     except (ValueError, TypeError, AssertionError) as exc:
         raise CliError(f'cannot build the image transforms: {one_line(exc)}') from None
-    try:
-        dataset = open_dataset(args.dataset, args.data_dir, args.val_split, False, args.dataset_download, transform,
-                               args.class_map, args.class_map_partial, **reader_kwargs(args))
-    except DataError as exc:
-        raise DataError(f"{exc} (--val-split '' trains without evaluation)") from None
-    apply_class_names(dataset, class_names, f'the validation split {args.val_split!r} in {args.data_dir!r}')
+    dataset = open_eval_split(args, transform, class_names)
     num_eval = len(dataset)
     rank_indices = list(range(args.rank, num_eval, args.world_size))
     batch_size = args.validation_batch_size or args.batch_size

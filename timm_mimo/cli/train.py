@@ -74,7 +74,14 @@ from timm_mimo.cli.args import (
     unit_interval,
 )
 from timm_mimo.cli.checkpoint import check_checkpoint_model, checkpoint_class_names, read_checkpoint
-from timm_mimo.cli.data_path import DEVICE_DATA_REFUSED, create_eval_loader, create_train_loader, open_train_data
+from timm_mimo.cli.data_path import (
+    DEVICE_DATA_REFUSED,
+    create_eval_loader,
+    create_train_loader,
+    open_train_data,
+    open_train_split,
+)
+from timm_mimo.cli.dry_run import train_dry_run
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
 from timm_mimo.cli.run_folder import (
     Interrupted,
@@ -86,7 +93,13 @@ from timm_mimo.cli.run_folder import (
     write_error,
 )
 from timm_mimo.compiled_optim import CompiledOptimizerStep
-from timm_mimo.data import DataError, SimultaneousMixup
+from timm_mimo.data import (
+    DataError,
+    SimultaneousMixup,
+    dataset_class_descriptions,
+    dataset_class_names,
+    dataset_num_classes,
+)
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.metrics import collect_member_logits, is_mimo
 from timm_mimo.mixing import MASK_KINDS
@@ -201,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split to train on (default: train); '.' = the data dir itself")
     group.add_argument('--val-split', metavar='NAME', default='validation',
                        help="split evaluated after each epoch (default: validation); '' = no evaluation")
+    group.add_argument('--dry-run', action='store_true', default=False,
+                       help='resolve the recipe, the model and the data as the run would, print what it would train '
+                            'on (dataset layout, classes, images, sizes, steps, batch, lr) and what is wrong, then '
+                            'exit without writing anything')
+    # the readable class names a release gives (Tiny ImageNet's words.txt), recorded in args.yaml for the model card
+    group.add_argument('--class-descriptions', type=yaml.safe_load, default=None, help=argparse.SUPPRESS)
     add_refused(group, REFUSED['Dataset parameters'])
     group = parser.add_argument_group('Model parameters')
     add_model_args(group)
@@ -891,7 +910,8 @@ def seed_epoch(args: argparse.Namespace, epoch: int) -> None:
 
 def recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
     """The flag values of the run, by dest: ``args.yaml``, reusable as ``--config`` of both scripts."""
-    dests = {action.dest for action in build_parser()._actions} - {'help', 'config', 'kill_after_steps', 'data'}
+    dests = {action.dest for action in build_parser()._actions} - {'help', 'config', 'kill_after_steps', 'data',
+                                                                    'dry_run'}
     return {key: value for key, value in sorted(vars(args).items()) if key in dests}
 
 
@@ -921,7 +941,7 @@ RESUME_QUIET = (
     'output', 'experiment', 'resume', 'no_resume_opt', 'start_epoch', 'initial_checkpoint', 'pretrained',
     'pretrained_path', 'data_dir', 'workers', 'pin_mem', 'no_prefetcher', 'log_interval', 'local_rank',
     'checkpoint_hist', 'log_wandb', 'wandb_project', 'wandb_tags', 'wandb_resume_id', 'device_modules',
-    'synchronize_step', 'validation_batch_size', 'class_map_partial',
+    'synchronize_step', 'validation_batch_size', 'class_map_partial', 'class_descriptions', 'dry_run',
 )
 
 
@@ -1000,7 +1020,7 @@ def read_resume(args: argparse.Namespace) -> Dict[str, Any]:
         locked = locked + ('extend_lr',)
     for dest in locked:
         if dest in recorded and dest in current and current[dest] != recorded[dest] and not (
-                dest == 'class_names' and current[dest] is None):
+                dest in ('class_names', 'num_classes') and current[dest] is None):
             flag = flags.get(dest, dest)
             raise CliError(f'--resume {path!r} continues a run trained with {flag} {_shown(recorded[dest])}; '
                            f'{flag} {_shown(current[dest])} would make it another run: {way_out}')
@@ -1017,6 +1037,8 @@ def read_resume(args: argparse.Namespace) -> Dict[str, Any]:
     args.schedule_segment = dict(segment) if isinstance(segment, dict) else None
     if args.class_names is None:
         args.class_names = checkpoint_class_names(state)
+    if args.num_classes is None:  # the run's head (a run records the class count it took from its data)
+        args.num_classes = recorded.get('num_classes')
     return state
 
 
@@ -1288,11 +1310,35 @@ def check_eval_metric(args: argparse.Namespace, task: MimoTask) -> None:
                        f'{", ".join(columns)}')
 
 
-def check_labels(num_data_classes: Optional[int], num_model_classes: int, args: argparse.Namespace) -> None:
-    """The data's classes must fit the model's outputs (else torch fails later with 'Target N is out of bounds')."""
-    if num_data_classes is not None and num_data_classes > num_model_classes:
-        raise CliError(f'the training data has {num_data_classes} classes but the model has {num_model_classes} '
-                       f'outputs: set --num-classes {num_data_classes}')
+def take_data_classes(args: argparse.Namespace, dataset: Any) -> None:
+    """Before the model is built: with ``--num-classes`` unset (and no ``--initial-checkpoint``, whose head decides),
+    the head gets the training split's class count, recorded in args.yaml; the release's readable class names
+    (``words.txt``) are recorded too."""
+    names = dataset_class_names(dataset)
+    count = len(names) if names else dataset_num_classes(dataset)
+    if args.num_classes is None and not args.initial_checkpoint and count is not None:
+        args.num_classes = count
+    if args.class_descriptions is None:
+        args.class_descriptions = dataset_class_descriptions(dataset)
+
+
+def check_labels(num_data_classes: Optional[int], num_model_classes: int, args: argparse.Namespace,
+                 class_names: Optional[Sequence[Optional[str]]] = None) -> None:
+    """Before the first step: at least two training classes, and exactly as many as the model's outputs (more would
+    fail with 'Target N is out of bounds', fewer would train outputs no image ever labels)."""
+    if num_data_classes is None:
+        return
+    where = f'the training split {args.train_split!r} in {args.data_dir!r}'
+    if num_data_classes < 2:
+        named = f' ({", ".join(repr(name) for name in class_names)})' if class_names else ''
+        raise CliError(f'{where} has {num_data_classes} class{named}: a classifier needs at least two. Point '
+                       '--data-dir at the folder whose split folders hold one folder per class, or name a published '
+                       'layout with --dataset tinyimagenet / imagenet / imagenet100 (docs/datasets.md)')
+    if num_data_classes != num_model_classes:
+        source = f'--num-classes {args.num_classes}' if args.num_classes is not None else "the model's default"
+        raise CliError(f'the model has {num_model_classes} outputs ({source}, from the command line or the recipe) '
+                       f'but {where} has {num_data_classes} classes: set --num-classes {num_data_classes}, or label '
+                       f'the data into the {num_model_classes} outputs with --class-map FILE')
 
 
 def check_binary_plans(task: MimoTask, model: nn.Module) -> None:
@@ -1348,11 +1394,16 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
     args.schedule_segment, args.schedule_segment_new = None, False
     resume_state = read_resume(args) if args.resume else None
     plan = plan_run_folder(args, resume_state)
+    train_split = open_train_split(args)  # before the model: with --num-classes unset its classes size the head
+    take_data_classes(args, train_split)
     torch.manual_seed(args.seed)
     model = create_train_model(args)
     args.num_classes_resolved = model.num_classes
     if args.initial_checkpoint:
         load_initial_checkpoint(model, args.initial_checkpoint)
+    split_names = dataset_class_names(train_split)
+    check_labels(len(split_names) if split_names else dataset_num_classes(train_split), model.num_classes, args,
+                 split_names)
     if args.sync_bn and args.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -1366,10 +1417,9 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
     args.data_config = resolve_data_config(vars(args), model=model, verbose=False)
     check_model_input(model, args, args.data_config['input_size'])
     num_partners = args.batch_size if task.pixel_mix is not None else 0
-    train_data = open_train_data(args, args.data_config, num_partners)
+    train_data = open_train_data(args, args.data_config, num_partners, train_split)
     sampler = train_data.sampler
     class_names = args.class_names = train_data.class_names
-    check_labels(len(class_names) if class_names else train_data.num_classes, model.num_classes, args)
     if resume_state is not None and checkpoint_class_names(resume_state) not in (None, class_names):
         raise CliError(f'--resume {args.resume!r} was trained on the classes '
                        f'{checkpoint_class_names(resume_state)}, the data gives {class_names}: resume on its data')
@@ -1533,6 +1583,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with SignalGuard() as guard:
         try:
             args = parse_args(argv)
+            if args.dry_run:
+                return train_dry_run(args)
             train(args, guard)
         except (CliError, DataError) as exc:
             print(f'error: {exc}', file=sys.stderr)

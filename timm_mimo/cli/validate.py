@@ -73,6 +73,7 @@ from timm_mimo.cli.checkpoint import (
     read_checkpoint,
 )
 from timm_mimo.cli.data_path import device_batches, pin_memory
+from timm_mimo.cli.dry_run import validate_dry_run
 from timm_mimo.cli.evaluate import metric_columns
 from timm_mimo.cli.run_folder import (
     Interrupted,
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser, group)
     group.add_argument('--split', metavar='NAME', default='validation',
                        help="split to evaluate (default: validation); '.' = the data dir itself")
+    group.add_argument('--dry-run', action='store_true', default=False,
+                       help='resolve the model and the data as the evaluation would, print what it would evaluate '
+                            '(dataset layout, classes, images, sizes, batches) and what is wrong, then exit without '
+                            'writing anything')
     group = parser.add_argument_group('Model parameters')
     add_model_args(group)
     group.add_argument('--checkpoint', default='', type=str, metavar='PATH',
@@ -656,12 +661,27 @@ def check_ensemble_input(ensemble: CheckpointEnsemble, in_chans: int) -> None:
                        f'gives {in_chans}: set --in-chans {channels[0]} (or --config with a run\'s args.yaml)')
 
 
+def check_cifar_c_order(root: str, release: CorruptionRelease, names: Optional[List[Optional[str]]]) -> None:
+    """CIFAR-*-C labels (``labels.npy``) are torchvision's CIFAR class indices, whose class names are sorted: the
+    run's class list must be in that order (torchvision's names, an image folder of the class names, or of the
+    indices '0'..'K-1'), else its labels would silently be other classes."""
+    if release.layout != 'cifar' or not names:
+        return
+    known = [str(name) for name in names if name is not None]
+    if known == sorted(known) or known == [str(index) for index in range(len(known))]:
+        return
+    raise ValueError(f'{root!r} is labelled by torchvision\'s CIFAR class indices (sorted class names), but the run\'s '
+                     f'classes are in another order ({", ".join(known[:4])}, ...): evaluate a model trained on '
+                     'torch/cifar10 / torch/cifar100, or on an image folder whose folders are the class names')
+
+
 def open_release(root: str, dataset: Any, num_classes: int) -> CorruptionRelease:
     """The release of ``--corruption-dir``, its class folders (Tiny-ImageNet-C's wnids) mapped to the indices the clean
     split is evaluated with (the run's class names when it recorded them); its labels must fit the model."""
     names = dataset_class_names(dataset)
     class_to_idx = {name: index for index, name in enumerate(names) if name is not None} if names else None
     release = CorruptionRelease(root, class_to_idx=class_to_idx)
+    check_cifar_c_order(root, release, names)
     largest = release.max_label()
     if largest >= num_classes:
         raise ValueError(f'{root!r} has class index {largest} but the model has {num_classes} outputs (a '
@@ -772,6 +792,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with SignalGuard():
         try:
             args = parse_args(argv)
+            if args.dry_run:
+                return validate_dry_run(args)
             names = bulk_models(args)
             if not names:
                 results: Any = rounded_results(validate(args))
