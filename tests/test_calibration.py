@@ -123,7 +123,7 @@ def test_validate_fits_the_temperature_on_a_held_out_split(overconfident_checkpo
     assert out['temperature_split'] == 'train' and out['temperature_images'] == 1497 and out['num_images'] == 300
     assert out['temperature'] > 2 and out['top1'] > 80  # accurate, and overconfident (the ×10 heads)
     assert out['loss_ts'] < out['loss'] and out['ece_ts'] < out['ece']  # before / after, on the reported split
-    assert set(out) >= {'loss', 'ece', 'loss_ts', 'ece_ts', 'temperature'}
+    assert set(out) >= {'loss', 'ece', 'loss_ts', 'ece_ts', 'temperature'} and out['temperature_at_bound'] is False
 
 
 @pytest.mark.parametrize('split, match', [('validation', 'never on the reported --split'),
@@ -190,3 +190,49 @@ def test_export_of_a_temperature_onto_a_plain_model_is_one_line(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'temperature 1.7' in err and 'no timm_mimo member heads' in err
     assert not (tmp_path / 'out').exists()
+
+
+def test_one_call_fits_and_sets_the_temperature_with_before_and_after_metrics():
+    """fit_temperature(model, loader): an MIMO model whose heads are scaled ×3 is overconfident by 3 on labels drawn
+    from its own softmax; the fit finds about 3, sets it, and the loader's NLL falls."""
+    from timm_mimo.calibration import fit_temperature as fit_model_temperature
+    torch.manual_seed(0)
+    model = timm.create_model('cut_mixmo', num_classes=4, **WRN).eval()
+    x = torch.randn(600, 3, 8, 8)
+    with torch.no_grad():
+        probs = model(x).softmax(-1)
+        model.backbone.fc.weight.mul_(3)
+        model.backbone.fc.bias.mul_(3)
+    y = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(1)).squeeze(1)
+    loader = [(x[i:i + 200], y[i:i + 200]) for i in range(0, 600, 200)]
+    returned, fit = fit_model_temperature(model, loader)
+    assert returned is model and get_temperature(model) == pytest.approx(fit['temperature'], rel=1e-6)
+    assert fit['temperature'] == pytest.approx(3.0, rel=0.15) and not fit['temperature_at_bound']
+    assert fit['loss_ts'] < fit['loss'] and fit['temperature_images'] == 600 and fit['previous_temperature'] == 1.0
+    with torch.no_grad():  # the set temperature gives the "after" NLL
+        assert nll(model(x).double(), y) == pytest.approx(fit['loss_ts'], rel=1e-4)
+    _, again = fit_model_temperature(model, loader, apply=False)  # re-fit relative to the set one: factor ~ 1
+    assert again['temperature'] == pytest.approx(fit['temperature'], rel=1e-3)
+    assert get_temperature(model) == pytest.approx(fit['temperature'], rel=1e-6)  # apply=False: unchanged
+
+
+def test_a_fit_that_ends_at_its_search_bound_is_flagged():
+    """Logits ranking every image wrongly with a margin: the NLL keeps falling as T grows, up to the bound."""
+    from timm_mimo.calibration import SEARCH_BOUNDS, at_search_bound, fit_logits
+    logits = torch.tensor([[[5.0, 0.0]], [[0.0, 5.0]]]).expand(-1, 2, -1)
+    fit = fit_logits(logits, torch.tensor([1, 0]))
+    assert fit['temperature'] == pytest.approx(SEARCH_BOUNDS[1], rel=1e-3) and fit['temperature_at_bound']
+    correct = fit_logits(logits, torch.tensor([0, 1]))  # every image right: the NLL falls as T -> 0
+    assert correct['temperature'] == pytest.approx(SEARCH_BOUNDS[0], rel=1e-3) and correct['temperature_at_bound']
+    mixed = fit_logits(logits[[0, 0, 1]], torch.tensor([0, 0, 0]))  # two right, one wrong: a finite optimum
+    assert not mixed['temperature_at_bound'] and 1 < mixed['temperature'] < 100
+    assert at_search_bound(999.9997) and at_search_bound(0.0010001) and not at_search_bound(2.5)
+
+
+def test_validate_rows_carry_the_models_temperature(overconfident_checkpoint, digits_dir, tmp_path):
+    results = tmp_path / 'val.json'
+    assert validate.main([*MODEL, *DIGITS, '--checkpoint', str(overconfident_checkpoint), '--data-dir',
+                          str(digits_dir), '--split', 'validation', '--workers', '0', '--results-file',
+                          str(results)]) == 0
+    out = json.loads(results.read_text())
+    assert out['temperature'] == 1.0 and out['temperature_at_bound'] is False

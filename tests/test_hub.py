@@ -119,7 +119,8 @@ def test_round_trip_naive_vits_keep_the_inference_mode(tmp_path, name, kwargs):
 def test_save_pretrained_writes_a_model_card(tmp_path):
     model = timm.create_model('cut_mixmo', backbone='wrn28_2', **TINY_WRN)
     hub.save_pretrained(model, tmp_path / 'card', model_card_kwargs=dict(
-        repo_id='someone/cut-mixmo-wrn', train_args=dict(model='cut_mixmo', dataset='torch/cifar100', lr=0.1),
+        repo_id='someone/cut-mixmo-wrn', train_args=dict(model='cut_mixmo', dataset='torch/cifar100', lr=0.1,
+                                                          batch_repeat=1),
         results=dict(top1=81.5, member_top1=79.9, loss=0.71, ece=0.021)))
     card = (tmp_path / 'card' / 'README.md').read_text()
     from huggingface_hub import ModelCard
@@ -144,7 +145,8 @@ def _train_run(tmp_path: Path, ema: bool) -> tuple:
     """A train.py-style run folder: args.yaml and a checkpoint dict (state_dict, optionally state_dict_ema)."""
     torch.manual_seed(0)
     args = dict(model='cut_mixmo', model_kwargs=dict(backbone='wrn28_2', depth=10, widen_factor=1),
-                num_classes=5, num_members=2, in_chans=None, dataset='', data_dir='/data/digits', epochs=3, lr=0.05)
+                num_classes=5, num_members=2, in_chans=None, dataset='', data_dir='/data/digits', epochs=3, lr=0.05,
+                batch_repeat=1, mimo_mix_prob=0.5)
     (tmp_path / 'args.yaml').write_text(yaml.safe_dump(args))
     model = hub.model_from_train_args(args)
     ema_model = hub.model_from_train_args(args)
@@ -326,3 +328,95 @@ def test_push_to_hub_uploads_weights_config_and_our_card(monkeypatch):
     card = uploaded['files']['README.md'].decode()
     assert "timm.create_model('hf-hub:user/mixvit-tiny', pretrained=True)" in card and 'import timm_mimo' in card
     assert json.loads(uploaded['files']['config.json'])['architecture'] == 'mixvit_cait_xxs24'
+
+
+# ---- cards that describe the run -----------------------------------------------------------------------------------
+
+CLASSES = ['ant', 'bee', 'cat', 'dog', 'eel']
+
+
+def _card_snippet(card: str) -> str:
+    """The card's Python usage block."""
+    return card.split('```python\n', 1)[1].split('```', 1)[0]
+
+
+def test_the_exported_cards_usage_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    args = dict(model='cut_mixmo', model_kwargs=dict(backbone='wrn28_2', depth=10, widen_factor=1), num_classes=5,
+                num_members=2, img_size=16, dataset='', epochs=1, lr=0.05, batch_repeat=1, mimo_mix_prob=0.5,
+                class_names=CLASSES)
+    (tmp_path / 'args.yaml').write_text(yaml.safe_dump(args))
+    model = hub.model_from_train_args(args)
+    torch.save(dict(epoch=0, arch='cut_mixmo', state_dict=model.state_dict()), tmp_path / 'last.pth.tar')
+    assert hub.main(['export', '--checkpoint', str(tmp_path / 'last.pth.tar'), '--out', str(tmp_path / 'out')]) == 0
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    snippet = _card_snippet(card)
+    assert "Image.open('image.jpg')" in snippet and 'softmax' in snippet and 'topk' in snippet
+    from PIL import Image
+    monkeypatch.chdir(tmp_path)
+    Image.new('RGB', (40, 30), (200, 30, 90)).save('image.jpg')
+    capsys.readouterr()
+    exec(snippet.replace('/path/to/this/folder', str(tmp_path / 'out')), {})  # as written, but for the two paths
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 5 and {line.split(':')[0] for line in printed} == set(CLASSES)
+    assert sum(float(line.split(': ')[1].removesuffix(' %')) for line in printed) == pytest.approx(100, abs=0.3)
+
+
+def test_a_timm_train_checkpoints_card_says_single_input_and_tags_no_mimo_paper(tmp_path):
+    import argparse
+    torch.manual_seed(0)
+    timm_args = argparse.Namespace(model='cut_mixmo', model_kwargs=dict(backbone='wrn28_2', depth=10, widen_factor=1),
+                                   num_classes=5, pretrained=False, initial_checkpoint='', img_size=16, dataset='',
+                                   epochs=2, lr=0.05, opt='sgd', momentum=0.9, mixup=0.0, model_ema=False,
+                                   model_ema_decay=0.9998)
+    model = hub.model_from_train_args(vars(timm_args))
+    torch.save(dict(epoch=1, arch='cut_mixmo', state_dict=model.state_dict(), args=timm_args), tmp_path / 'c.pth.tar')
+    out = tmp_path / 'out'
+    assert hub.main(['export', '--checkpoint', str(tmp_path / 'c.pth.tar'), '--out', str(out)]) == 0
+    card = (out / 'README.md').read_text()
+    from huggingface_hub import ModelCard
+    tags = set(ModelCard.load(out / 'README.md').data.tags)
+    assert 'single-input network' in card and "script: timm's train.py" in card
+    assert 'multi-input multi-output (MIMO) ensemble' not in card
+    assert 'arxiv:2103.06132' not in tags and 'mimo' not in tags and 'cut_mixmo' in tags
+    assert '- initialised from scratch' in card and '| model_ema_decay |' not in card  # EMA was off
+    assert '## MIMO training' not in card and '| mixing |' not in card
+
+
+def test_card_of_a_pretrained_path_run_names_the_backbone_the_mixing_in_effect_and_the_costs(tmp_path):
+    model = timm.create_model('cut_mixmo', backbone='resnet18', num_classes=10)
+    args = dict(model='cut_mixmo', model_kwargs=dict(backbone='resnet18'), num_classes=10, pretrained=False,
+                pretrained_path='/somewhere/model.safetensors', batch_repeat=1, mimo_mix_prob=0.5, mimo_cutmix=None,
+                model_ema=False, model_ema_decay=0.9998, epochs=3, img_size=32)
+    results = dict(top1=55.0, top5=90.0, loss=1.25, ece=3.5, split='test', dataset='torch/cifar10')
+    text = str(hub.model_card(model, train_args=args, results=results))
+    from huggingface_hub import ModelCard
+    data = ModelCard(text).data
+    assert data.base_model == 'timm/resnet18.a1_in1k'
+    assert '`model.safetensors` (`--pretrained-path`, in place of the published `timm/resnet18.a1_in1k`)' in text
+    # the mixing in effect comes from the model's defaults (Cut-MixMo: CutMix, α 2, p 0.5 decaying, r 3)
+    assert '| mixing | `cutmix` masks |' in text and '| κ | ~ Beta(α, α), α = 2 |' in text
+    assert '| p (mixed batch probability) | 0.5, descending to 0' in text and '| r (loss-weight root) | 3 |' in text
+    assert '| mimo_mix_prob |' not in text and '| model_ema_decay |' not in text and '| pretrained |' not in text
+    metrics = {result.metric_type: result.metric_value for result in data.eval_results}
+    assert metrics == {'accuracy': 55.0, 'top_5_accuracy': 90.0, 'nll': 1.25, 'ece': 3.5}
+    assert data.eval_results[0].dataset_split == 'test' and data.eval_results[0].dataset_type == 'cifar10'
+    params, gmacs = hub.model_complexity(model, (3, 32, 32))
+    assert params == sum(p.numel() for p in model.parameters())
+    # ResNet-18's convolutions and fc at 32 px: about 1.82 GMACs at 224 px scale by (32/224)^2, plus M heads
+    assert 0.03 < gmacs < 0.05
+    assert f'- GMACs: {gmacs:.3g} (one 32x32 image)' in text and '@misc{rw2019timm' in text
+
+
+def test_exported_files_are_readable_by_others_as_the_umask_allows(tmp_path):
+    import os
+    import stat
+    _train_run(tmp_path, ema=False)
+    old = os.umask(0o022)
+    try:
+        assert hub.main(['export', '--checkpoint', str(tmp_path / 'model_best.pth.tar'), '--out',
+                         str(tmp_path / 'out')]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / 'out').stat().st_mode) == 0o755
+    assert {stat.S_IMODE(item.stat().st_mode) for item in (tmp_path / 'out').iterdir()} == {0o644}

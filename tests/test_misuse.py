@@ -509,10 +509,14 @@ def _validate_argv(run, *extra):
     return ['--config', str(run / 'args.yaml'), '--workers', '0', *[str(e) for e in extra]]
 
 
-def test_validate_checkpoint_that_is_a_run_folder_names_its_checkpoints(runs, capsys):
+def test_validate_checkpoint_that_is_a_run_folder_validates_each_checkpoint(runs, tmp_path, capsys):
+    """timm's --checkpoint DIR: one row per checkpoint of the folder; a folder without any names the way out."""
     run = runs / 'cut'
-    assert validate.main(_validate_argv(run, '--checkpoint', run)) == 2
-    _error_line(capsys, 'is a folder, not a file', 'last.pth.tar', 'local-dir:FOLDER')
+    assert validate.main(_validate_argv(run, '--checkpoint', run)) == 0
+    rows = json.loads(capsys.readouterr().out.split('--result\n', 1)[1])
+    assert sorted(row['checkpoint'] for row in rows) == sorted(str(path) for path in run.glob('*.pth.tar'))
+    assert validate.main(_validate_argv(run, '--checkpoint', tmp_path)) == 2
+    _error_line(capsys, 'holding no checkpoint', 'local-dir:FOLDER')
 
 
 @pytest.mark.parametrize('collision', ['results-checkpoint', 'results-config', 'diagram-results',
@@ -767,7 +771,7 @@ def test_sigint_in_validate_is_one_line_and_writes_nothing(runs, tmp_path, monke
 
     def interrupted(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)  # Ctrl-C while the split is evaluated
-    monkeypatch.setattr(validate, 'collect_member_logits', interrupted)
+    monkeypatch.setattr(validate, 'collect_logged', interrupted)
     code = validate.main(_validate_argv(run, '--checkpoint', run / 'last.pth.tar', '--results-file',
                                         tmp_path / 'val.csv'))
     assert code == 130

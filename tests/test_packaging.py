@@ -66,8 +66,12 @@ def test_wheel_holds_license_and_recipes_and_config_names_resolve_from_it(source
     assert lines[0].startswith(str(site))  # the installed package, not a checkout
     assert lines[1] == str(site / 'timm_mimo' / 'configs' / 'cut_mixmo_wrn28_10_cifar10_b4.yaml')
     assert lines[2] == 'cut_mixmo_wrn28_10 4 0.0125 torch/cifar10'
-    listed = _run([sys.executable, '-m', 'timm_mimo', 'configs'], cwd=tmp_path, env=env).stdout.split()
-    assert sorted(f'{name}.yaml' for name in listed[2:]) == RECIPES and listed[1].startswith(str(site))
+    listed = _run([sys.executable, '-m', 'timm_mimo', 'configs'], cwd=tmp_path, env=env).stdout.splitlines()
+    assert listed[0].startswith(f'# {len(RECIPES)} recipes in {site}')
+    assert sorted(f'{line.split()[0]}.yaml' for line in listed[1:]) == RECIPES
+    assert 'timm_mimo/py.typed' in names  # type hints are part of the installed package (PEP 561)
+    version = _run([sys.executable, '-m', 'timm_mimo', 'export', '--version'], cwd=tmp_path, env=env).stdout
+    assert version.startswith('python -m timm_mimo export (timm_mimo 0.1.0, timm ')
 
 
 @pytest.mark.slow

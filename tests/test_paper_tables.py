@@ -3,7 +3,7 @@
 "Every trainable row has a recipe" is this test: a row of the map either names the recipes that train it or gives one
 of the accepted reasons (another paper's number, a literature result, no recipe in the papers); every recipe it names
 ships (and tests/test_configs.py builds and steps every shipped recipe); every shipped recipe trains some row; the
-README's recipe tables are the text generated from the map. Papers: thesis (R. Sun, HAL tel-03952815), MixMo
+recipe tables of docs/recipes.md are the text generated from the map. Papers: thesis (R. Sun, HAL tel-03952815), MixMo
 arXiv:2103.06132, MixShare arXiv:2205.10139, MixViT openreview.net/forum?id=pOq1HuMI8Dz.
 """
 import os
@@ -98,12 +98,12 @@ def test_a_row_without_recipe_or_reason_is_refused(tmp_path, entry, message):
         paper_tables(str(path))
 
 
-def test_readme_recipe_section_is_generated_from_the_map():
-    with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
+def test_docs_recipe_section_is_generated_from_the_map():
+    with open(os.path.join(REPO, 'docs', 'recipes.md'), encoding='utf-8') as f:
         text = f.read()
     begin, end = text.index(README_BEGIN), text.index(README_END)
     assert text[begin:end + len(README_END) + 1] == readme_recipe_section(TABLES), \
-        'README is stale: python -m timm_mimo.recipes --readme README.md'
+        'docs/recipes.md is stale: python -m timm_mimo.recipes --readme docs/recipes.md'
     assert readme_with_recipe_section(text) == text
     section = readme_recipe_section(TABLES)
     assert '| thesis Table 3.1 | 21 | 15 | 26 |' in section

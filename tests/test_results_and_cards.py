@@ -222,3 +222,74 @@ def test_validate_pretrained_path_loads_a_local_copy_of_the_published_weights(tm
         torch.testing.assert_close(model(x), backbone(x), rtol=1e-5, atol=1e-5)
     assert validate.main(['--model', 'resnet18', '--pretrained-path', str(tmp_path / 'missing.safetensors')]) == 2
     assert "--pretrained-path '" in capsys.readouterr().err
+
+
+# ---- bulk mode as timm's: a failing model is skipped, --result on stdout, --checkpoint DIR ---------------------------
+
+def _result_block(out: str):
+    """The JSON timm's validate.py prints after its ``--result`` line."""
+    return json.loads(out.split('--result\n', 1)[1])
+
+
+def test_bulk_mode_skips_a_failing_model_writes_the_others_and_exits_non_zero(exports, small_digits_dir, tmp_path,
+                                                                              capsys):
+    bad = tmp_path / 'bad'  # a folder with a config.json whose weights file is missing: fails when loaded
+    bad.mkdir()
+    (bad / 'config.json').write_text((exports / 'mimo' / 'config.json').read_text())
+    listing = tmp_path / 'models.txt'
+    listing.write_text(f'local-dir:{exports / "mimo"}\nlocal-dir:{bad}\nlocal-dir:{exports / "single"}\n')
+    out = tmp_path / 'rows.csv'
+    code = validate.main(['--model-list', str(listing), '--data-dir', str(small_digits_dir), '--workers', '0',
+                          '--results-file', str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f'error: local-dir:{bad}: ' in captured.err and '(skipped; the others go on)' in captured.err
+    assert f'error: 1 of 3 failed: local-dir:{bad}' in captured.err
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert {r['model'] for r in rows} == {f'local-dir:{exports / "mimo"}', f'local-dir:{exports / "single"}'}
+    block = _result_block(captured.out)
+    assert [row['model'] for row in block] == [r['model'] for r in rows]
+    assert all(row['temperature'] == 1.0 and row['temperature_at_bound'] is False for row in block)
+
+
+def test_the_result_block_of_one_model_is_json_with_the_row(checkpoint, small_digits_dir, capsys):
+    assert validate.main(['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
+                          *DIGITS, '--checkpoint', str(checkpoint), '--data-dir', str(small_digits_dir),
+                          '--workers', '0']) == 0
+    block = _result_block(capsys.readouterr().out)
+    assert block['model'] == 'cut_mixmo' and list(block)[:len(TIMM_COLUMNS)] == TIMM_COLUMNS
+    assert block['top1'] + block['top1_err'] == pytest.approx(100) and block['temperature'] == 1.0
+
+
+def test_a_checkpoint_folder_gives_one_row_per_checkpoint(checkpoint, small_digits_dir, tmp_path, capsys):
+    folder = tmp_path / 'run'
+    folder.mkdir()
+    torch.manual_seed(3)
+    other = timm.create_model('cut_mixmo', num_classes=10, in_chans=1, **WRN)
+    torch.save(dict(state_dict=other.state_dict()), folder / 'checkpoint-10.pth.tar')
+    (folder / 'checkpoint-2.pth.tar').write_bytes(checkpoint.read_bytes())
+    (folder / 'notes.txt').write_text('not a checkpoint')
+    out = tmp_path / 'rows.json'
+    assert validate.main(['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
+                          *DIGITS, '--checkpoint', str(folder), '--data-dir', str(small_digits_dir), '--workers', '0',
+                          '--results-file', str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert sorted(row['checkpoint'] for row in rows) == sorted(str(p) for p in folder.glob('*.pth.tar'))
+    assert [row['top1'] for row in rows] == sorted((row['top1'] for row in rows), reverse=True)
+    assert _result_block(capsys.readouterr().out) == rows
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert validate.main(['--model', 'cut_mixmo', '--checkpoint', str(empty)]) == 2
+    assert 'holding no checkpoint' in capsys.readouterr().err
+
+
+def test_a_head_size_mismatch_names_both_sizes_and_the_num_classes_way_out(checkpoint, small_digits_dir, capsys):
+    assert validate.main(['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
+                          '--num-classes', '12', '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std',
+                          '0.5', '--checkpoint', str(checkpoint), '--data-dir', str(small_digits_dir),
+                          '--workers', '0']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert 'its classifier head has 10 outputs (backbone.fc.bias (2, 10)) and the model 12 ((2, 12))' in err
+    assert err.endswith("set --num-classes 10 (or --config with the run's args.yaml)")

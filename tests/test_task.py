@@ -1,4 +1,4 @@
-"""MimoTask as a timm TrainingTask: the contract checks of timm's tests/test_task.py, the README loop, real data."""
+"""MimoTask as a timm TrainingTask: the contract checks of timm's tests/test_task.py, the documented loop, real data."""
 import pytest
 import timm
 import torch
@@ -163,7 +163,7 @@ def test_pixel_mixing_without_partners_takes_them_from_the_batch():
 
 
 def test_readme_own_loop_example():
-    # README "Your own loop" (kept in sync by hand): MimoTask in a plain PyTorch loop
+    # docs/training.md "In your own loop" (kept in sync by hand): MimoTask in a plain PyTorch loop
     model = tiny_mimo()
     task = MimoTask.from_model(model, seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

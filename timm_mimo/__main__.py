@@ -1,4 +1,6 @@
-"""``python -m timm_mimo export ...``: export a train.py checkpoint to a Hub folder (see :mod:`timm_mimo.hub`)."""
+"""``python -m timm_mimo``: ``export`` (a train.py checkpoint to a Hub folder with its card), ``configs`` (the shipped
+recipes), ``run`` (timm's own scripts with the timm_mimo models registered); ``--version``, ``--help`` on each. See
+:func:`timm_mimo.hub.main`."""
 import sys
 
 from timm_mimo.hub import main

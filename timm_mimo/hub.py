@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 from timm.models import create_model, save_for_hf
@@ -38,7 +38,8 @@ from timm.models._pretrained import PretrainedCfg
 __all__ = ['save_pretrained', 'push_to_hub', 'load_pretrained', 'export_checkpoint', 'model_card',
            'offline_message', 'no_weights_message', 'pretrained_weights', 'has_pretrained_source',
            'hub_errors_with_offline_hint', 'download_command', 'INSTALL_LINE', 'PretrainedDownloadError',
-           'dataset_name', 'citation', 'calibration_record', 'read_checkpoint']
+           'dataset_name', 'citation', 'calibration_record', 'read_checkpoint', 'training_script', 'backbone_hub_id',
+           'initialisation', 'mimo_recipe', 'model_complexity', 'usage_snippet']
 
 INSTALL_LINE = 'pip install .  # in a checkout of the timm_mimo source (not published on PyPI)'
 WEIGHTS_FILE = 'model.safetensors'
@@ -302,13 +303,45 @@ BIBTEX: Dict[str, str] = {
 }""",
 }
 
-# train.py arguments that describe the recipe (the rest is logistics: paths, workers, logging, devices)
+# train.py arguments that describe the recipe (the rest is logistics: paths, workers, logging, devices); the MIMO
+# mixing flags are not among them: the card shows the mixing in effect (:func:`mimo_recipe`) instead
 RECIPE_KEYS = (
-    'model', 'model_kwargs', 'pretrained', 'num_classes', 'num_members', 'input_size', 'img_size', 'in_chans',
-    'mean', 'std', 'crop_pad', 'hflip', 'aa', 'epochs', 'batch_size', 'batch_repeat', 'input_repeat', 'mix',
-    'mix_prob', 'mix_alpha', 'loss_root', 'mimo_cutmix', 'mimo_mixup', 'mimo_mix_prob', 'mixup', 'cutmix',
+    'model', 'model_kwargs', 'num_classes', 'num_members', 'input_size', 'img_size', 'in_chans',
+    'mean', 'std', 'crop_pad', 'hflip', 'aa', 'epochs', 'batch_size', 'batch_repeat', 'mixup', 'cutmix',
     'smoothing', 'drop', 'drop_path', 'opt', 'lr', 'momentum', 'weight_decay', 'l2', 'sched', 'warmup_epochs',
-    'decay_milestones', 'decay_rate', 'sched_on_updates', 'model_ema', 'model_ema_decay', 'amp', 'seed',
+    'decay_milestones', 'decay_rate', 'sched_on_updates', 'model_ema', 'model_ema_decay', 'amp', 'amp_dtype', 'seed',
+)
+# keys shown only when the setting they depend on is in effect: key -> predicate on the run's arguments
+_RECIPE_CONDITIONS = {
+    'model_ema_decay': lambda a: bool(a.get('model_ema')),
+    'amp_dtype': lambda a: bool(a.get('amp')),
+    'batch_repeat': lambda a: (a.get('batch_repeat') or 1) > 1,
+    'decay_milestones': lambda a: a.get('sched') == 'multistep',
+    'decay_rate': lambda a: a.get('sched') in ('step', 'multistep', 'plateau'),
+    'momentum': lambda a: not any(name in str(a.get('opt', 'sgd')).lower() for name in ('adam', 'lamb', 'lion')),
+}
+# what :func:`training_script` looks for: timm-mimo-train records these flags, timm's train.py has none of them
+_TIMM_MIMO_TRAIN_KEYS = ('batch_repeat', 'mimo_mix_prob')
+TIMM_MIMO_TRAIN = 'timm-mimo-train'
+TIMM_TRAIN = "timm's train.py"
+
+# BibTeX of timm, cited by every card (the library the models are built in)
+TIMM_BIBTEX = """@misc{rw2019timm,
+  author       = {Wightman, Ross},
+  title        = {PyTorch Image Models},
+  year         = {2019},
+  publisher    = {GitHub},
+  journal      = {GitHub repository},
+  doi          = {10.5281/zenodo.4414861},
+  howpublished = {\\url{https://github.com/huggingface/pytorch-image-models}}
+}"""
+
+# validate.py columns in the card's model-index: (column, metric type, metric name)
+MODEL_INDEX_METRICS = (
+    ('top1', 'accuracy', 'Top-1 accuracy (%)'),
+    ('top5', 'top_5_accuracy', 'Top-5 accuracy (%)'),
+    ('loss', 'nll', 'Negative log-likelihood (nats)'),
+    ('ece', 'ece', 'Expected calibration error, 15 bins (%)'),
 )
 
 # validate.py columns shown in a card: (column, what it is, unit)
@@ -368,16 +401,159 @@ def _format_metric(value: Any) -> str:
     return f'{value:.4g}' if isinstance(value, float) else str(value)
 
 
+def training_script(train_args: Optional[Dict[str, Any]]) -> Optional[str]:
+    """Which script trained the weights: ``'timm-mimo-train'`` (its ``args.yaml`` records the MIMO flags),
+    ``"timm's train.py"`` (arguments without them), ``None`` when no training arguments are known."""
+    if not train_args:
+        return None
+    return TIMM_MIMO_TRAIN if any(key in train_args for key in _TIMM_MIMO_TRAIN_KEYS) else TIMM_TRAIN
+
+
+def backbone_hub_id(model: nn.Module) -> Optional[str]:
+    """The Hub repository of the published weights the model starts from with ``pretrained=True``: its own pretrained
+    cfg's (MixViT: the backbone's checkpoint), else its backbone's timm default (a generic MIMO CNN)."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if cfg.get('hf_hub_id') and not str(cfg.get('hf_hub_id')).startswith(('local-dir', '/')):
+        return str(cfg['hf_hub_id'])
+    backbone = getattr(model, 'backbone_name', None)
+    if isinstance(backbone, str):
+        import timm
+        try:
+            backbone_cfg = timm.models.get_pretrained_cfg(backbone)
+        except (RuntimeError, ValueError, KeyError):
+            return None
+        if backbone_cfg is not None and backbone_cfg.hf_hub_id:
+            return str(backbone_cfg.hf_hub_id)
+    return None
+
+
+def initialisation(model: nn.Module, train_args: Dict[str, Any]) -> Tuple[str, Optional[str]]:
+    """Where the run's weights started: (a sentence for the card, the Hub id of the published backbone checkpoint or
+    ``None``). ``--pretrained-path`` stands in for the published weights (timm's meaning), so it names them too."""
+    published = backbone_hub_id(model)
+    if train_args.get('pretrained_path'):
+        name = Path(str(train_args['pretrained_path'])).name
+        extra = f', in place of the published `{published}`' if published else ''
+        return f'the backbone checkpoint file `{name}` (`--pretrained-path`{extra})', published
+    if train_args.get('pretrained'):
+        if published:
+            return f'the published backbone checkpoint [`{published}`](https://huggingface.co/{published})', published
+        return 'the published pretrained weights of the model', None
+    if train_args.get('initial_checkpoint'):
+        return f'the checkpoint `{Path(str(train_args["initial_checkpoint"])).name}` (`--initial-checkpoint`)', None
+    return 'scratch (random initialisation)', None
+
+
+def mimo_recipe(model: nn.Module, train_args: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """The MIMO training in effect for a timm-mimo-train run: the flags it set, the model's ``mix_cfg`` /
+    ``loss_cfg`` for the rest (resolved as the run resolved them, :meth:`timm_mimo.task.MimoTask.from_model`)."""
+    from timm_mimo.task import MimoTask
+    names = ('mix', 'mix_prob', 'mix_prob_decay', 'mix_alpha', 'single_source_end', 'loss_root', 'input_repeat',
+             'mimo_cutmix', 'mimo_mixup')
+    overrides = {key: train_args.get(key) for key in names}
+    task = MimoTask.from_model(model, smoothing=train_args.get('smoothing'),
+                               mimo_mix_prob=train_args.get('mimo_mix_prob', 0.5), **overrides)
+    mixer, root = task.mixer, task.criterion.root
+    rows = [('mixing', f'`{mixer.kind}` masks'),
+            ('κ', 'fixed at 1/M' if mixer.alpha is None else f'~ Beta(α, α), α = {mixer.alpha:g}'
+             if model.num_members == 2 else f'~ Dirichlet(α), α = {mixer.alpha:g}'),
+            ('p (mixed batch probability)', f'{mixer.prob:g}' + (
+                ', descending to 0 over the last twelfth of training' if mixer.prob_decay else '')),
+            ('r (loss-weight root)', 'none (equal weights)' if root is None or root == float('inf') else f'{root:g}'),
+            ('ρ (input repetition)', f'{task.input_repeat:g}')]
+    if mixer.single_source_end:
+        rows.append(('single-source end', 'on (the last batches take all tokens from one input)'))
+    if task.pixel_mix is not None:
+        pixel = [f'CutMix α = {train_args["mimo_cutmix"]:g}' if train_args.get('mimo_cutmix') else '',
+                 f'Mixup α = {train_args["mimo_mixup"]:g}' if train_args.get('mimo_mixup') else '']
+        rows.append(('pixel mixing of every member input', ' + '.join(p for p in pixel if p)
+                     + f', probability {train_args.get("mimo_mix_prob", 0.5):g}'))
+    return rows
+
+
+def model_complexity(model: nn.Module, input_size: Sequence[int]) -> Tuple[int, Optional[float]]:
+    """Parameters and GMACs of one image of ``input_size`` (C, H, W) through the model in eval mode (FLOPs counted by
+    ``torch.utils.flop_counter`` on one forward, halved: a multiply-accumulate is two FLOPs); ``None`` GMACs when
+    the forward fails."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    num_params = sum(p.numel() for p in model.parameters())
+    param = next(model.parameters(), None)
+    training = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, *input_size, device=param.device if param is not None else 'cpu'))
+        gmacs = counter.get_total_flops() / 2 / 1e9
+    except (RuntimeError, ValueError, TypeError, AssertionError):
+        gmacs = None
+    finally:
+        for module, mode in training:
+            module.training = mode
+    return num_params, gmacs
+
+
+def usage_snippet(model: nn.Module, name: str) -> List[str]:
+    """The card's Python usage: load the model, one image with PIL, the model's data config and eval transform,
+    softmax, top-5 with the label names (runs as written once ``image.jpg`` exists)."""
+    label_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    num_classes = getattr(model, 'num_classes', 0)
+    if isinstance(label_names, (list, tuple)) and len(label_names) == num_classes:
+        names_line = "label_names = model.pretrained_cfg['label_names']  # the class of each output"
+        name_of = 'label_names[index]'
+    elif label_names:
+        names_line = "label_names = {int(k): v for k, v in model.pretrained_cfg['label_names'].items()}"
+        name_of = 'label_names.get(index, index)'
+    else:
+        names_line = 'label_names = [str(index) for index in range(model.num_classes)]  # no class names recorded'
+        name_of = 'label_names[index]'
+    in_chans = card_input_size(model)[0]
+    mode = 'L' if in_chans == 1 else 'RGB'
+    mimo = _is_mimo(model)
+    lines = ['import timm', 'import torch', 'from PIL import Image', '', 'import timm_mimo  # registers the models',
+             '', f"model = timm.create_model('{name}', pretrained=True).eval()",
+             'config = timm.data.resolve_model_data_config(model)',
+             'transform = timm.data.create_transform(**config, is_training=False)',
+             f"image = transform(Image.open('image.jpg').convert('{mode}')).unsqueeze(0)  # (1, C, H, W)",
+             'with torch.no_grad():',
+             '    logits = model(image)  # (1, K)' + (': the ensemble, member logits averaged' if mimo else '')]
+    if mimo:
+        lines.append("    members = model.forward_members(image)  # (1, M, K): every member's logits")
+    lines += ['probabilities = logits.softmax(dim=-1)[0]', names_line,
+              'for probability, index in zip(*probabilities.topk(min(5, model.num_classes))):',
+              '    index = int(index)', f"    print(f'{{{name_of}}}: {{100 * probability:.1f}} %')"]
+    return lines
+
+
+def _model_index(model_name: str, results: Dict[str, Any], data_name: Optional[str]) -> list:
+    """The card's ``model-index`` (machine-readable metrics) from validate.py's results."""
+    from huggingface_hub import EvalResult
+    evaluated = dataset_name(results.get('dataset')) or data_name
+    entries = []
+    for key, metric_type, metric_name in MODEL_INDEX_METRICS:
+        value = results.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            entries.append(EvalResult(task_type='image-classification', task_name='Image Classification',
+                                      dataset_type=evaluated or 'imagefolder', dataset_name=evaluated or 'image folder',
+                                      dataset_split=results.get('split'), metric_type=metric_type,
+                                      metric_name=metric_name, metric_value=round(float(value), 4)))
+    return entries
+
+
 def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Optional[Dict[str, Any]] = None,
                results: Optional[Dict[str, Any]] = None, install: str = INSTALL_LINE,
                dataset: Optional[str] = None) -> 'Any':
-    """A ``huggingface_hub.ModelCard`` for a timm_mimo model.
+    """A ``huggingface_hub.ModelCard`` that describes the run that made the weights.
 
     Args:
         model: The model (its architecture, method, backbone, M, input size and temperature fill the card).
         repo_id: The Hub repository (for the ``hf-hub:`` line); a ``local-dir:`` line is shown without it.
-        train_args: ``train.py``'s ``args.yaml`` as a dict: the training data and the recipe's meaningful values.
-        results: ``validate.py``'s results (JSON): the metrics with their data set, split and units.
+        train_args: ``train.py``'s ``args.yaml`` as a dict: which script trained the weights
+            (:func:`training_script`), where they started (:func:`initialisation`), the data, the settings in effect
+            and, for a timm-mimo-train run, the MIMO mixing resolved from the model's defaults (:func:`mimo_recipe`).
+        results: ``validate.py``'s results (JSON): the metrics with their data set, split and units (also as the
+            card's ``model-index``).
         install: The install line shown before ``import timm_mimo``.
         dataset: The training data set's name (default: from ``train_args['dataset']``; an image folder has none).
     """
@@ -386,38 +562,58 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Opti
     from timm_mimo.calibration import get_temperature, temperature_heads
     cfg = dict(getattr(model, 'pretrained_cfg', {}) or {})
     architecture = cfg.get('architecture') or type(model).__name__
-    method = model_method(model) if _is_mimo(model) else architecture
-    paper_title, paper_id = _method_paper(method) if _is_mimo(model) else ('', cfg.get('paper_ids') or '')
-    tags = ['timm_mimo', 'mimo', 'image-classification', method]
-    if paper_id.startswith('arXiv:'):
-        tags.append('arxiv:' + paper_id.split(':', 1)[1])
     train_args = dict(train_args or {})
     results = dict(results or {})
+    mimo = _is_mimo(model)
+    script = training_script(train_args)
+    mimo_trained = mimo and script != TIMM_TRAIN
+    method = model_method(model) if mimo else architecture
+    paper_title, paper_id = _method_paper(method) if mimo else ('', cfg.get('paper_ids') or '')
+    tags = ['timm_mimo', 'image-classification', architecture]
+    if mimo_trained:
+        tags[1:1] = ['mimo', method]
+        if paper_id.startswith('arXiv:'):
+            tags.append('arxiv:' + paper_id.split(':', 1)[1])
     data_name = dataset or dataset_name(train_args.get('dataset'))
+    start, base_model = initialisation(model, train_args) if train_args else (None, None)
+    title = repo_id.split('/')[-1] if repo_id else architecture
+    metrics_index = _model_index(title, results, data_name)
     card_data = ModelCardData(library_name='timm', license=cfg.get('license') or 'apache-2.0',
                               tags=list(dict.fromkeys(tags)), pipeline_tag='image-classification',
-                              datasets=[data_name] if data_name else None)
+                              datasets=[data_name] if data_name else None, base_model=base_model,
+                              model_name=title if metrics_index else None, eval_results=metrics_index or None)
     name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:/path/to/this/folder'
-    num_params = sum(p.numel() for p in model.parameters())
+    input_size = card_input_size(model, train_args)
+    num_params, gmacs = model_complexity(model, input_size)
     temperature = get_temperature(model) if temperature_heads(model) else 1.0
-    lines = [f'# {repo_id.split("/")[-1] if repo_id else architecture}', '',
-             f'A multi-input multi-output (MIMO) ensemble in timm: `{architecture}`, method `{method}`'
-             + (f', {model.num_members} members' if _is_mimo(model) else '') + '.', '',
-             '## Usage', '', 'The model needs the `timm_mimo` package (it registers the architecture with timm):', '',
-             '```bash', install, '```', '', '```python', 'import timm', 'import timm_mimo  # registers the models',
-             '', f"model = timm.create_model('{name}', pretrained=True).eval()",
-             'transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))',
-             'logits = model(images)                   # (B, K): the ensemble (member logits averaged)',
-             'members = model.forward_members(images)  # (B, M, K): every member\'s logits', '```', '',
-             '## Model details', '', f'- architecture: `{architecture}`', f'- method: `{method}`']
-    if _is_mimo(model):
+    members = f', {model.num_members} members' if mimo else ''
+    if not mimo:
+        summary = f'A timm image classifier, `{architecture}`' + (f', trained by {script}.' if script else '.')
+    elif script == TIMM_TRAIN:
+        summary = (f'The timm_mimo architecture `{architecture}` ({model.num_members} member heads) trained by '
+                   "timm's train.py as a **single-input network**: every member saw the same image, with no mixing "
+                   'and no member loss. It is not a MIMO-trained ensemble (timm-mimo-train trains one).')
+    elif script == TIMM_MIMO_TRAIN:
+        summary = (f'A multi-input multi-output (MIMO) ensemble in timm, trained by timm-mimo-train: `{architecture}`, '
+                   f'method `{method}`{members}.')
+    else:
+        summary = (f'A multi-input multi-output (MIMO) ensemble architecture in timm: `{architecture}`, method '
+                   f'`{method}`{members} (no training record given with these weights).')
+    lines = [f'# {title}', '', summary, '', '## Usage', '',
+             'The model needs the `timm_mimo` package (it registers the architecture with timm):', '',
+             '```bash', install, '```', '', '```python', *usage_snippet(model, name), '```', '',
+             '## Model details', '', f'- architecture: `{architecture}`']
+    if mimo:
+        lines.append(f'- method: `{method}`' + ('' if mimo_trained else ' (architecture only: trained single-input)'))
         lines.append(f'- members (M): {model.num_members}')
         if getattr(model, 'backbone_name', None):
             lines.append(f'- backbone: `{model.backbone_name}` (timm)')
         if getattr(model, 'inference', None):
             lines.append(f'- inference: `{model.inference}`')
-    lines += [f'- parameters: {num_params / 1e6:.2f} M', f'- classes: {getattr(model, "num_classes", "?")}',
-              f'- input size (C, H, W): {card_input_size(model, train_args)}']
+    lines += [f'- parameters: {num_params / 1e6:.2f} M']
+    if gmacs is not None:
+        lines.append(f'- GMACs: {gmacs:.3g} (one {input_size[1]}x{input_size[2]} image)')
+    lines += [f'- classes: {getattr(model, "num_classes", "?")}', f'- input size (C, H, W): {input_size}']
     described = (getattr(model, 'pretrained_cfg', None) or {}).get('label_descriptions') or {}
     if described:  # the release's readable class names (config.json label_descriptions holds them all)
         shown = [f'{name} ({text})' for name, text in list(described.items())[:5]]
@@ -429,10 +625,17 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Opti
     if train_args:
         split = train_args.get('train_split')
         data = f'{data_name}' if data_name else 'an image folder (no data set name recorded)'
-        lines += ['', '## Training', '', f'- data: {data}' + (f', split `{split}`' if split else ''),
-                  '- recipe (the meaningful `train.py` arguments of the run):', '']
+        lines += ['', '## Training', '', f'- script: {script}'
+                  + (' (single-input: no MIMO mixing, no member loss)' if script == TIMM_TRAIN and mimo else ''),
+                  f'- initialised from {start}', f'- data: {data}' + (f', split `{split}`' if split else '')]
+        if mimo and script == TIMM_MIMO_TRAIN:
+            rows = mimo_recipe(model, train_args)
+            lines += ['- MIMO training (the flags of the run, the model\'s defaults for those it left unset):', '',
+                      '| setting | value |', '|---|---|'] + [f'| {k} | {v} |' for k, v in rows]
+        lines += ['', '- recipe (the `train.py` arguments in effect):', '']
         recipe = [(key, train_args[key]) for key in RECIPE_KEYS
-                  if train_args.get(key) not in (None, '', [], {}, False)]
+                  if train_args.get(key) not in (None, '', [], {}, False)
+                  and _RECIPE_CONDITIONS.get(key, lambda a: True)(train_args)]
         lines += ['| arg | value |', '|---|---|'] + [f'| {k} | `{v}` |' for k, v in recipe]
     shown = [(key, what, unit) for key, what, unit in CARD_METRICS
              if isinstance(results.get(key), (int, float)) and not isinstance(results.get(key), bool)]
@@ -455,9 +658,10 @@ def model_card(model: nn.Module, repo_id: Optional[str] = None, train_args: Opti
         if all(key in results for key in ('loss', 'loss_ts', 'ece', 'ece_ts')):
             lines += ['', f'On the reported split: NLL {results["loss"]:.4f} -> {results["loss_ts"]:.4f} nats, '
                           f'ECE {results["ece"]:.2f} -> {results["ece_ts"]:.2f} % (before -> after).']
-    bibtex = citation(method) if _is_mimo(model) else None
-    if bibtex:
-        lines += ['', '## Citation', '', '```bibtex', bibtex, '```']
+    bibtex = citation(method) if mimo else None
+    lines += ['', '## Citation', '', ("The method's paper, and timm, in which the model is built:" if bibtex
+                                      else 'timm, in which the model is built:'), '', '```bibtex']
+    lines += ([bibtex] if bibtex else []) + [TIMM_BIBTEX, '```']
     content = f'---\n{card_data.to_yaml()}\n---\n\n' + '\n'.join(lines) + '\n'
     return ModelCard(content)
 
@@ -510,7 +714,19 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike],
     save_for_hf(model, str(save_directory), model_config=model_config or None, model_args=args or None,
                 safe_serialization=True, data_config=data_config or None)
     model_card(model, **(model_card_kwargs or {})).save(save_directory / 'README.md')
+    _share_as_umask_allows(save_directory)
     return save_directory
+
+
+def _share_as_umask_allows(folder: Path) -> None:
+    """Folder and files readable as the user's umask allows (755 / 644 under the usual 022), as timm's
+    ``save_for_hf`` leaves them; temporary folders and some writers create 700 / 600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for item in folder.iterdir():
+        if item.is_file() and not item.is_symlink():
+            os.chmod(item, 0o666 & ~umask)
 
 
 def push_to_hub(model: nn.Module, repo_id: str, commit_message: str = 'Add model', token: Optional[str] = None,
@@ -718,20 +934,44 @@ def _write_folder(out: Path, write: Any) -> Path:
     return out
 
 
+def recipe_summary(path: Union[str, os.PathLike]) -> str:
+    """One line of a recipe for ``python -m timm_mimo configs``: model, data set, epochs, batch repetition."""
+    try:
+        recipe = _read_mapping(path, 'recipe')
+    except (OSError, ValueError) as exc:
+        return f'(unreadable: {" ".join(str(exc).split())[:80]})'
+    parts = [str(recipe.get('model', '?')), f"on {recipe.get('dataset') or 'an image folder'}"]
+    if recipe.get('epochs'):
+        parts.append(f"{recipe['epochs']} epochs")
+    if (recipe.get('batch_repeat') or 1) > 1:
+        parts.append(f"b = {recipe['batch_repeat']}")
+    return ', '.join(parts)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m timm_mimo export | configs | run ...``: one-line errors, exit code 2; SIGINT / SIGTERM during an
     export end with one line and status 130 / 143, nothing written."""
     from timm_mimo.cli.args import ArgumentParser, CliError
     from timm_mimo.cli.run_folder import Interrupted, SignalGuard
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ['run', '--version']:
+        from timm_mimo.cli.args import version_line
+        print(version_line('python -m timm_mimo run'))
+        return 0
     if argv and argv[0] == 'run':  # the script's own flags (and --help) pass through untouched
         from timm_mimo.cli.timm_scripts import run_script_command
         return run_script_command(argv[1:])
     parser = ArgumentParser(prog='python -m timm_mimo',
                             description='timm_mimo commands: export a run to a Hub folder, list the shipped recipes, '
-                                        "run timm's own scripts on timm_mimo models")
-    commands = parser.add_subparsers(dest='command', required=True)
-    export = commands.add_parser('export', help='a train.py checkpoint to a Hub folder (safetensors, config, card)')
+                                        "run timm's own scripts on timm_mimo models. Training and evaluation are "
+                                        'timm-mimo-train and timm-mimo-validate.')
+    commands = parser.add_subparsers(dest='command', required=True, metavar='{export,configs,run}')
+    export = commands.add_parser(
+        'export', help='a train.py checkpoint to a Hub folder (safetensors, config, card)',
+        description="Export a checkpoint of timm_mimo's or timm's train.py to a folder that timm loads with "
+                    "timm.create_model('local-dir:FOLDER', pretrained=True) and that pushes to the Hugging Face Hub "
+                    'as it is: model.safetensors, config.json and a README.md model card describing the run '
+                    '(training script, initialisation, recipe in effect, metrics of --results, temperature).')
     export.add_argument('--checkpoint', required=True, help="checkpoint written by timm_mimo's or timm's train.py")
     export.add_argument('--args', default=None,
                         help="the run's args.yaml (default: the args.yaml beside the checkpoint, else the arguments "
@@ -745,9 +985,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     export.add_argument('--dataset-name', default=None,
                         help="the training data set's name for the card (default: the run's --dataset name, e.g. "
                              'cifar10 for torch/cifar10; an image folder has none)')
-    commands.add_parser('configs', help='list the shipped training recipes (use one as --config NAME)')
+    commands.add_parser('configs', help='list the shipped training recipes (use one as --config NAME)',
+                        description='List the training recipes shipped in the package, each with its model, data set, '
+                                    'epochs and batch repetition; timm-mimo-train --config NAME runs one.')
     commands.add_parser('run', help="run a script of timm's (train.py, validate.py, benchmark.py ...) with the "
-                                    'timm_mimo models registered: python -m timm_mimo run SCRIPT [ARGS ...]')
+                                    'timm_mimo models registered: python -m timm_mimo run SCRIPT [ARGS ...]',
+                        description="Run one of timm's own scripts (from timm's repository, at the installed "
+                                    'release) with the timm_mimo models registered.')
     try:
         args = parser.parse_args(argv)
     except CliError as exc:
@@ -755,8 +999,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if args.command == 'configs':
         from timm_mimo.recipes import CONFIG_DIR, list_configs
-        print(f'# {CONFIG_DIR}')
-        print('\n'.join(list_configs()))
+        names = list_configs()
+        print(f'# {len(names)} recipes in {CONFIG_DIR}; run one with timm-mimo-train --config NAME --data-dir DIR')
+        width = max((len(name) for name in names), default=0)
+        for name in names:
+            print(f'{name:<{width}}  {recipe_summary(os.path.join(CONFIG_DIR, name + ".yaml"))}')
         return 0
     with SignalGuard():
         try:

@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import yaml
 from timm.utils import ParseKwargs
 
-__all__ = ['CliError', 'ArgumentParser', 'Refused', 'add_refused', 'check_refused', 'load_config', 'parse_with_config',
+__all__ = ['CliError', 'ArgumentParser', 'version_line', 'Refused', 'add_refused', 'check_refused', 'load_config',
+           'parse_with_config',
            'Check', 'check_values', 'positive', 'non_negative', 'unit_interval', 'at_least', 'one_line',
            'check_channel_stats', 'check_model_input', 'check_compile']
 
@@ -23,11 +24,52 @@ class CliError(Exception):
     """Bad user input: reported as one line on stderr, exit status 2, before anything is written."""
 
 
+def version_line(prog: str) -> str:
+    """What ``--version`` prints: the command, timm_mimo's version and the timm / torch it runs on."""
+    import timm
+    import torch
+
+    from timm_mimo import __version__
+    return f'{prog} (timm_mimo {__version__}, timm {timm.__version__}, torch {torch.__version__})'
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print :func:`version_line` and exit 0 (resolved when asked, not when the parser is built)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any):
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+                         help="print the versions of timm_mimo, timm and torch, and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        print(version_line(parser.prog))
+        parser.exit()
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with errors as :class:`CliError` (one line, no usage dump); ``--help`` prints as usual."""
+    """argparse with errors as :class:`CliError` (one line, no usage dump), ``--version`` on every command (its
+    sub-commands included), and the refused timm options (:func:`add_refused`) listed once, in one compact paragraph
+    at the end of ``--help``."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.add_help:
+            self.add_argument('--version', action=_VersionAction)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise CliError(f'{message} (see {self.prog} --help)')
+
+    def format_help(self) -> str:
+        import textwrap
+        refused = [action.option_strings[-1] for action in self._actions
+                   if getattr(action, 'refused_reason', None) is not None]
+        text = super().format_help()
+        if not refused:
+            return text
+        note = (f"timm options not supported ({len(refused)}; accepted with timm's default, any other value is a "
+                f"one-line error saying why and what to use): {', '.join(refused)}")
+        return text + '\n' + textwrap.fill(note, width=min(100, max(60, self._get_formatter()._width)),
+                                           break_on_hyphens=False) + '\n'
 
 
 def one_line(exc: BaseException, limit: Optional[int] = 300) -> str:
@@ -53,9 +95,10 @@ class Refused:
 
 
 def add_refused(group: argparse._ArgumentGroup, refused: Iterable[Refused]) -> None:
-    """Add refused timm options to ``group``; their help text names the reason."""
+    """Add refused timm options to ``group``: hidden from the option list (``--help`` names them all in one line,
+    :class:`ArgumentParser`); setting one is the error naming the reason (:func:`check_refused`)."""
     for option in refused:
-        action = group.add_argument(*option.flags, help=f'not supported: {option.reason}', **option.kwargs)
+        action = group.add_argument(*option.flags, help=argparse.SUPPRESS, **option.kwargs)
         action.refused_reason = option.reason
 
 

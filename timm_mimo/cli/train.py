@@ -83,6 +83,14 @@ from timm_mimo.cli.data_path import (
 )
 from timm_mimo.cli.dry_run import train_dry_run
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
+from timm_mimo.cli.progress import (
+    StepTimes,
+    add_log_file,
+    close_logging,
+    collect_logged,
+    rounded_summary,
+    setup_console_logging,
+)
 from timm_mimo.cli.run_folder import (
     Interrupted,
     SignalGuard,
@@ -101,7 +109,7 @@ from timm_mimo.data import (
     dataset_num_classes,
 )
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
-from timm_mimo.metrics import collect_member_logits, is_mimo
+from timm_mimo.metrics import is_mimo
 from timm_mimo.mixing import MASK_KINDS
 from timm_mimo.task import MimoTask
 
@@ -204,7 +212,9 @@ def _alpha(value: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     """timm's train.py options (names, meanings, defaults; refused ones say why) plus the MIMO group."""
-    parser = ArgumentParser(prog='timm-mimo-train', description='timm_mimo training (timm flags + MIMO)')
+    parser = ArgumentParser(prog='timm-mimo-train', usage='%(prog)s [-c FILE] [--data-dir DIR] [--model MODEL] '
+                            '[options]', description="Train a timm model, MIMO ensembles included, with timm's "
+                                                     'train.py flags (the MIMO options first).')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help='YAML file of default flag values (keys: flag names), or the name of a shipped recipe '
                              '(python -m timm_mimo configs); command-line flags override it')
@@ -423,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='seed of the random number generators (default: 42)')
     group.add_argument('--log-interval', type=int, default=50, metavar='N',
                        help='log training progress every N batches (default: 50)')
+    group.add_argument('--log-file', default='', type=str, metavar='FILE',
+                       help="also write the log to FILE, relative to the run folder (timm's rotating log file; "
+                            'default: none)')
     group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N',
                        help='per-epoch checkpoints kept, the newest ones; 0 = none (default: 10)')
     add_loader_args(group)
@@ -473,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--mimo-mix-prob', type=float, default=0.5,
                        help='probability that one member input is pixel-mixed (default 0.5, the official MixMo '
                             'code; the papers give none)')
+    parser._action_groups.insert(2, parser._action_groups.pop())  # --help: the MIMO group right after the options
     return parser
 
 
@@ -941,7 +955,7 @@ RESUME_QUIET = (
     'output', 'experiment', 'resume', 'no_resume_opt', 'start_epoch', 'initial_checkpoint', 'pretrained',
     'pretrained_path', 'data_dir', 'workers', 'pin_mem', 'no_prefetcher', 'log_interval', 'local_rank',
     'checkpoint_hist', 'log_wandb', 'wandb_project', 'wandb_tags', 'wandb_resume_id', 'device_modules',
-    'synchronize_step', 'validation_batch_size', 'class_map_partial', 'class_descriptions', 'dry_run',
+    'synchronize_step', 'validation_batch_size', 'class_map_partial', 'class_descriptions', 'dry_run', 'log_file',
 )
 
 
@@ -1165,6 +1179,7 @@ class Run:
                 else torch.bfloat16
         self.loss_scaler = NativeScaler(device=device.type) if self.autocast_dtype == torch.float16 else None
         self.optimizer_step = compiled_optimizer_step(args, optimizer, task, self.loss_scaler)
+        self.eval_seconds = 0.0  # the last evaluation's duration, for the run's ETA
         self.mixup_fn = None
         if not task.mimo and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
             smoothing = 0.1 if args.smoothing is None else args.smoothing
@@ -1226,10 +1241,12 @@ class Run:
             self.mixup_fn.mixup_enabled = False
         epoch_loss, epoch_images, binary_batches = 0.0, 0, 0
         window_loss: Optional[torch.Tensor] = None
-        window_images, window_start = 0, time.perf_counter()
-        batches = iter(loader)
+        window_images = 0
+        times = StepTimes(self.steps_per_epoch, self.num_epochs - epoch - 1, self.eval_seconds)
+        batches = times.wrap(loader)  # data time: the wait for each batch
         for step in range(self.steps_per_epoch):
             loss_sum, images, binary = self.train_step(batches, epoch, step)
+            times.step_done(images)
             window_loss = loss_sum if window_loss is None else window_loss + loss_sum
             window_images += images
             binary_batches += binary
@@ -1245,17 +1262,15 @@ class Run:
                     raise CliError(f'the loss is not finite ({window_value}) in epoch {epoch} by step {step}: the '
                                    f'run diverged; lower --lr (now {args.lr:g}) or add --clip-grad (no checkpoint '
                                    'written for this epoch)')
-                elapsed = time.perf_counter() - window_start
                 epoch_loss += window_value
                 epoch_images += window_images
                 if args.rank == 0:
-                    rate = window_images * args.world_size / max(elapsed, 1e-9)
                     lr = self.optimizer.param_groups[0]['lr']
                     done = 100 * (step + 1) / self.steps_per_epoch
-                    print(f'Train: {epoch} [{step + 1:>5d}/{self.steps_per_epoch} ({done:3.0f}%)]'
-                          f'  loss {window_value / window_images:.4f} ({epoch_loss / epoch_images:.4f})'
-                          f'  lr {lr:.3e}  {rate:,.0f} img/s', flush=True)
-                window_loss, window_images, window_start = None, 0, time.perf_counter()
+                    _logger.info(f'Train: {epoch} [{step + 1:>5d}/{self.steps_per_epoch} ({done:3.0f}%)]'
+                                 f'  loss {window_value / window_images:.4f} ({epoch_loss / epoch_images:.4f})'
+                                 f'  lr {lr:.3e}  {times.line(args.world_size)}')
+                window_loss, window_images = None, 0
         metrics = OrderedDict(loss=epoch_loss / epoch_images)
         if task.mimo:
             metrics['binary_batches'] = binary_batches / (self.steps_per_epoch * args.grad_accum_steps)
@@ -1279,10 +1294,15 @@ class Run:
         if update:
             self.optimizer.zero_grad(set_to_none=True)
 
-    def evaluate(self, model: nn.Module, loader: Any, num_eval: int) -> Dict[str, float]:
-        """The evaluation columns of ``model`` on the whole validation split (shards gathered across ranks)."""
-        member_logits, targets = collect_member_logits(timm.utils.unwrap_model(model), loader, self.device,
-                                                       self.autocast_dtype, self.args.channels_last)
+    def evaluate(self, model: nn.Module, loader: Any, num_eval: int, label: str = 'Eval:') -> Dict[str, float]:
+        """The evaluation columns of ``model`` on the whole validation split (shards gathered across ranks); logs
+        ``label`` lines with the running top-1 every ``--log-interval`` batches (rank 0)."""
+        start = time.perf_counter()
+        log = _logger.info if self.args.rank == 0 else (lambda line: None)
+        member_logits, targets = collect_logged(timm.utils.unwrap_model(model), loader, self.device,
+                                                self.autocast_dtype, self.args.channels_last,
+                                                self.args.log_interval, label, log)
+        self.eval_seconds = time.perf_counter() - start
         member_logits, targets = gather_eval(member_logits, targets, self.args, num_eval)
         return metric_columns(member_logits, targets)
 
@@ -1436,6 +1456,8 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
     train_loader = create_train_loader(args, train_data, task, num_epochs, device, args.data_config)
     eval_loader, num_eval = create_eval_loader(args, args.data_config, device, class_names)
     run = Run(args, task, optimizer, scheduler, num_epochs, sampler.steps_per_epoch, device)
+    if run.autocast_dtype is not None:  # args.yaml records the dtype that runs (the CPU's autocast is bfloat16)
+        args.amp_dtype = str(run.autocast_dtype).removeprefix('torch.')
     start_epoch, best_metric = 0, None
     if resume_state is not None:
         start_epoch, best_metric = load_resume(args.resume, resume_state, task,
@@ -1474,19 +1496,27 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
         global_batch = args.batch_size * args.world_size * args.grad_accum_steps
         lr_text = f'lr {args.lr:g}' if segment is None else \
             f'lr {args.lr:g}, from epoch {segment["start"]} a fresh {args.sched} schedule from {segment["lr"]:g}'
-        print(f'Model {args.model}: {sum(p.numel() for p in model.parameters()):,} params, '
-              f'{"MIMO M=" + str(task.num_members) if task.mimo else "plain"}; {args.world_size} process(es), '
-              f'global batch {global_batch} ({global_batch // args.batch_repeat} unique x b={args.batch_repeat}), '
-              f'{sampler.steps_per_epoch} steps/epoch, {lr_text}; output {output_dir}', flush=True)
+        if args.log_file:
+            try:
+                add_log_file(os.path.join(output_dir, args.log_file))
+            except OSError as exc:
+                raise CliError(write_error(args.log_file, exc, 'pick a writable --log-file')) from None
+        amp = 'off' if run.autocast_dtype is None else f'on, {args.amp_dtype} on {device.type}' + (
+            ' with loss scaling' if run.loss_scaler is not None else '')
+        _logger.info(f'Model {args.model}: {sum(p.numel() for p in model.parameters()):,} params, '
+                     f'{"MIMO M=" + str(task.num_members) if task.mimo else "plain"}; {args.world_size} process(es), '
+                     f'global batch {global_batch} ({global_batch // args.batch_repeat} unique x '
+                     f'b={args.batch_repeat}), {sampler.steps_per_epoch} steps/epoch, {num_epochs} epochs, {lr_text}; '
+                     f'AMP {amp}; output {output_dir}')
         if task.mimo:
-            print(f'{task.mixer}  {task.criterion}  input_repeat={task.input_repeat}  pixel_mix={task.pixel_mix}',
-                  flush=True)
+            _logger.info(f'{task.mixer}  {task.criterion}  input_repeat={task.input_repeat}  '
+                         f'pixel_mix={task.pixel_mix}')
         if fused_for_amp(args, device):
-            print(f'{type(optimizer).__name__} runs fused: float16 AMP reads no inf / NaN flag back to the host',
-                  flush=True)
+            _logger.info(f'{type(optimizer).__name__} runs fused: float16 AMP reads no inf / NaN flag back to the '
+                         'host')
         if plan[2] == 'new':
-            print(f'Continuing the run of {os.path.dirname(os.path.abspath(args.resume))} from epoch {start_epoch} '
-                  f'in a new run folder, {output_dir}', flush=True)
+            _logger.info(f'Continuing the run of {os.path.dirname(os.path.abspath(args.resume))} from epoch '
+                         f'{start_epoch} in a new run folder, {output_dir}')
         if args.log_wandb:
             import wandb
             wandb.init(project=args.wandb_project, config=recorded_args(args), tags=args.wandb_tags,
@@ -1507,9 +1537,10 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
                            f'lower --lr (now {args.lr:g}), or add --clip-grad (also on --resume of an earlier '
                            'checkpoint). No checkpoint of this epoch was written')
         if eval_loader is not None:
-            eval_metrics = run.evaluate(model, eval_loader, num_eval)
+            eval_metrics = run.evaluate(model, eval_loader, num_eval, f'Eval: {epoch}')
             if task.has_ema():
-                ema_metrics = run.evaluate(task.get_trainable_module(ema=True).module, eval_loader, num_eval)
+                ema_metrics = run.evaluate(task.get_trainable_module(ema=True).module, eval_loader, num_eval,
+                                           f'Eval (EMA): {epoch}')
                 eval_metrics.update((f'ema_{k}', v) for k, v in ema_metrics.items())
         if scheduler is not None:
             scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric))
@@ -1519,10 +1550,11 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
                 metric < best_metric if args.eval_metric in DECREASING_METRICS else metric > best_metric))
             best_metric = metric if is_best else best_metric
             if eval_metrics:
-                print(f'Eval: {epoch}  {format_metrics(eval_metrics)}', flush=True)
+                _logger.info(f'Eval: {epoch}  {format_metrics(eval_metrics)}')
             row = OrderedDict((f'train_{k}', v) for k, v in train_metrics.items())
             row.update((f'eval_{k}', v) for k, v in eval_metrics.items())
             row['lr'] = optimizer.param_groups[0]['lr']
+            row = rounded_summary(row)
             state = run.state(epoch, eval_metrics, best_metric)
             state.update(class_names=class_names, world_size=args.world_size, schedule_segment=segment,
                          summary_row=dict(row))
@@ -1539,9 +1571,9 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
                 wandb.log(dict(epoch=epoch, **row))
         guard.check()  # a signal swallowed during the epoch (e.g. by a loader's worker shutdown) ends the run here
     if args.rank == 0 and eval_metrics:
-        print(f'*** Final ({args.model}, epoch {num_epochs - 1}): {format_metrics(eval_metrics)}', flush=True)
+        _logger.info(f'*** Final ({args.model}, epoch {num_epochs - 1}): {format_metrics(eval_metrics)}')
         if best_metric is not None:
-            print(f'*** Best {args.eval_metric}: {best_metric:.4f}', flush=True)
+            _logger.info(f'*** Best {args.eval_metric}: {best_metric:.4f}')
     return eval_metrics
 
 
@@ -1578,13 +1610,13 @@ def _interrupted_line(exc: BaseException, args: Optional[argparse.Namespace]) ->
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit status 2; SIGINT / SIGTERM with one line and
     status 130 / 143, after the files being written are complete or removed."""
-    logging.basicConfig(level=logging.WARNING, format='%(message)s')
     args = None
     with SignalGuard() as guard:
         try:
             args = parse_args(argv)
             if args.dry_run:
                 return train_dry_run(args)
+            setup_console_logging()  # timm's setup_default_logging, on stdout
             train(args, guard)
         except (CliError, DataError) as exc:
             print(f'error: {exc}', file=sys.stderr)
@@ -1593,6 +1625,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(_interrupted_line(exc, args), file=sys.stderr)
             return exc.exit_code if isinstance(exc, Interrupted) else 130
         finally:
+            close_logging()
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
     return 0

@@ -18,7 +18,9 @@ Tiny-ImageNet-C files, ``--reliability-diagram`` a PNG of the ensemble's calibra
 deployable temperature fitted on a held-out split (:mod:`timm_mimo.calibration`).
 
 Results files start with timm validate.py's columns and rounding (:func:`timm_columns`, :func:`rounded_results`);
-timm's bulk mode (``--model-list``, ``--model FILE``, wildcards) writes one row per model (:func:`bulk_models`).
+timm's bulk mode (``--model-list``, ``--model FILE``, wildcards, a ``--checkpoint`` folder) writes one row per model
+(:func:`bulk_models`, :func:`checkpoint_runs`); a failing model is reported and skipped (exit status 1). Like timm's
+validate.py, the command ends by printing ``--result`` and the results as JSON on stdout.
 """
 import argparse
 import contextlib
@@ -42,7 +44,7 @@ from torch.utils.data import DataLoader
 
 import timm_mimo  # noqa: F401  (registers the MIMO models)
 from timm_mimo.analysis import sharing_rates
-from timm_mimo.calibration import get_temperature, temperature_columns, temperature_heads
+from timm_mimo.calibration import at_search_bound, columns_after, fit_temperature, get_temperature, temperature_heads
 from timm_mimo.checkpoint import run_train_args
 from timm_mimo.cli.args import (
     MODEL_CHECKS,
@@ -75,6 +77,7 @@ from timm_mimo.cli.checkpoint import (
 from timm_mimo.cli.data_path import device_batches, pin_memory
 from timm_mimo.cli.dry_run import validate_dry_run
 from timm_mimo.cli.evaluate import metric_columns
+from timm_mimo.cli.progress import collect_logged
 from timm_mimo.cli.run_folder import (
     Interrupted,
     SignalGuard,
@@ -105,11 +108,12 @@ from timm_mimo.evaluation import (
 )
 from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.loader import quiet_worker_signals
-from timm_mimo.metrics import collect_member_logits, is_mimo
+from timm_mimo.metrics import is_mimo
 from timm_mimo.recipes import config_path
 
 __all__ = ['build_parser', 'parse_args', 'validate', 'write_results', 'main', 'timm_columns', 'rounded_results',
-           'bulk_models', 'fit_temperature_columns', 'open_calibration_split', 'shared_images']
+           'bulk_models', 'checkpoint_runs', 'validate_each', 'shape_mismatch', 'fit_temperature_columns',
+           'open_calibration_split', 'shared_images', 'temperature_of']
 
 REFUSED = [
     Refused(('--num-samples',), 'for iterable datasets; this evaluation indexes the whole split', default=None,
@@ -134,7 +138,10 @@ REFUSED = [
 
 def build_parser() -> argparse.ArgumentParser:
     """timm's validate.py options (names, meanings, defaults; refused ones say why) plus ``--crop-pad``."""
-    parser = ArgumentParser(prog='timm-mimo-validate', description='timm_mimo validation')
+    parser = ArgumentParser(prog='timm-mimo-validate', usage='%(prog)s [-c FILE] [--data-dir DIR] [--model MODEL] '
+                            '[--checkpoint PATH] [options]',
+                            description="Evaluate a timm or timm_mimo model with timm's validate.py flags: timm's "
+                                        'columns, then the ensemble, member, calibration and robustness ones.')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help="YAML flag defaults, e.g. a training run's args.yaml (training-only keys are "
                              'skipped), or a shipped recipe name')
@@ -150,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(group)
     group.add_argument('--checkpoint', default='', type=str, metavar='PATH',
                        help="checkpoint file whose weights are evaluated, timm_mimo's or timm's train.py (default: "
-                            'none => the pretrained weights)')
+                            'none => the pretrained weights); a folder: each of its *.pth.tar / *.pth checkpoints, '
+                            "one results row each (timm's bulk mode)")
     group.add_argument('--pretrained-path', default=None, type=str, metavar='FILE',
                        help="a local copy of the model's pretrained weights (e.g. the model.safetensors of its Hub "
                             'repository, downloaded elsewhere), loaded as the published weights would be')
@@ -325,12 +333,34 @@ def load_weights(model: torch.nn.Module, path: str, use_ema: bool, state: Any = 
     ``state``: the file already read (:func:`timm_mimo.cli.checkpoint.read_checkpoint`)."""
     if state is None:
         state = read_checkpoint(path, flag)
-    weights = checkpoint_weights(state, path, use_ema, flag)
+    weights = clean_state_dict(checkpoint_weights(state, path, use_ema, flag))
+    mismatch = shape_mismatch(model, weights)
+    if mismatch:
+        raise CliError(f'checkpoint {path!r} does not fit model {type(model).__name__}: {mismatch}')
     try:
-        model.load_state_dict(clean_state_dict(weights))
+        model.load_state_dict(weights)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CliError(f'checkpoint {path!r} does not fit model {type(model).__name__}: {one_line(exc, 240)}') \
             from None
+
+
+def shape_mismatch(model: torch.nn.Module, weights: Dict[str, torch.Tensor]) -> Optional[str]:
+    """What differs in size between ``weights`` and ``model`` (``None``: nothing); a classifier of another class
+    count is named with both sizes and the ``--num-classes`` way out."""
+    own = model.state_dict()
+    differ = [(key, tuple(weights[key].shape), tuple(own[key].shape)) for key in weights
+              if key in own and tuple(weights[key].shape) != tuple(own[key].shape)]
+    if not differ:
+        return None
+    num_classes = getattr(model, 'num_classes', None)
+    for key, theirs, ours in differ:
+        if key.endswith('.bias') and ours and ours[-1] == num_classes and theirs:
+            return (f'its classifier head has {theirs[-1]} outputs ({key} {theirs}) and the model {num_classes} '
+                    f'({ours}): set --num-classes {theirs[-1]} (or --config with the run\'s args.yaml)')
+    shown = '; '.join(f'{key} {theirs} in the checkpoint, {ours} in the model' for key, theirs, ours in differ[:3])
+    more = f' and {len(differ) - 3} more' if len(differ) > 3 else ''
+    return (f'{len(differ)} tensors differ in size ({shown}{more}): give the --model / --model-kwargs of the run '
+            "that wrote it (or --config with the run's args.yaml)")
 
 
 def eval_class_names(args: argparse.Namespace, state: Any, model: torch.nn.Module) -> Optional[List[str]]:
@@ -491,8 +521,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     autocast_dtype = None
     if args.amp:
         autocast_dtype = torch.float16 if device.type == 'cuda' and args.amp_dtype == 'float16' else torch.bfloat16
-    member_logits, targets = collect_member_logits(eval_model, logged_batches(loader, args.log_freq), device,
-                                                   autocast_dtype, args.channels_last)
+    member_logits, targets = collect_logged(eval_model, loader, device, autocast_dtype, args.channels_last,
+                                            args.log_freq, 'Test:')  # the running top-1 every --log-freq batches
     if args.ensemble_checkpoints:
         name, checkpoint = 'ensemble', ' '.join(args.ensemble_checkpoints)
     else:
@@ -502,6 +532,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     results.update(checkpoint=checkpoint, dataset=args.dataset, split=args.split, num_images=len(dataset),
                    num_members=model.num_members if is_mimo(model) else 1)
     results.update((key, value) for key, value in metrics.items() if key not in results)
+    results.update(temperature_of(model))
     results.update(rates)
     if calibration_set is not None:
         results.update(fit_temperature_columns(args, eval_model, model, calibration_set, data_config, member_logits,
@@ -579,19 +610,38 @@ def fit_temperature_columns(args: argparse.Namespace, eval_model: torch.nn.Modul
                             calibration_set: Any, data_config: Dict[str, Any], member_logits: torch.Tensor,
                             targets: torch.Tensor, device: torch.device,
                             autocast_dtype: Optional[torch.dtype]) -> Dict[str, Any]:
-    """The temperature fitted on the held-out ``calibration_set`` (loaded as the reported split is) and the reported
-    split's NLL / ECE after it (:func:`timm_mimo.calibration.temperature_columns`)."""
+    """The temperature fitted on the held-out ``calibration_set`` (loaded as the reported split is;
+    :func:`timm_mimo.calibration.fit_temperature`, not applied: the later evaluations use the model as given) and the
+    reported split's NLL / ECE after it. A fit that ends at its search bound is reported on stderr."""
     loader = device_batches(DataLoader(calibration_set, batch_size=args.batch_size, shuffle=False,
                                        num_workers=args.workers, pin_memory=pin_memory(args, device),
                                        worker_init_fn=quiet_worker_signals),
                             args, data_config, device)
     print(f'Fitting the temperature on split {args.fit_temperature!r} ({len(calibration_set)} images)', flush=True)
-    calibration_logits, calibration_targets = collect_member_logits(
-        eval_model, logged_batches(loader, args.log_freq), device, autocast_dtype, args.channels_last)
-    current = get_temperature(model) if temperature_heads(model) else 1.0
-    columns = temperature_columns(calibration_logits, calibration_targets, member_logits, targets, current)
-    return OrderedDict(temperature=columns['temperature'], temperature_split=args.fit_temperature,
-                       temperature_images=len(calibration_set), loss_ts=columns['loss_ts'], ece_ts=columns['ece_ts'])
+    if not temperature_heads(model):
+        raise CliError(f'--fit-temperature: {args.model!r} has no timm_mimo member heads to hold a temperature (a '
+                       'plain timm model); temperature scaling is deployable on timm_mimo MIMO models')
+    _, fit = fit_temperature(eval_model, logged_batches(loader, args.log_freq), device, autocast_dtype,
+                             args.channels_last, apply=False)
+    if fit['temperature_at_bound']:
+        print(f"warning: the temperature fit on split {args.fit_temperature!r} ended at its search bound (T = "
+              f"{fit['temperature']:.6g}): its NLL kept falling, which calibrated logits do not do; check the split's "
+              'labels and the model (temperature_at_bound is true in the results)', file=sys.stderr, flush=True)
+    columns = columns_after(fit, member_logits, targets)
+    return OrderedDict(temperature=columns['temperature'], temperature_at_bound=columns['temperature_at_bound'],
+                       temperature_split=args.fit_temperature, temperature_images=len(calibration_set),
+                       loss_ts=columns['loss_ts'], ece_ts=columns['ece_ts'])
+
+
+def temperature_of(model: torch.nn.Module) -> Dict[str, Any]:
+    """The ``temperature`` column of every row (the one the model applies: 1.0 for an uncalibrated or plain model, an
+    ensemble of checkpoints included) and ``temperature_at_bound`` (an exported temperature that sits at the fit's
+    search bound); ``--fit-temperature`` replaces both with its fit."""
+    try:
+        temperature = get_temperature(model) if temperature_heads(model) else 1.0
+    except ValueError:  # networks of a deep ensemble holding different temperatures: each applies its own
+        return OrderedDict(temperature='', temperature_at_bound=False)
+    return OrderedDict(temperature=temperature, temperature_at_bound=at_search_bound(temperature))
 
 
 def create_ensemble(paths: Sequence[str], use_ema: bool
@@ -727,6 +777,51 @@ def bulk_models(args: argparse.Namespace) -> list:
     return names
 
 
+CHECKPOINT_PATTERNS = ('*.pth.tar', '*.pth')  # what timm's validate.py validates in a --checkpoint folder
+
+
+def checkpoint_runs(args: argparse.Namespace) -> List[str]:
+    """timm's ``--checkpoint DIR``: every checkpoint in the folder (``*.pth.tar``, ``*.pth``, in natural order), each
+    validated as ``--model`` and written as one row; ``[]`` when ``--checkpoint`` is not a folder."""
+    import glob
+
+    from timm.utils import natural_key
+    folder = args.checkpoint
+    if not folder or not os.path.isdir(folder):
+        return []
+    paths = sorted({path for pattern in CHECKPOINT_PATTERNS for path in glob.glob(os.path.join(folder, pattern))},
+                   key=natural_key)
+    if not paths:
+        raise CliError(f'--checkpoint {folder!r} is a folder holding no checkpoint ({", ".join(CHECKPOINT_PATTERNS)}); '
+                       'an exported model folder validates with --model local-dir:FOLDER')
+    for dest in ('ensemble_checkpoints', 'reliability_diagram'):
+        if getattr(args, dest):
+            raise CliError(f'--checkpoint {folder!r} (a folder) validates each of its {len(paths)} checkpoints; '
+                           f'--{dest.replace("_", "-")} applies to one: drop one of them')
+    return paths
+
+
+def validate_each(args: argparse.Namespace, runs: Sequence[Tuple[str, str]]
+                  ) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
+    """Bulk mode as timm's: validate every ``(model, checkpoint)``; a failing one is reported on stderr and
+    skipped, the others go on. Returns the rows (sorted by top1, timm's order) and the ``(run, error)`` failures."""
+    rows, failed = [], []
+    for index, (name, checkpoint) in enumerate(runs):
+        label = f'{name} {checkpoint}' if checkpoint else name
+        print(f'== [{index + 1}/{len(runs)}] {label}', flush=True)
+        try:
+            rows.append(rounded_results(validate(argparse.Namespace(**dict(vars(args), model=name,
+                                                                           checkpoint=checkpoint)))))
+        except (CliError, DataError) as exc:
+            failed.append((label, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - as timm's bulk mode: one model's failure does not stop the rest
+            failed.append((label, f'{type(exc).__name__}: {one_line(exc)}'))
+        else:
+            continue
+        print(f'error: {label}: {failed[-1][1]} (skipped; the others go on)', file=sys.stderr, flush=True)
+    return sorted(rows, key=lambda row: row['top1'], reverse=True), failed
+
+
 def _names_in_file(path: str) -> list:
     with open(path) as f:
         return [line.split('#', 1)[0].strip() for line in f if line.split('#', 1)[0].strip()]
@@ -786,36 +881,36 @@ def _print_results(results: Dict[str, Any]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: prints the metrics; bad input ends with one line on stderr and exit status 2, SIGINT / SIGTERM
-    with one line and status 130 / 143 (no results file written). Bulk mode (:func:`bulk_models`) validates every
-    model, one row each, sorted by top1; its first failing model stops it with nothing written."""
+    """Entry point: prints the metrics, then timm's ``--result`` block (the results as JSON) on stdout; bad input ends
+    with one line on stderr and exit status 2, SIGINT / SIGTERM with one line and status 130 / 143 (no results file
+    written). Bulk mode (:func:`bulk_models`, a ``--checkpoint`` folder: :func:`checkpoint_runs`) validates every
+    model, one row each, sorted by top1; a failing model is reported and skipped, the others written, and the exit
+    status is 1."""
+    failed: List[Tuple[str, str]] = []
     with SignalGuard():
         try:
             args = parse_args(argv)
             if args.dry_run:
                 return validate_dry_run(args)
-            names = bulk_models(args)
-            if not names:
+            runs = [(name, '') for name in bulk_models(args)] or [(args.model, path) for path in checkpoint_runs(args)]
+            if not runs:
                 results: Any = rounded_results(validate(args))
                 _print_results(results)
             else:
-                rows = []
-                for index, name in enumerate(names):
-                    print(f'== [{index + 1}/{len(names)}] {name}', flush=True)
-                    try:
-                        rows.append(rounded_results(validate(argparse.Namespace(**dict(vars(args), model=name)))))
-                    except (CliError, DataError) as exc:
-                        raise CliError(f'{name}: {exc} (bulk mode stops at the first failing model; nothing '
-                                       'written)') from None
-                results = sorted(rows, key=lambda row: row['top1'], reverse=True)  # timm's order
+                results, failed = validate_each(args, runs)
                 for row in results:
-                    print(f"{row['model']:>40s}  top1 {row['top1']}  top5 {row['top5']}  loss {row['loss']}  "
-                          f"ece {row['ece']}")
-            if args.results_file:
+                    print(f"{row['model']:>40s}  {os.path.basename(row['checkpoint'] or '')}  top1 {row['top1']}  "
+                          f"top5 {row['top5']}  loss {row['loss']}  ece {row['ece']}  T {row['temperature']}")
+                if failed:
+                    print(f"error: {len(failed)} of {len(runs)} failed: {', '.join(label for label, _ in failed)}"
+                          + ('; the others are in ' + args.results_file if args.results_file and results else ''),
+                          file=sys.stderr)
+            if args.results_file and (results or not failed):
                 try:
                     write_results(args.results_file, results, args.results_format)
                 except OSError as exc:
                     raise CliError(write_error(args.results_file, exc)) from None
+            print(f'--result\n{json.dumps(results, indent=4)}', flush=True)  # timm's block for runner scripts
         except (CliError, DataError) as exc:
             print(f'error: {exc}', file=sys.stderr)
             return 2
@@ -823,7 +918,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             name = exc.name if isinstance(exc, Interrupted) else 'SIGINT'
             print(f'error: interrupted ({name}); no results file was written', file=sys.stderr)
             return exc.exit_code if isinstance(exc, Interrupted) else 130
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == '__main__':
