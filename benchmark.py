@@ -10,8 +10,9 @@ For each model: ``param_count``, forward FLOPs (``infer_gmacs``), inference and 
 (``*_samples_per_sec``, ``*_step_time``), peak memory (``*_peak_mem_mb``) and, for a MIMO model, the same figures of
 its backbone measured in the same run, the ``ratio_*`` columns and the cost targets (MixMo CNN inference >= 0.97x
 the backbone's throughput and <= 1.01x its FLOPs; MixViT FLOPs <= 1.10x on the papers' ConViT, <= 1.04x on CaiT-24;
-train step >= 0.95x; peak training memory <= 1.05x). ``--explain`` adds the graph breaks of the MIMO training forward
-under ``torch._dynamo.explain``.
+train step >= 0.95x; peak training memory <= 1.05x). The train step is set up as training runs (its optimizer,
+GradScaler under float16, cudnn.benchmark and TF32 on CUDA); every row says what was in effect. ``--explain`` adds the
+graph breaks of the MIMO training forward under ``torch._dynamo.explain``.
 
 The earlier family tables are still there::
 
@@ -19,8 +20,9 @@ The earlier family tables are still there::
     python benchmark.py mixvit   # MixViT vs backbone: FLOPs against the papers' bound, latency, train step
     python benchmark.py loader   # multi-input loader with batch repetition vs timm's plain loader
     python benchmark.py loop --model cut_mixmo_wrn28_2 --batch-repeat 2 -- --data-dir DIR --crop-pad 4 -b 128
-                                 # the real training loop (loader, workers, plans, prefetcher) vs the isolated step,
-                                 # MIMO model and backbone side by side
+                                 # the real training loop (loader, workers, plans, prefetcher) vs the isolated step
+                                 # and the loader alone, in steady state, MIMO model and backbone side by side;
+                                 # --data-delay-ms / --loader-share: a slow data path, which the loop must show
     python benchmark.py ops      # ATen ops (GPU kernel launches) a MIMO train step adds to its backbone's; host reads
 """
 import argparse

@@ -10,7 +10,12 @@ against its backbone and the cost targets. What is measured:
   the model's Mixer masks and κ) drawn ahead and already on the device (the loader's workers draw it), the pairs
   gathered into ``(B, M, C, H, W)``, forward, the model's MIMO loss, backward, optimizer step; the backbone: the same
   ``(B, C, H, W)`` batch, cross-entropy, backward, the same optimizer; same B on both sides; ``--torchcompile``
-  compiles the whole step of both (``MimoTask.compile``);
+  compiles the whole step of both (``MimoTask.compile``, ``--torchcompile-mode reduce-overhead``: CUDA graphs);
+* set up as training runs (``timm-mimo-train``): its optimizer construction (``create_optimizer``: the flags'
+  defaults, fused under float16 AMP on CUDA), timm's ``NativeScaler`` (GradScaler) under float16 AMP, the AMP dtype of
+  the run (``--amp`` alone: float16 on CUDA, bfloat16 on the CPU, as training), ``cudnn.benchmark`` on CUDA, and TF32
+  matmuls / convolutions for float32 steps on CUDA. An ``--amp-dtype`` given is run as given on any device (the CPU
+  autocasts float16 too, with a CPU GradScaler); every row and the closing line say what was in effect;
 * throughput: alternating timed rounds of the two models (``interleaved_throughput``), best round of each;
 * plan sampling (MIMO): median CPU time to draw one shard's plan (``plan_sample_ms``), the work a loader worker does
   per step, and its share of the train step (``ratio_plan_to_step``);
@@ -31,7 +36,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import timm
 import torch
 import torch.nn as nn
-from timm.optim import create_optimizer_v2
 from timm.utils import ParseKwargs
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -66,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--num-members', type=int, default=None, help='M of the MIMO models (default: theirs)')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                         help='extra timm.create_model kwargs; the backbone gets those that are not MIMO options')
-    parser.add_argument('--opt', default='sgd', help='optimizer of the train step (timm create_optimizer_v2)')
+    parser.add_argument('--opt', default='sgd', help='optimizer of the train step (timm-mimo-train\'s --opt)')
     parser.add_argument('--lr', type=float, default=1e-3, help='learning rate of the train step')
     parser.add_argument('--num-warm-iter', type=int, default=2, help='untimed calls of each side first')
     parser.add_argument('--rounds', type=int, default=5, help='alternating timed rounds (the best one is kept)')
@@ -75,9 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
     parser.add_argument('--explain', action='store_true',
                         help='report torch._dynamo.explain graph breaks of the MIMO training forward')
-    parser.add_argument('--amp', action='store_true', help='autocast (bfloat16 on CPU, --amp-dtype on GPU)')
+    parser.add_argument('--amp', action='store_true',
+                        help='autocast as training does (float16 + GradScaler on CUDA, bfloat16 on the CPU)')
     parser.add_argument('--amp-dtype', default=None, choices=['float16', 'bfloat16'],
-                        help='autocast dtype (default: float16 on GPU, bfloat16 on CPU)')
+                        help='autocast dtype, run as given on any device (float16 adds a GradScaler)')
     parser.add_argument('--channels-last', action='store_true', help='channels-last models and inputs')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
                         help='torch.compile both sides (default backend: inductor)')
@@ -168,7 +173,8 @@ def cost_targets(model: nn.Module) -> Dict[str, Tuple[str, float]]:
 
 
 class _Setup:
-    """Device, autocast and compile settings shared by every callable of one run."""
+    """Device, autocast, GradScaler, optimizer, backend and compile settings shared by every callable of one run, as
+    the training command sets them up."""
 
     def __init__(self, args: argparse.Namespace):
         if args.device.startswith('cuda') and not torch.cuda.is_available():
@@ -176,13 +182,55 @@ class _Setup:
         self.device = torch.device(args.device)
         self.amp_dtype = None
         if args.amp:
-            default = torch.float16 if self.device.type == 'cuda' else torch.bfloat16
+            default = torch.float16 if self.device.type == 'cuda' else torch.bfloat16  # timm-mimo-train's rule
             self.amp_dtype = getattr(torch, args.amp_dtype) if args.amp_dtype else default
         elif args.amp_dtype:
             raise ValueError('--amp-dtype needs --amp')
+        self.grad_scaler = self.amp_dtype == torch.float16
         self.channels_last = args.channels_last
         check_compile(args)
         self.compile_backend, self.compile_mode = args.torchcompile, args.torchcompile_mode
+        self.cuda = self.device.type == 'cuda'
+        self.tf32 = self.cuda and self.amp_dtype is None
+        amp_flags = ['--amp', '--amp-dtype', str(self.amp_dtype).replace('torch.', '')] if self.amp_dtype else []
+        # the training command's own optimizer flags (defaults: momentum, weight decay, ...) for create_optimizer
+        from timm_mimo.cli import train
+        self.train_args = train.parse_args(['--model', 'benchmark', '--opt', args.opt, '--lr', str(args.lr),
+                                            '--device', str(self.device), *amp_flags])
+
+    def apply_backend_flags(self) -> None:
+        """``cudnn.benchmark`` (as training sets it on CUDA) and TF32 for float32 steps on CUDA; nothing on a CPU."""
+        if not self.cuda:
+            return
+        torch.backends.cudnn.benchmark = True
+        if self.tf32:
+            torch.set_float32_matmul_precision('high')
+            torch.backends.cudnn.allow_tf32 = True
+
+    def create_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The training command's optimizer (``timm_mimo.cli.train.create_optimizer``: fused under float16 AMP on
+        CUDA)."""
+        from timm_mimo.cli import train
+        return train.create_optimizer(self.train_args, model, self.device)
+
+    def create_scaler(self) -> Optional[Any]:
+        """timm's ``NativeScaler`` (a GradScaler) under float16 AMP, as training; ``None`` otherwise."""
+        from timm.utils import NativeScaler
+        return NativeScaler(device=self.device.type) if self.grad_scaler else None
+
+    def in_effect(self, optimizer: Optional[torch.optim.Optimizer] = None) -> Dict[str, Any]:
+        """What the measurement ran with: the columns every row carries."""
+        effect = OrderedDict(device=str(self.device),
+                             amp=str(self.amp_dtype).replace('torch.', '') if self.amp_dtype else 'off',
+                             grad_scaler=self.grad_scaler, channels_last=self.channels_last,
+                             cudnn_benchmark=torch.backends.cudnn.benchmark if self.cuda else 'n/a (cpu)',
+                             tf32=self.tf32 if self.cuda else 'n/a (cpu)',
+                             torchcompile=self.compile_backend or 'off', torchcompile_mode=self.compile_mode or '')
+        if optimizer is not None:
+            defaults = optimizer.defaults
+            kind = 'fused' if defaults.get('fused') else 'foreach' if defaults.get('foreach') else 'default'
+            effect['optimizer'] = f'{type(optimizer).__name__} ({kind})'
+        return effect
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -215,14 +263,16 @@ TRAIN_PLANS = 8  # plans drawn ahead and cycled: both plan kinds (binary / linea
 
 def _train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, args: argparse.Namespace,
                 setup: _Setup, compile_step: bool = False) -> Callable[[], None]:
-    """One optimizer step of :class:`timm_mimo.task.MimoTask`, as the training loop runs it.
+    """One optimizer step of :class:`timm_mimo.task.MimoTask`, as the training loop runs it (its optimizer, and its
+    GradScaler under float16 AMP).
 
     MIMO models: the plans (pairs, masks, κ) are drawn ahead on the CPU and already on the device, as the loader's
     workers deliver them; the step gathers the pairs, runs the mixed forward and the model's MIMO loss, backward and
     the optimizer. The backbone: the same ``(B, C, H, W)`` batch, cross-entropy. Same B and optimizer on both sides;
     ``compile_step`` compiles the whole step (``MimoTask.compile``), as ``--torchcompile`` in training does.
     """
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr)
+    optimizer = setup.create_optimizer(model)
+    scaler = setup.create_scaler()
     model.train()
     if is_mimo(model):
         task = MimoTask.from_model(model, seed=0, verbose=False)
@@ -243,8 +293,11 @@ def _train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, a
         optimizer.zero_grad(set_to_none=True)
         with setup.autocast():
             loss = task(images, targets, plan=plan)['loss'] if plan is not None else task(images, targets)['loss']
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:  # float16: scaled backward, the step skipped on inf / NaN, as training
+            scaler(loss, optimizer)
+        else:
+            loss.backward()
+            optimizer.step()
     step.optimizer = optimizer
     return step
 
@@ -350,6 +403,7 @@ def explain_train_forward(model: nn.Module, batch_size: int = 2) -> Dict[str, An
 def benchmark_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
     """Rows of one model (and its backbone before it): timm's columns, ratios and target verdicts."""
     setup = _Setup(args)
+    setup.apply_backend_flags()
     model, backbone = create_pair(name, args)
     size = tuple(model.pretrained_cfg['input_size'])
     if args.img_size is not None:
@@ -382,9 +436,11 @@ def benchmark_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]
                              infer_img_size=size[-1])
             if not args.no_memory:
                 rows[key]['infer_peak_mem_mb'] = round(_inference_peak_memory_mb(sides[key], x, setup), 3)
+    optimizer = None
     if args.bench in ('both', 'train'):
         steps = {key: _train_step(m, x, targets, args, setup, compile_step=bool(setup.compile_backend))
                  for key, m in sides.items()}
+        optimizer = steps['model'].optimizer
         # compiled MIMO steps meet cut-like and linear plans (different graphs): warm up until both are compiled
         warmup = max(args.num_warm_iter, COMPILED_TRAIN_WARMUP) if setup.compile_backend else args.num_warm_iter
         speeds = interleaved_throughput(steps, batch, warmup=warmup, rounds=args.rounds, min_seconds=args.min_seconds,
@@ -409,6 +465,8 @@ def benchmark_model(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]
         explanation = explain_train_forward(model.cpu())
         rows['model']['train_graph_breaks'] = explanation['graph_break_count']
         rows['model']['train_break_reasons'] = ' | '.join(explanation['break_reasons'])
+    for row in rows.values():
+        row.update(setup.in_effect(optimizer))
     return list(rows.values())
 
 
@@ -451,9 +509,12 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
         verdict = model_rows[-1].get('targets')
         if verdict:
             print(f'  cost targets of {name} vs {model_rows[-1]["backbone"]}: {verdict}', flush=True)
+    effect = rows[-1] if rows else {}
+    settings = ', '.join(f'{key}={effect[key]}' for key in ('amp', 'grad_scaler', 'optimizer', 'channels_last',
+                                                             'cudnn_benchmark', 'tf32', 'torchcompile',
+                                                             'torchcompile_mode') if key in effect)
     print(f'device {args.device}, threads {torch.get_num_threads()}, batch {args.batch_size}, best of {args.rounds} '
-          f'alternating rounds of >= {args.min_seconds}s; amp={args.amp}, channels_last={args.channels_last}, '
-          f'torchcompile={args.torchcompile}' + (f' mode={args.torchcompile_mode}' if args.torchcompile_mode else ''))
+          f'alternating rounds of >= {args.min_seconds}s; in effect: {settings}')
     if args.results_file:
         write_results(args.results_file, rows)
     return rows
