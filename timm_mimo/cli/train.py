@@ -687,6 +687,17 @@ def load_initial_checkpoint(model: nn.Module, path: str) -> None:
                        f'({type(exc).__name__}: {one_line(exc, 240)})') from None
 
 
+def set_cuda_backends(device: torch.device) -> None:
+    """On CUDA, as timm's train.py: ``cudnn.benchmark`` (fixed input sizes: cuDNN picks the fastest kernels once) and
+    TF32 matrix products for float32 work (cuDNN convolutions already allow TF32 by default). Nothing on other
+    devices."""
+    if device.type != 'cuda':
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def resolve_lr(args: argparse.Namespace) -> None:
     """timm's rule when ``--lr`` is unset: ``lr_base`` scaled (linear or sqrt) by the batch over ``lr_base_size``.
 
@@ -1523,8 +1534,7 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
                        id=args.wandb_resume_id or None, resume='must' if args.wandb_resume_id else None)
 
     eval_metrics: Dict[str, float] = {}
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
+    set_cuda_backends(device)
     for epoch in range(start_epoch, num_epochs):
         sampler.set_epoch(epoch)
         seed_epoch(args, epoch)
