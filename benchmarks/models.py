@@ -191,7 +191,7 @@ class _Setup:
         check_compile(args)
         self.compile_backend, self.compile_mode = args.torchcompile, args.torchcompile_mode
         self.cuda = self.device.type == 'cuda'
-        self.tf32 = self.cuda and self.amp_dtype is None
+        self.tf32 = self.cuda  # TF32 allowed for float32 work, as training sets it (train.set_cuda_backends)
         amp_flags = ['--amp', '--amp-dtype', str(self.amp_dtype).replace('torch.', '')] if self.amp_dtype else []
         # the training command's own optimizer flags (defaults: momentum, weight decay, ...) for create_optimizer
         from timm_mimo.cli import train
@@ -199,13 +199,9 @@ class _Setup:
                                             '--device', str(self.device), *amp_flags])
 
     def apply_backend_flags(self) -> None:
-        """``cudnn.benchmark`` (as training sets it on CUDA) and TF32 for float32 steps on CUDA; nothing on a CPU."""
-        if not self.cuda:
-            return
-        torch.backends.cudnn.benchmark = True
-        if self.tf32:
-            torch.set_float32_matmul_precision('high')
-            torch.backends.cudnn.allow_tf32 = True
+        """The training command's CUDA settings (``cudnn.benchmark``, TF32 for float32 work); nothing on a CPU."""
+        from timm_mimo.cli import train
+        train.set_cuda_backends(self.device)
 
     def create_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """The training command's optimizer (``timm_mimo.cli.train.create_optimizer``: fused under float16 AMP on

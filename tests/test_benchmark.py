@@ -291,12 +291,14 @@ def test_model_table_is_set_up_as_training_runs():
     effect = setup.in_effect()
     assert (effect['amp'], effect['grad_scaler'], effect['cudnn_benchmark'], effect['tf32']) == (
         'float16', True, 'n/a (cpu)', 'n/a (cpu)')
-    # the CUDA branch: cudnn.benchmark, and TF32 for a float32 step (not under AMP)
-    fp32 = _Setup(parse('--device', 'cpu'))
+    # the CUDA branch is training's own (train.set_cuda_backends): cudnn.benchmark and TF32 for float32 work
     saved = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     try:
-        fp32.cuda = fp32.tf32 = True
-        fp32.apply_backend_flags()
+        torch.backends.cudnn.benchmark = False
+        torch.set_float32_matmul_precision('highest')
+        train.set_cuda_backends(torch.device('cpu'))
+        assert not torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == 'highest'
+        train.set_cuda_backends(torch.device('cuda'))
         assert torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == 'high'
         assert torch.backends.cudnn.allow_tf32
     finally:

@@ -136,8 +136,8 @@ def test_unmixed_logits_by_hand():
 def test_fully_faded_unmixing_is_mixmo():
     model = tiny('fadeout').eval()
     xs = torch.randn(2, 2, 3, 32, 32)
-    faded = MixPlan.from_masks(half_masks(2, (8, 8)))
-    faded.unmix_relax = 1.0
+    faded = MixPlan.from_masks(half_masks(2, (8, 8))).with_relax(1.0)
+    assert isinstance(faded.unmix_relax, torch.Tensor) and not faded.unmixes
     with torch.no_grad():
         features = model._run(model._packed(xs), model._mixed_call(faded, xs), model.backbone.forward_features)
         expected = model.heads(model.backbone.forward_head(features, pre_logits=True))

@@ -30,7 +30,13 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 
 from timm_mimo.datasets import PublishedDataError, detect_published, is_published, open_published
-from timm_mimo.mixing import MixPlan, random_cutmix_masks, sample_mixing_ratios
+from timm_mimo.mixing import (
+    MixPlan,
+    channels_last_members,
+    members_elementwise,
+    random_cutmix_masks,
+    sample_mixing_ratios,
+)
 
 __all__ = [
     'BatchRepeatSampler', 'ShardRequest', 'shard_seed', 'pairing_index', 'gather_pairs', 'pair_inputs', 'PixelMix',
@@ -181,13 +187,19 @@ def gather_pairs(images: torch.Tensor, targets: torch.Tensor, index: torch.Tenso
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(B, M, C, H, W)`` member inputs and ``(B, M[, K])`` targets read through a ``(B, M)`` pairing index.
 
-    One gather per tensor on the tensors' device (the index is moved there if needed); the inputs come out contiguous
-    in ``(B, M, C, H, W)`` order, so ``xs.flatten(1, 2)`` is a view (the packed ``(B, M·C, H, W)`` batch).
+    One gather per tensor on the tensors' device (the index is moved there if needed). ``xs.flatten(1, 2)`` is a view
+    (the packed ``(B, M·C, H, W)`` batch) in the images' layout: contiguous images give a contiguous ``(B, M, C, H, W)``
+    batch, channels-last images one stored ``(B, H, W, M, C)``, whose packed view is channels-last
+    (:func:`~timm_mimo.mixing.channels_last_members`), so the MIMO encoders' grouped conv reads it as it is.
     """
     batch_size, num_members = index.shape
-    flat = index.to(images.device, non_blocking=True).flatten()
-    return (images.index_select(0, flat).view(batch_size, num_members, *images.shape[1:]),
-            targets.index_select(0, flat.to(targets.device)).view(batch_size, num_members, *targets.shape[1:]))
+    index = index.to(images.device, non_blocking=True)
+    if images.ndim == 4 and not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
+        xs = channels_last_members(images, index)
+    else:
+        xs = images.index_select(0, index.flatten()).view(batch_size, num_members, *images.shape[1:])
+    return xs, targets.index_select(0, index.flatten().to(targets.device)).view(batch_size, num_members,
+                                                                              *targets.shape[1:])
 
 
 def pair_inputs(images: torch.Tensor, targets: torch.Tensor, num_members: int, input_repeat: float = 0.0,
@@ -330,8 +342,7 @@ class PixelMix:
             raise ValueError(f'expected (P, C, H, W) partners with (P, K) targets, got {tuple(partner_x.shape)} and '
                              f'{tuple(partner_y.shape)}')
         pick = pick.to(xs.device, non_blocking=True)
-        picked_x = partner_x.index_select(0, pick).view_as(xs)
-        picked_y = partner_y.index_select(0, pick).view_as(targets)
+        picked_x, picked_y = gather_pairs(partner_x, partner_y, pick.view(xs.shape[:2]))  # in the layout of xs
         keep = keep.to(xs.device, non_blocking=True)
         member_masks = plan.upsample(tuple(xs.shape[-2:])).to(xs.device, non_blocking=True)
         return apply_pixel_mix(xs, targets, picked_x, picked_y, keep, member_masks, correction=self.mixmo_correction)
@@ -383,7 +394,7 @@ def apply_pixel_mix(xs: torch.Tensor, targets: torch.Tensor, partner_x: torch.Te
     else:
         lam = keep.mean(dim=(2, 3))
     keep = keep.unsqueeze(2).to(xs.dtype)
-    mixed_x = keep * xs + (1.0 - keep) * partner_x
+    mixed_x = members_elementwise(lambda x, partner, k: k * x + (1.0 - k) * partner, xs, partner_x, keep)
     mixed_y = lam.unsqueeze(-1) * targets + (1.0 - lam.unsqueeze(-1)) * partner_y
     return mixed_x, mixed_y
 

@@ -348,8 +348,15 @@ class DeviceImages:
     def __len__(self) -> int:
         return self.padded.shape[0]
 
+    def compile(self, backend: Union[str, Callable] = 'inductor', mode: Optional[str] = None) -> None:
+        """Compile :meth:`augment` (one graph for the gather, flip and normalisation instead of a dozen kernels)."""
+        self.augment = torch.compile(self._augment, backend=backend, mode=mode)
+
     def augment(self, draws: DeviceDraws) -> Tuple[torch.Tensor, torch.Tensor]:
         """Normalised float images ``(N, C, H, W)`` and labels of the drawn indices, crops and flips."""
+        return self._augment(draws)
+
+    def _augment(self, draws: DeviceDraws) -> Tuple[torch.Tensor, torch.Tensor]:
         height, width = self.size
         rows = draws.offsets[:, 0, None] + torch.arange(height, device=self.device)  # (N, H)
         cols = torch.arange(width, device=self.device)

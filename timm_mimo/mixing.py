@@ -5,8 +5,8 @@ the number of members M, the model's mixing grid and the training progress in [0
 ``(xs, plan)``, so tests build plans by hand (``MixPlan.from_masks``) and check the arithmetic exactly.
 """
 import math
-from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,8 @@ __all__ = [
     'MixPlan', 'Mixer', 'MASK_KINDS', 'progress', 'mix_probability', 'single_source_probability', 'sample_gamma',
     'sample_mixing_ratios', 'cutmix_box_masks', 'concat_masks', 'patchup_masks', 'fmix_masks', 'cowmask_masks',
     'majority_vote_tokens', 'majority_cutmix_masks', 'cut_in_mix_masks', 'swap_member_roles', 'cutmix_box_bounds',
-    'random_cutmix_masks', 'patchup_block_size', 'fadeout_relax',
+    'random_cutmix_masks', 'patchup_block_size', 'fadeout_relax', 'members_channels_last', 'members_elementwise',
+    'channels_last_members',
 ]
 
 MASK_KINDS = ('linear', 'cutmix', 'hconcat', 'vconcat', 'patchup', 'fmix', 'cowmask', 'cutmix_majority')
@@ -30,14 +31,31 @@ class MixPlan:
             Linear mixing (MIMO summing, Linear-MixMo) is a constant mask per sample, cut-like kinds are 0/1.
         kappas: ``(B, M)`` mixing ratios: each member's mask mean (re-measured from the masks), summing to 1.
         binary: True when every mask value is 0 or 1 (cut-like batch), False for a linear batch.
-        unmix_relax: MixShare fadeout strength r in [0, 1]: a model that unmixes its final features uses the mask
-            ``mask + r (1 - mask)`` instead of ``mask`` (0: full unmixing, 1: none). Models without unmixing ignore it
-            (it is 0 unless the Mixer has ``fadeout_epochs``).
+        unmix_relax: MixShare fadeout strength r in [0, 1], a 0-d float32 tensor that travels with the masks (it
+            changes every step: as a tensor it is a graph input of a compiled step on the plan's device, not a
+            Python constant that recompiles the step, nor a CPU scalar that keeps CUDA graphs off). A model that
+            unmixes its final features uses the mask ``mask + r (1 - mask)`` instead of ``mask`` (0: full unmixing,
+            1: none). Models without unmixing ignore it (it is 0 unless the Mixer has ``fadeout_epochs``).
+        unmixes: ``r < 1``, known where the plan is drawn: whether unmixing still does anything (a host bool, so a
+            model checks it without reading ``unmix_relax`` back).
     """
     masks: torch.Tensor
     kappas: torch.Tensor
     binary: bool
-    unmix_relax: float = 0.0
+    unmix_relax: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    unmixes: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.unmix_relax, (int, float)):  # a hand-set number: checked and held as a tensor
+            relax = float(self.unmix_relax)
+            if not 0.0 <= relax <= 1.0:
+                raise ValueError(f'MixPlan unmix_relax (fadeout r) must lie in [0, 1], got {relax!r}')
+            self.unmix_relax = torch.tensor(relax, dtype=torch.float32)
+            self.unmixes = relax < 1.0
+
+    def with_relax(self, relax: float) -> 'MixPlan':
+        """This plan with fadeout strength ``relax`` (r in [0, 1], a host float where plans are drawn)."""
+        return replace(self, unmix_relax=float(relax))
 
     @classmethod
     def from_masks(cls, masks: torch.Tensor) -> 'MixPlan':
@@ -77,16 +95,17 @@ class MixPlan:
 
     def to(self, device: torch.device, non_blocking: bool = False) -> 'MixPlan':
         """The plan on ``device`` (the same object when it is there already: no copy, no host work)."""
-        if self.masks.device == torch.device(device) and self.kappas.device == self.masks.device:
+        device = torch.device(device)
+        if all(t.device == device for t in (self.masks, self.kappas, self.unmix_relax)):
             return self
         return MixPlan(masks=self.masks.to(device, non_blocking=non_blocking),
                        kappas=self.kappas.to(device, non_blocking=non_blocking), binary=self.binary,
-                       unmix_relax=self.unmix_relax)
+                       unmix_relax=self.unmix_relax.to(device, non_blocking=non_blocking), unmixes=self.unmixes)
 
     def pin_memory(self) -> 'MixPlan':
-        """Page-locked, contiguous copies of the masks and ratios (for asynchronous copies to a GPU)."""
+        """Page-locked, contiguous copies of the masks, ratios and fadeout strength (asynchronous copies to a GPU)."""
         return MixPlan(masks=self.masks.contiguous().pin_memory(), kappas=self.kappas.contiguous().pin_memory(),
-                       binary=self.binary, unmix_relax=self.unmix_relax)
+                       binary=self.binary, unmix_relax=self.unmix_relax.pin_memory(), unmixes=self.unmixes)
 
     def check(self, batch_size: int, num_members: int, grid: Tuple[int, int]) -> None:
         """Raise ``ValueError`` naming the expected shape unless this plan fits the batch and the model's grid."""
@@ -113,6 +132,45 @@ def _check_member_shares(shares: torch.Tensor, name: str, where: str) -> None:
         raise ValueError(f'MixPlan {name} must be non-negative (mixing shares), got a minimum of {shares.min():g}')
     if not torch.allclose(shares.sum(dim=1), torch.ones((), dtype=shares.dtype, device=shares.device), atol=1e-5):
         raise ValueError(f'MixPlan {name} must sum to 1 over members {where}')
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Memory layout of member batches: a (B, M, C, H, W) batch whose packed (B, M·C, H, W) view is channels-last
+# --------------------------------------------------------------------------------------------------------------------
+
+# (B, M, C, H, W) <-> (B, H, W, M, C): the permutation is its own inverse
+_MEMBERS_LAST = (0, 3, 4, 1, 2)
+
+
+def members_channels_last(xs: torch.Tensor) -> bool:
+    """Whether the ``(B, M, C, H, W)`` batch ``xs`` is stored as ``(B, H, W, M, C)``, so that its packed
+    ``(B, M·C, H, W)`` view (what the MIMO encoders read) is a channels-last tensor."""
+    return xs.ndim == 5 and not xs.is_contiguous() and xs.permute(_MEMBERS_LAST).is_contiguous()
+
+
+def channels_last_members(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``images[index]`` as a ``(B, M, C, H, W)`` batch stored ``(B, H, W, M, C)`` (:func:`members_channels_last`).
+
+    One gather reads the channels-last ``(N, C, H, W)`` images through the ``(B, M)`` index straight into the
+    member-interleaved layout, so the packed batch stays channels-last without a layout conversion.
+    """
+    height, width = images.shape[-2:]
+    rows = torch.arange(height, device=images.device)[None, :, None, None]
+    cols = torch.arange(width, device=images.device)[None, None, :, None]
+    gathered = images.permute(0, 2, 3, 1)[index[:, None, None, :], rows, cols]  # (B, H, W, M, C), contiguous
+    return gathered.permute(_MEMBERS_LAST)
+
+
+def members_elementwise(fn: Callable[..., torch.Tensor], xs: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """``fn(xs, *others)`` for elementwise ``fn`` on ``(B, M, C|1, H, W)`` tensors, in the layout of ``xs``.
+
+    A channels-last member batch (:func:`members_channels_last`) is computed in its storage order ``(B, H, W, M, C)``,
+    where every operand is contiguous or broadcast, so the result keeps the layout (torch would otherwise pick an
+    output layout from its operands' strides).
+    """
+    if not members_channels_last(xs):
+        return fn(xs, *others)
+    return fn(xs.permute(_MEMBERS_LAST), *(t.permute(_MEMBERS_LAST) for t in others)).permute(_MEMBERS_LAST)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -654,8 +712,7 @@ class Mixer:
                 raise ValueError(f'this Mixer fades unmixing out over {self.fadeout_epochs} epochs and needs the '
                                  'fractional epoch: call mixer(..., epoch=epoch + step / steps_per_epoch)')
             relax = fadeout_relax(epoch, self.fadeout_epochs)
-        plan = self._sample(batch_size, grid, progress)
-        plan.unmix_relax = relax
+        plan = self._sample(batch_size, grid, progress).with_relax(relax)
         return plan if device is None else plan.to(device)
 
     def _sample(self, batch_size: int, grid: Tuple[int, int], progress: float) -> MixPlan:

@@ -18,6 +18,7 @@ Your own loop::
             optimizer.step()
             optimizer.zero_grad()
 """
+import contextlib
 import logging
 import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -34,13 +35,16 @@ from timm_mimo.metrics import is_mimo
 from timm_mimo.mixing import Mixer, MixPlan, progress
 from timm_mimo.shard_plan import PlanSampler, ShardPlan
 
-__all__ = ['MimoTask', 'MIXER_OVERRIDES', 'LOSS_OVERRIDES']
+__all__ = ['MimoTask', 'TrainStep', 'MIXER_OVERRIDES', 'LOSS_OVERRIDES']
 
 _logger = logging.getLogger(__name__)
 BATCH_PARTNERS_WARNING = (
     'pixel mixing (mimo_cutmix / mimo_mixup) got no partner images: partners are taken from the batch itself, not '
     'from the whole dataset (thesis App. A.1.3.1), and with batch repetition a partner can be a copy of the same '
     'image; pass partner_images / partner_targets (BatchRepeatSampler(num_partners=B)) to mix with the dataset')
+
+# the step's 'binary' flags, made once: a step creates no host tensor for them (treat them as read-only)
+_BINARY = {flag: torch.tensor(flag) for flag in (False, True)}
 
 # MimoTask.from_model keyword -> Mixer / MimoLoss argument; unset (None) ones keep the model's mix_cfg / loss_cfg
 MIXER_OVERRIDES = dict(mix='kind', mix_prob='prob', mix_prob_decay='prob_decay', mix_alpha='alpha',
@@ -112,7 +116,11 @@ class MimoTask(TrainingTask):
         self.input_repeat = input_repeat
         self.pixel_mix = pixel_mix
         self._plan_samplers: Dict[Tuple[int, int], PlanSampler] = {}
-        self._compiled_step: Optional[Callable] = None
+        # the step's module, its compiled form and its DDP wrapper: kept out of the task's submodules (the model is
+        # the task's trainable module; its parameters and state are reached through it alone)
+        self.__dict__['train_step'] = TrainStep(self)
+        self.__dict__['_compiled_step'] = None
+        self.__dict__['_ddp_step'] = None
         if verbose:
             _logger.info(f'{type(self).__name__}: mixer={self.mixer}, criterion={self.criterion}, '
                          f'input_repeat={input_repeat}, pixel_mix={pixel_mix}')
@@ -219,20 +227,39 @@ class MimoTask(TrainingTask):
         return self.plan_sampler(image_size).sample_with(self.generator, batch_size, self.progress, self.epoch_float,
                                                          num_partners)
 
-    def prepare_distributed(self, device_ids: Optional[list] = None, **ddp_kwargs: Any) -> 'MimoTask':
-        """Wrap the model in DistributedDataParallel (after :meth:`compile` and :meth:`setup_ema`)."""
+    def prepare_distributed(self, device_ids: Optional[list] = None, static_graph: bool = True,
+                            **ddp_kwargs: Any) -> 'MimoTask':
+        """Wrap the training step in DistributedDataParallel (after :meth:`compile` and :meth:`setup_ema`).
+
+        DDP wraps the step module (:class:`TrainStep`, compiled when :meth:`compile` ran first), not the model: its
+        hooks run eagerly around the compiled step, which stays ONE dynamo frame (split only at DDP's gradient bucket
+        boundaries, by design). ``gradient_as_bucket_view`` (gradients are views of the all-reduce buckets: no copy)
+        is on; ``static_graph`` (the same parameters take part in every step, in the same graph: true for every
+        family's training step) lets DDP skip searching the autograd graph each step.
+        """
         from torch.nn.parallel import DistributedDataParallel
-        self.trainable_module = DistributedDataParallel(self.trainable_module, device_ids=device_ids, **ddp_kwargs)
+        ddp_kwargs.setdefault('gradient_as_bucket_view', True)
+        step = self._compiled_step if self._compiled_step is not None else self.train_step
+        self.__dict__['_ddp_step'] = DistributedDataParallel(step, device_ids=device_ids, static_graph=static_graph,
+                                                             **ddp_kwargs)
         return self
 
-    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs: Any) -> nn.Module:
+    def no_sync(self) -> Any:
+        """No gradient all-reduce in the block (accumulation micro-steps); a no-op without DDP."""
+        if self._ddp_step is None:
+            return contextlib.nullcontext()
+        return self._ddp_step.no_sync()
+
+    def compile(self, backend: Union[str, Callable] = 'inductor', mode: Optional[str] = None,
+                **compile_kwargs: Any) -> nn.Module:
         """``torch.compile`` the training step's tensor work and the evaluation model (call before DDP).
 
         The whole step given its plan (pairing gather, pixel mixing, the model's mixed forward, the member loss) is one
-        compiled function, so its backward is compiled too; the model itself stays eager for the training step (DDP
-        wraps it) and a compiled copy of its forward serves evaluation (returned, as timm's tasks do).
+        compiled module (:class:`TrainStep`), so its backward is compiled too; a compiled copy of the model's forward
+        serves evaluation (returned, as timm's tasks do).
         """
-        self._compiled_step = torch.compile(self._step, backend=backend, mode=mode, **compile_kwargs)
+        self.__dict__['_compiled_step'] = torch.compile(self.train_step, backend=backend, mode=mode,
+                                                        **compile_kwargs)
         self.eval_model = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
         return self.eval_model
 
@@ -288,14 +315,8 @@ class MimoTask(TrainingTask):
 
     def _step(self, images: torch.Tensor, targets: torch.Tensor, partner_images: Optional[torch.Tensor],
               partner_targets: Optional[torch.Tensor], plan: Optional[ShardPlan]) -> Dict[str, Any]:
-        """The tensor work of one training forward given its plan (what :meth:`compile` compiles)."""
-        if not self.mimo:
-            output = self.trainable_module(images)
-            return {'loss': self.criterion(output, targets), 'output': output}
-        xs, ys, mix = self._apply_plan(images, targets, partner_images, partner_targets, plan)
-        output = self.trainable_module(xs, mix)
-        loss = self.criterion(output, ys, mix.kappas)
-        return {'loss': loss, 'output': output, 'target': ys, 'kappas': mix.kappas}
+        """The tensor work of one training forward given its plan (:class:`TrainStep`, uncompiled)."""
+        return self.train_step(images, targets, partner_images, partner_targets, plan)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, partner_input: Optional[torch.Tensor] = None,
                 partner_target: Optional[torch.Tensor] = None, plan: Optional[ShardPlan] = None) -> Dict[str, Any]:
@@ -316,7 +337,7 @@ class MimoTask(TrainingTask):
             for MIMO models also ``target`` (the paired, possibly soft targets), ``kappas`` ``(B, M)`` and ``binary``
             (whether the batch used a binary mask, as a 0-d bool tensor on the CPU).
         """
-        step = self._compiled_step if self._compiled_step is not None else self._step
+        step = next(s for s in (self._ddp_step, self._compiled_step, self.train_step) if s is not None)
         if not self.mimo:
             if plan is not None or partner_input is not None:
                 raise ValueError(f'{type(unwrap_model(self.trainable_module)).__name__} is not a MIMO model: '
@@ -324,5 +345,31 @@ class MimoTask(TrainingTask):
             return step(input, target, None, None, None)
         partner_input, partner_target, plan = self._complete(input, target, partner_input, partner_target, plan)
         result = step(input, target, partner_input, partner_target, plan)
-        result['binary'] = torch.tensor(plan.mix.binary)
+        result['binary'] = _BINARY[plan.mix.binary]
         return result
+
+
+class TrainStep(nn.Module):
+    """One training forward given its plan, as a module: what :meth:`MimoTask.compile` compiles whole and
+    :meth:`MimoTask.prepare_distributed` wraps in DDP.
+
+    MIMO models: pairing gather, pixel mixing, the model's mixed forward and the member loss; plain models: the
+    model and its classification loss. The model is this module's only submodule (DDP's parameters); the task, which
+    holds the step's settings, is not one.
+    """
+
+    def __init__(self, task: MimoTask):
+        super().__init__()
+        self.model = task.trainable_module
+        self.__dict__['task'] = task
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, partner_images: Optional[torch.Tensor],
+                partner_targets: Optional[torch.Tensor], plan: Optional[ShardPlan]) -> Dict[str, Any]:
+        task = self.task
+        if not task.mimo:
+            output = self.model(images)
+            return {'loss': task.criterion(output, targets), 'output': output}
+        xs, ys, mix = task._apply_plan(images, targets, partner_images, partner_targets, plan)
+        output = self.model(xs, mix)
+        loss = task.criterion(output, ys, mix.kappas)
+        return {'loss': loss, 'output': output, 'target': ys, 'kappas': mix.kappas}

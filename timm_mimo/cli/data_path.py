@@ -153,6 +153,8 @@ def create_train_loader(args: argparse.Namespace, data: TrainData, task: MimoTas
     device_images = None
     if args.device_data:
         device_images = load_device_images(data.dataset, args, data_config, device)
+        if args.torchcompile:
+            device_images.compile(args.torchcompile, args.torchcompile_mode)
         hflip = 0.0 if args.no_aug else args.hflip
         shards: Dataset = DeviceShardDataset(len(data.dataset), device_images.pad, hflip, plan_sampler, steps,
                                              num_epochs, args.seed, random_crop=not args.no_aug)

@@ -106,6 +106,7 @@ from timm_mimo.cli.run_folder import (
     write_atomically,
     write_error,
 )
+from timm_mimo.compiled_optim import CompiledOptimizerStep
 from timm_mimo.data import (
     DataError,
     SimultaneousMixup,
@@ -695,6 +696,17 @@ def load_initial_checkpoint(model: nn.Module, path: str) -> None:
                        f'({type(exc).__name__}: {one_line(exc, 240)})') from None
 
 
+def set_cuda_backends(device: torch.device) -> None:
+    """On CUDA, as timm's train.py: ``cudnn.benchmark`` (fixed input sizes: cuDNN picks the fastest kernels once) and
+    TF32 matrix products for float32 work (cuDNN convolutions already allow TF32 by default). Nothing on other
+    devices."""
+    if device.type != 'cuda':
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def resolve_lr(args: argparse.Namespace) -> None:
     """timm's rule when ``--lr`` is unset: ``lr_base`` scaled (linear or sqrt) by the batch over ``lr_base_size``.
 
@@ -1157,6 +1169,19 @@ def restore_summary(output_dir: str, state: Dict[str, Any], source_dir: str) -> 
 # The loop (timm's train.py shape: task(input, target) -> loss, backward, step, EMA, scheduler)
 # --------------------------------------------------------------------------------------------------------------------
 
+def compiled_optimizer_step(args: argparse.Namespace, optimizer: torch.optim.Optimizer, task: MimoTask,
+                            loss_scaler: Optional[Any]) -> Optional[CompiledOptimizerStep]:
+    """With ``--device-data --torchcompile``, the clipping and update of torch's own optimizers as one compiled
+    graph (:class:`~timm_mimo.compiled_optim.CompiledOptimizerStep`); ``None`` (eager update) otherwise, and under
+    float16 AMP, whose GradScaler unscales and steps itself."""
+    if not (args.device_data and args.torchcompile) or loss_scaler is not None:
+        return None
+    if not type(optimizer).__module__.startswith('torch.optim'):
+        return None  # timm's own optimizers: not written for a tensor learning rate
+    return CompiledOptimizerStep(optimizer, list(task.get_clip_parameters()), args.clip_grad, args.clip_mode,
+                                 backend=args.torchcompile, mode=args.torchcompile_mode)
+
+
 class Run:
     """One training run's objects: the task, optimizer, scheduler, AMP and the timm Mixup of plain models."""
 
@@ -1174,6 +1199,7 @@ class Run:
             self.autocast_dtype = torch.float16 if args.amp_dtype == 'float16' and device.type == 'cuda' \
                 else torch.bfloat16
         self.loss_scaler = NativeScaler(device=device.type) if self.autocast_dtype == torch.float16 else None
+        self.optimizer_step = compiled_optimizer_step(args, optimizer, task, self.loss_scaler)
         self.eval_seconds = 0.0  # the last evaluation's duration, for the run's ETA
         self.mixup_fn = None
         if not task.mimo and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
@@ -1212,7 +1238,7 @@ class Run:
             sync = contextlib.nullcontext() if update or not args.distributed else task.no_sync()
             with sync:
                 result = self.forward_shard(batch, epoch, step, args.rank * accum + micro_step)
-                self.backward(result['loss'] / accum, update)
+                self.backward(result['loss'] / accum if accum > 1 else result['loss'], update)
             count = batch.images.shape[0]
             weighted = result['loss'].detach().float() * count
             loss_sum = weighted if loss_sum is None else loss_sum + weighted
@@ -1280,7 +1306,9 @@ class Run:
                              parameters=params, need_update=update)
         else:
             loss.backward()
-            if update:
+            if update and self.optimizer_step is not None:
+                self.optimizer_step()  # clipping and the update: one compiled graph
+            elif update:
                 if args.clip_grad is not None:
                     dispatch_clip_grad(params, value=args.clip_grad, mode=args.clip_mode)
                 self.optimizer.step()
@@ -1468,8 +1496,10 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
     if args.torchcompile:
         task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
     if args.distributed:
+        # static_graph: every step uses the same parameters in the same graph; DDP refuses it when the first step
+        # starts under no_sync (accumulation), so it is on without accumulation only
         task.prepare_distributed(device_ids=[device] if device.type == 'cuda' else None,
-                                 broadcast_buffers=not args.no_ddp_bb)
+                                 broadcast_buffers=not args.no_ddp_bb, static_graph=args.grad_accum_steps == 1)
     if start_epoch > 0 and scheduler is not None:
         scheduler.step(start_epoch)
 
@@ -1517,8 +1547,7 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
                        id=args.wandb_resume_id or None, resume='must' if args.wandb_resume_id else None)
 
     eval_metrics: Dict[str, float] = {}
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
+    set_cuda_backends(device)
     for epoch in range(start_epoch, num_epochs):
         sampler.set_epoch(epoch)
         seed_epoch(args, epoch)

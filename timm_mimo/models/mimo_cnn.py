@@ -40,7 +40,7 @@ from timm.models import (
 )
 
 from timm_mimo.hub import pretrained_weights
-from timm_mimo.mixing import MixPlan
+from timm_mimo.mixing import MixPlan, members_channels_last
 from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members, refuse_features_only
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD, PREACT_WIDTHS, preact_name
@@ -108,6 +108,11 @@ def _encoder_call(encoders: nn.Module, call: _EncoderCall) -> Iterator[_EncoderC
 # --------------------------------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------------------------------
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """A ``(B, C, H, W)`` tensor stored channels-last (and not also contiguous, as a one-channel one is)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
 
 def _permuted_like(tensor: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """The entries of ``tensor`` in a random order: a fresh draw from the empirical distribution of its init."""
@@ -244,8 +249,12 @@ class MemberEncoders(nn.Module):
         itself, which cost more: resnet18's stem, B=64 at 64 px, M=2: 54 ms -> 46 ms forward + backward).
         """
         self._check_channels(x, self.num_members * self.in_channels, '(B, M·C, H, W)')
-        batch_size = x.shape[0]
-        return x.view(batch_size, self.num_members, self.in_channels, *x.shape[-2:]).transpose(0, 1).contiguous()
+        batch_size, height, width = x.shape[0], *x.shape[-2:]
+        if _channels_last(x):
+            # (B, H, W, M·C) storage -> (M, B, H, W, C) contiguous: every member's input channels-last
+            members = x.permute(0, 2, 3, 1).reshape(batch_size, height, width, self.num_members, self.in_channels)
+            return members.permute(3, 0, 1, 2, 4).contiguous().permute(0, 1, 4, 2, 3)
+        return x.view(batch_size, self.num_members, self.in_channels, height, width).transpose(0, 1).contiguous()
 
     def _member_conv(self, member_inputs: torch.Tensor, member: int) -> torch.Tensor:
         """``c_m(x_m)`` from the member-major inputs."""
@@ -293,7 +302,12 @@ class MemberEncoders(nn.Module):
         # thesis eq. 3.2 / A.3: the factor M keeps the train-time scale equal to the inference-time sum Σ_m c_m(x)
         if self._use_grouped_conv(x):
             encoded = self._grouped_members(x)
-            return (encoded * (masks * self.num_members).to(encoded.dtype).unsqueeze(2)).sum(dim=1)
+            scaled_masks = (masks * self.num_members).to(encoded.dtype).unsqueeze(2)
+            if members_channels_last(encoded):
+                # summed over members in the storage order (B, h, w, M, O): the output stays channels-last
+                mixed = (encoded.permute(0, 3, 4, 1, 2) * scaled_masks.permute(0, 3, 4, 1, 2)).sum(dim=3)
+                return mixed.permute(0, 3, 1, 2)
+            return (encoded * scaled_masks).sum(dim=1)
         member_inputs = self._member_inputs(x)
         scaled_masks = masks.unsqueeze(2) * self.num_members
         mixed = None

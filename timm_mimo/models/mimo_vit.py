@@ -31,6 +31,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm_mimo.models import mimo_cnn
 from timm_mimo.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD
 from timm_mimo.models.mimo_cnn import MimoCNN, _create_mimo_cnn
+from timm_mimo.models.mixvit import init_gpsa_positions
 
 __all__ = ['MimoViT', 'VIT_METHODS']
 
@@ -64,6 +65,9 @@ class MimoViT(MimoCNN):
                          **kwargs)
         self.method = method
         self.pretrained_cfg = self.default_cfg = dict(self.pretrained_cfg, architecture=method)
+        patch_embed = getattr(self.backbone, 'patch_embed', None)
+        if patch_embed is not None and getattr(patch_embed, 'num_patches', None):
+            init_gpsa_positions(self.backbone, patch_embed.num_patches)
 
 
 def _create_generic(method: str, pretrained: bool, kwargs: Dict[str, Any]) -> MimoViT:

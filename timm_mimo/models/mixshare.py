@@ -71,8 +71,8 @@ def unmix_channels(num_channels: int, share: float) -> int:
     return min(num_channels, math.ceil(share * num_channels - 1e-9))
 
 
-def unmix_features(features: torch.Tensor, masks: torch.Tensor, channels: Optional[int] = None, relax: float = 0.0,
-                   pool: str = 'mean') -> torch.Tensor:
+def unmix_features(features: torch.Tensor, masks: torch.Tensor, channels: Optional[int] = None,
+                   relax: Union[float, torch.Tensor] = 0.0, pool: str = 'mean') -> torch.Tensor:
     """One masked copy of the final feature map per member (thesis Alg. A.7; MixShare Sec. 3.1 and 3.3).
 
     Args:
@@ -80,7 +80,9 @@ def unmix_features(features: torch.Tensor, masks: torch.Tensor, channels: Option
         masks: ``(B, M, h, w)`` the plan's masks on the same grid.
         channels: Unmix channels ``[0, channels)`` only (partial unmixing); the others are copied unchanged to every
             member. ``None``: all channels.
-        relax: Fadeout r in [0, 1]: the mask used is ``mask + r (1 - mask)``.
+        relax: Fadeout r in [0, 1]: the mask used is ``mask + r (1 - mask)``. A tensor (the plan's, 0-d, on the
+            features' device) is used as it is, unchecked and without a branch on its value (no host read, one
+            compiled graph for every r).
         pool: ``'mean'``: masks as they are (a following average pool gives the papers' ``GAP(mask ⊙ f)``);
             ``'masked_mean'``: masks rescaled by ``h w / Σ mask`` so that average pooling gives the mean over the
             masked positions (0 where a member's mask is empty).
@@ -96,14 +98,16 @@ def unmix_features(features: torch.Tensor, masks: torch.Tensor, channels: Option
                          f'{tuple(features.shape[-2:])}: sample the plan on model.mix_grid(img_size)')
     if pool not in UNMIX_POOLS:
         raise ValueError(f'unmix pool must be one of {UNMIX_POOLS}, got {pool!r}')
-    if not 0.0 <= relax <= 1.0:
+    if not isinstance(relax, torch.Tensor) and not 0.0 <= relax <= 1.0:
         raise ValueError(f'fadeout relax r must lie in [0, 1], got {relax!r}')
     num_members, num_channels = masks.shape[1], features.shape[1]
     channels = num_channels if channels is None else channels
     if not 0 <= channels <= num_channels:
         raise ValueError(f'cannot unmix {channels} of {num_channels} channels')
     masks = masks.to(features.dtype)
-    if relax:
+    if isinstance(relax, torch.Tensor):
+        masks = masks + relax.to(masks.dtype) * (1 - masks)
+    elif relax:
         masks = masks + relax * (1 - masks)
     if pool == 'masked_mean':
         area = masks.sum(dim=(2, 3), keepdim=True)
@@ -221,13 +225,14 @@ class MixShareCNN(MimoCNN):
     def forward_mixed(self, xs: torch.Tensor, plan: MixPlan) -> torch.Tensor:
         batch_size = xs.shape[0]
         channels = self.unmixed_channels
-        if channels and plan.unmix_relax < 1 and not plan.binary:
+        if channels and not plan.binary and plan.unmixes:  # host flags: the binary plans of training read one
             raise ValueError('MixShare unmixing needs binary (0/1) masks, got a plan with fractional masks (a linear '
                              "batch, or M > 2 cut-in-mix): keep the model's mix_cfg (prob=1, pair_only for M > 2) or "
                              "use unmixing='none'")
         features = self._run(self._packed(xs), self._mixed_call(plan, xs), self.backbone.forward_features)
         masks = plan.masks.to(device=features.device)
-        member_maps = unmix_features(features, masks, channels, plan.unmix_relax, self.unmix_pool)
+        relax = plan.unmix_relax.to(device=features.device)
+        member_maps = unmix_features(features, masks, channels, relax, self.unmix_pool)
         pooled = self.backbone.forward_head(member_maps.flatten(0, 1), pre_logits=True)
         return self.member_logits(pooled.view(batch_size, self.num_members, -1), plan)
 

@@ -85,7 +85,8 @@ from timm_mimo.models._contract import MimoContract, check_image_batch, check_nu
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.convit_ca import CIFAR100_MEAN, CIFAR100_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD
 
-__all__ = ['MixViT', 'SourceAttribution', 'create_backbone', 'SOURCE_KINDS', 'INFERENCE_MODES', 'MIXING_MODES']
+__all__ = ['MixViT', 'SourceAttribution', 'create_backbone', 'SOURCE_KINDS', 'INFERENCE_MODES', 'MIXING_MODES',
+           'init_gpsa_positions']
 
 SOURCE_KINDS = ('embedding', 'encoding', 'none', 'early_embedding', 'early_encoding')
 INFERENCE_MODES = ('parallel', 'sum', 'alternating', 'single')
@@ -173,6 +174,17 @@ def _unsupported_backbone(backbone: str, class_name: str = '') -> str:
 def _is_vision_transformer(backbone: str) -> bool:
     """Whether ``backbone`` is registered by a timm module that builds ``VisionTransformer`` models."""
     return backbone not in _EXTRA_BACKBONES and is_model_in_modules(backbone.split('.')[0], _VIT_MODULES)
+
+
+def init_gpsa_positions(model: nn.Module, num_patches: int) -> None:
+    """Build every GPSA layer's relative positions for a grid of ``num_patches`` tokens now, not in a forward.
+
+    timm's GPSA builds them lazily when a forward first sees its token count; under ``torch.compile`` that first step
+    traces a buffer the step itself replaces, and the step compiles a second time.
+    """
+    for module in model.modules():
+        if isinstance(module, GPSA):
+            module.rel_indices = module.get_rel_indices(num_patches)
 
 
 class MixViT(MimoContract, nn.Module):
@@ -292,6 +304,7 @@ class MixViT(MimoContract, nn.Module):
         if self.dist_token is not None:  # distilled DeiT: a class-token head and a distillation-token head per member
             self.head_dist = MemberHeads(net.embed_dim, num_classes, num_members, **dd)
         self._init_heads()
+        init_gpsa_positions(self, self.patch_embed.num_patches)
         self.inference = inference
 
     @staticmethod
