@@ -4,8 +4,8 @@ of the papers' tables to them (``timm_mimo/paper_tables.yaml``).
 ``timm-mimo-train --config cut_mixmo_wrn28_10_cifar10_b4`` and ``--config path/to/file.yaml`` both work: a value that
 names an existing file is that file, anything else is looked up among the shipped recipes (with or without ``.yaml``).
 :func:`paper_tables` reads every row of the papers' tables with the values they report and the recipes that train it
-(or why none does); the recipe tables of ``docs/recipes.md`` are generated from it (``python -m timm_mimo.recipes --readme
-docs/recipes.md``).
+(or why none does); the recipe tables of ``docs/recipes.md`` are generated from it
+(``python -m timm_mimo.recipes --readme docs/recipes.md``).
 """
 import argparse
 import difflib
