@@ -27,6 +27,7 @@ from torchvision.transforms.functional import to_tensor
 import timm_mimo  # noqa: F401
 from timm_mimo import analysis, hub
 from timm_mimo.cli import train, validate
+from timm_mimo.cli.run_folder import Interrupted, SignalGuard
 
 MODEL = ['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
          '--num-classes', '10', '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std', '0.5']
@@ -1007,3 +1008,14 @@ def test_analysis_refusals_and_interruption_write_nothing(runs, tmp_path, monkey
     assert analysis.main(argv) == code
     _error_line(capsys, *fragments)
     assert not (tmp_path / 'analysis').exists()
+
+
+    done = []
+    with SignalGuard() as guard:
+        with pytest.raises(Interrupted):
+            with guard.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append('after the signal')
+        assert done == ['after the signal']
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -10,11 +10,12 @@
   where Python cannot raise (a destructor, e.g. a data loader shutting its workers down at an epoch's end) is
   remembered and raised at the command's next :meth:`SignalGuard.check`.
 """
+import contextlib
 import os
 import signal
 import sys
 import threading
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Union
 
 from timm_mimo.cli.args import CliError, one_line
 
@@ -55,10 +56,23 @@ class SignalGuard:
         self.received: Optional[int] = None
         self._previous: Dict[int, object] = {}
         self._unraisable_hook = None
+        self._deferring = False
 
     def _handler(self, signum: int, frame: object) -> None:
         self.received = signum
-        raise Interrupted(signum)
+        if not self._deferring:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block that a signal does not cut in two (an epoch's checkpoint and its summary row): a signal received
+        inside is raised when the block ends."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        self.check()
 
     def _unraisable(self, unraisable: 'sys.UnraisableHookArgs') -> None:
         if isinstance(unraisable.exc_value, Interrupted):

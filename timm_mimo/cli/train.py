@@ -1583,9 +1583,10 @@ def train(args: argparse.Namespace, guard: Optional[SignalGuard] = None) -> Dict
             state.update(class_names=class_names, world_size=args.world_size, schedule_segment=segment,
                          summary_row=dict(row))
             try:
-                save_epoch(output_dir, epoch, state, is_best, args.checkpoint_hist)
-                write_summary(os.path.join(output_dir, 'summary.csv'), epoch, row)
-                prune_epoch_checkpoints(output_dir, args.checkpoint_hist)
+                with guard.deferred():  # the checkpoint and its summary row land together or not at all
+                    save_epoch(output_dir, epoch, state, is_best, args.checkpoint_hist)
+                    write_summary(os.path.join(output_dir, 'summary.csv'), epoch, row)
+                    prune_epoch_checkpoints(output_dir, args.checkpoint_hist)
             except Exception as exc:  # noqa: BLE001 - torch.save / safetensors on a full disk raise more than OSError
                 raise CliError(f'cannot write the epoch {epoch} checkpoint / summary in {output_dir!r} '
                                f'({one_line(exc)}); free space or fix the folder, then resume with --resume '
