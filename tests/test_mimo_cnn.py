@@ -11,9 +11,9 @@ from model_checks import check_mimo_contract, encoder_output
 from safetensors.torch import save_file
 
 from timm_mimo import MimoLoss, Mixer, MixPlan
-from timm_mimo.hub import has_pretrained_source
 from timm_mimo.models import mimo_cnn
 from timm_mimo.models.mimo_cnn import MemberEncoders, MimoCNN
+from timm_mimo.pretrained import has_pretrained_source
 
 MIMO_CNN_NAMES = timm.list_models(module='mimo_cnn')
 GENERIC_NAMES = ('mimo', 'linear_mixmo', 'cut_mixmo')

@@ -8,9 +8,9 @@ from model_checks import check_mimo_contract, encoder_output
 from safetensors.torch import save_file
 
 from timm_mimo import MixPlan
-from timm_mimo.hub import has_pretrained_source
 from timm_mimo.models.mimo_cnn import MemberEncoders
 from timm_mimo.models.mimo_vit import VIT_METHODS, MimoViT
+from timm_mimo.pretrained import has_pretrained_source
 
 MIMO_VIT_NAMES = timm.list_models(module='mimo_vit')
 GENERIC_NAMES = tuple(VIT_METHODS)

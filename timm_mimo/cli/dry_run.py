@@ -1,6 +1,7 @@
 """``--dry-run`` of ``timm-mimo-train`` and ``timm-mimo-validate``: what a run would read and build, and what is wrong.
 
-The recipe, the model and the data are resolved by the run's own functions, in the run's order: the training split
+The recipe, the model and the data are resolved by the run's own functions (the command module passes itself in, so
+this module never imports the commands that call it), in the run's order: the training split
 opened (its class count sizing the head when ``--num-classes`` is unset), the model built on the ``meta`` device
 (shapes only: no memory, no weights loaded, nothing downloaded), the transforms, the sampler (steps per epoch), the
 class checks, the validation split. What was resolved is printed as it comes; the first error ends it with one
@@ -11,6 +12,7 @@ import math
 import os
 import sys
 from collections import Counter
+from types import ModuleType
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -111,13 +113,17 @@ def _run(report: Any) -> int:
     return 0
 
 
-def train_dry_run(args: argparse.Namespace) -> int:
-    """``timm-mimo-train --dry-run``: prints what the run would train on and what is wrong; writes nothing."""
-    return _run(lambda: _train_report(args))
+def train_dry_run(args: argparse.Namespace, cli: ModuleType) -> int:
+    """``timm-mimo-train --dry-run``: prints what the run would train on and what is wrong; writes nothing.
+
+    Args:
+        args: The parsed ``timm-mimo-train`` arguments.
+        cli: The ``timm_mimo.cli.train`` module, whose functions resolve the run.
+    """
+    return _run(lambda: _train_report(args, cli))
 
 
-def _train_report(args: argparse.Namespace) -> None:
-    from timm_mimo.cli import train as cli
+def _train_report(args: argparse.Namespace, cli: ModuleType) -> None:
     from timm_mimo.cli.data_path import open_eval_split, open_train_data, open_train_split
     args.world_size = int(os.environ.get('WORLD_SIZE', '1') or 1)
     args.rank, args.distributed, args.local_rank = 0, args.world_size > 1, 0
@@ -203,15 +209,19 @@ def _train_report(args: argparse.Namespace) -> None:
         _line('note', f'--device {args.device}: CUDA is not available on this machine (the run needs it)')
 
 
-def validate_dry_run(args: argparse.Namespace) -> int:
-    """``timm-mimo-validate --dry-run``: prints what would be evaluated and what is wrong; writes nothing."""
-    return _run(lambda: _validate_report(args))
+def validate_dry_run(args: argparse.Namespace, cli: ModuleType) -> int:
+    """``timm-mimo-validate --dry-run``: prints what would be evaluated and what is wrong; writes nothing.
+
+    Args:
+        args: The parsed ``timm-mimo-validate`` arguments.
+        cli: The ``timm_mimo.cli.validate`` module, whose functions resolve the evaluation.
+    """
+    return _run(lambda: _validate_report(args, cli))
 
 
-def _validate_report(args: argparse.Namespace) -> None:
+def _validate_report(args: argparse.Namespace, cli: ModuleType) -> None:
     import timm
 
-    from timm_mimo.cli import validate as cli
     from timm_mimo.cli.checkpoint import check_checkpoint_model, read_checkpoint
     from timm_mimo.data import apply_class_names, dataset_num_classes, open_dataset
     print(f'dry run of timm-mimo-validate{" --config " + args.config if args.config else ""}: the model and data '

@@ -114,11 +114,11 @@ from timm_mimo.data import (
     dataset_class_names,
     dataset_num_classes,
 )
-from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.labels import check_unique_names
 from timm_mimo.metrics import is_mimo
 from timm_mimo.mixing import MASK_KINDS
 from timm_mimo.outputs import check_start_epoch, lock_run_folder, release_run_folders, remove_empty_run_folder
+from timm_mimo.pretrained import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.task import MimoTask
 
 __all__ = ['build_parser', 'parse_args', 'train', 'main', 'save_checkpoint', 'load_resume', 'MIMO_FLAGS']
@@ -1641,7 +1641,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             args = parse_args(argv)
             if args.dry_run:
-                return train_dry_run(args)
+                return train_dry_run(args, sys.modules[__name__])
             setup_console_logging()  # timm's setup_default_logging, on stdout
             train(args, guard)
         except (CliError, DataError) as exc:

@@ -109,7 +109,6 @@ from timm_mimo.evaluation import (
     save_reliability_diagram,
 )
 from timm_mimo.export_preprocessing import exported_crop_pad
-from timm_mimo.hub import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.labels import (
     check_ensemble_names,
     check_unique_names,
@@ -120,6 +119,7 @@ from timm_mimo.labels import (
 from timm_mimo.loader import quiet_worker_signals
 from timm_mimo.metrics import is_mimo
 from timm_mimo.outputs import lock_run_folder, release_run_folders, run_folder_of
+from timm_mimo.pretrained import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.recipes import config_path
 from timm_mimo.strict_images import strict_images
 from timm_mimo.temperature_provenance import provenance_columns
@@ -918,7 +918,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             args = parse_args(argv)
             if args.dry_run:
-                return validate_dry_run(args)
+                return validate_dry_run(args, sys.modules[__name__])
             runs = [(name, '') for name in bulk_models(args)] or [(args.model, path) for path in checkpoint_runs(args)]
             if not runs:
                 results: Any = rounded_results(validate(args))

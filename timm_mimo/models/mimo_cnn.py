@@ -39,11 +39,11 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
-from timm_mimo.hub import pretrained_weights
 from timm_mimo.mixing import MixPlan, members_channels_last
 from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members, refuse_features_only
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD, PREACT_WIDTHS, preact_name
+from timm_mimo.pretrained import pretrained_weights
 
 __all__ = ['MimoCNN', 'MemberEncoders', 'SharedHead', 'METHOD_MIX_CFGS', 'GENERIC_BACKBONE']
 
@@ -709,7 +709,8 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_cfg_overlay:
     """``timm.create_model`` with timm's own pretrained loading.
 
     ``pretrained=True`` on a backbone without weights is refused (timm would fall back to a random init), and a failed
-    download says where the checkpoint lives and how to load it from a file (:func:`timm_mimo.hub.offline_message`).
+    download says where the checkpoint lives and how to load it from a file
+    (:func:`timm_mimo.pretrained.offline_message`).
     """
     cfg = None
     if pretrained:

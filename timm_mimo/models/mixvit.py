@@ -79,11 +79,11 @@ from timm.models.cait import Cait
 from timm.models.convit import GPSA
 from timm.models.vision_transformer import VisionTransformer, global_pool_nlc
 
-from timm_mimo.hub import has_pretrained_source, pretrained_weights
 from timm_mimo.mixing import MixPlan
 from timm_mimo.models._contract import MimoContract, check_image_batch, check_num_members, refuse_features_only
 from timm_mimo.models._heads import MemberHeads
 from timm_mimo.models.convit_ca import CIFAR100_MEAN, CIFAR100_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD
+from timm_mimo.pretrained import has_pretrained_source, pretrained_weights
 
 __all__ = ['MixViT', 'SourceAttribution', 'create_backbone', 'SOURCE_KINDS', 'INFERENCE_MODES', 'MIXING_MODES',
            'init_gpsa_positions']
@@ -684,7 +684,7 @@ def _create_mixvit(variant: str, pretrained: bool = False, **kwargs: Any) -> Mix
     """Build a MixViT; ``pretrained=True`` loads its cfg's checkpoint (a timm backbone's, or a saved MixViT).
 
     A cfg without weights refuses ``pretrained=True`` and a failed download says where the checkpoint lives
-    (:func:`timm_mimo.hub.pretrained_weights`).
+    (:func:`timm_mimo.pretrained.pretrained_weights`).
     """
     refuse_features_only(variant, kwargs, 'MixViT features are M token sets',
                          'forward_features / forward_head(pre_logits=True)')
