@@ -11,8 +11,8 @@ and the same folder pushed with :func:`push_to_hub` loads with ``timm.create_mod
 pretrained=True)`` after ``import timm_mimo``.
 
 Every failed pretrained download, wherever it happens (a registered name, a generic name's backbone, ``hf-hub:``),
-is explained by :func:`offline_message`: the repository and file the weights live in, how to load a local copy and
-the command that fetches it once the network is back.
+is explained by :func:`timm_mimo.pretrained.offline_message` (re-exported here): the repository and file the weights
+live in, how to load a local copy and the command that fetches it once the network is back.
 
 Command line (a ``train.py`` checkpoint, timm_mimo's or timm's, to a Hub folder with its card; the recipes; timm's own
 scripts with the timm_mimo models registered)::
