@@ -45,3 +45,25 @@ def test_local_dir_export_scores_as_the_checkpoint(family, colour_data, tmp_path
     assert os.path.isfile(out / 'model.safetensors')
     assert from_export['num_members'] == from_checkpoint['num_members']
     assert [round(from_export[key], 4) for key in COLUMNS] == [round(from_checkpoint[key], 4) for key in COLUMNS]
+
+
+def test_hub_export_preprocessing_is_read_from_the_hub_config(tmp_path, monkeypatch):
+    """``hf-hub:<repo>[@revision]`` reads the export's eval transform from its config.json as ``local-dir:`` does."""
+    import huggingface_hub
+
+    from timm_mimo.export_preprocessing import KEY, exported_crop_pad
+    config = tmp_path / 'config.json'
+    config.write_text(json.dumps({'architecture': 'cut_mixmo', KEY: {'crop_pad': 4}}))
+    asked = []
+    monkeypatch.setattr(huggingface_hub, 'hf_hub_download',
+                        lambda repo_id, filename, revision=None: asked.append((repo_id, filename, revision)) or
+                        str(config))
+    assert exported_crop_pad('hf-hub:user/model@v1', None) == 4 and asked == [('user/model', 'config.json', 'v1')]
+    assert exported_crop_pad('hf-hub:user/model', 2) == 2  # the flag wins
+    assert exported_crop_pad('local-dir:' + str(tmp_path), None) == 4
+    assert exported_crop_pad('cut_mixmo', None) is None
+
+    def offline(*args, **kwargs):
+        raise OSError('offline')
+    monkeypatch.setattr(huggingface_hub, 'hf_hub_download', offline)
+    assert exported_crop_pad('hf-hub:user/model', None) is None
