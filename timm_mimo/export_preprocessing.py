@@ -3,7 +3,7 @@
 timm's ``pretrained_cfg`` carries ``input_size``, ``mean``, ``std``, ``crop_pct`` and ``interpolation``; a run trained
 with ``--crop-pad`` (the CIFAR recipe) is evaluated without timm's resize and centre crop, which timm's config cannot
 say (its ``PretrainedCfg`` refuses unknown keys). The export records it beside, under :data:`KEY`, and
-``timm-mimo-validate --model local-dir:<folder>`` applies it unless ``--crop-pad`` is given.
+``timm-mimo-validate --model local-dir:<folder>`` (or ``hf-hub:<repo>``) applies it unless ``--crop-pad`` is given.
 """
 import json
 import os
@@ -32,11 +32,26 @@ def record_eval_transform(folder: str, train_args: Dict[str, Any]) -> None:
     write_atomically(path, write)
 
 
+def _config_path(model_name: str) -> Optional[str]:
+    """``config.json`` of a ``local-dir:<folder>`` export, or of an ``hf-hub:<repo>[@revision]`` one (from the Hub's
+    cache, where timm keeps it once the model was created; ``None`` when it cannot be had)."""
+    if model_name.startswith('local-dir:'):
+        return os.path.join(model_name.split(':', 1)[1], 'config.json')
+    if model_name.startswith('hf-hub:'):
+        from huggingface_hub import hf_hub_download
+        repo_id, _, revision = model_name.split(':', 1)[1].partition('@')
+        try:
+            return hf_hub_download(repo_id, 'config.json', revision=revision or None)
+        except Exception:  # offline without a cached copy, no such repository: the model's own loading says why
+            return None
+    return None
+
+
 def exported_eval_transform(model_name: str) -> Dict[str, Any]:
-    """The :data:`KEY` settings of a ``local-dir:<folder>`` export (``{}`` for other models or none recorded)."""
-    if not model_name.startswith('local-dir:'):
+    """The :data:`KEY` settings of a ``local-dir:`` / ``hf-hub:`` export (``{}`` for other models or none recorded)."""
+    path = _config_path(model_name)
+    if path is None:
         return {}
-    path = os.path.join(model_name.split(':', 1)[1], 'config.json')
     try:
         with open(path) as f:
             settings = json.load(f).get(KEY)
