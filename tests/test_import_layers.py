@@ -89,10 +89,13 @@ def test_find_cycle_names_a_hand_built_cycle():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
-def test_graph_sees_function_level_and_relative_imports():
+def test_graph_sees_function_level_imports():
     graph = import_graph()
     assert "timm_mimo.models" in graph and "timm_mimo.cli.train" in graph
-    assert any(targets for targets in graph.values())
+    # analysis.py imports the run folder's writer inside a function only: the edge must still be seen
+    assert "timm_mimo.cli.run_folder" in graph["timm_mimo.analysis"]
+    # "from timm_mimo.models._heads import MemberHeads" resolves to the module, not to the name
+    assert "timm_mimo.models._heads" in graph["timm_mimo.analysis"]
 
 
 def test_package_has_no_import_cycle():
