@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Real runs behind results/cifar10_mixshare.md: single WRN-10-1 vs Cut-MixMo vs MixShare (fadeout) vs MixShare
 # (partial, 25 % of the channels) on CIFAR-10 (JPEG copy), M = 2 on one network's parameters, the same recipe and
-# compute for every row (b = 1, batch 64, EPOCHS epochs), two seeds each. Two queues run side by side, one torch
-# thread each; then validate.py on every last checkpoint, the sharing analysis, and the table.
+# compute for every row (b = 1, batch 64, EPOCHS epochs), SEEDS seeds each (default 0 1 2). Two queues run side by
+# side, one torch thread each; then validate.py on every last checkpoint, the sharing analysis, and the table.
 #   CIFAR10=data/cifar10 bash results/cifar10_mixshare.sh     (a folder with train/ and test/ class folders,
 #   written from torchvision's CIFAR-10 by: python scripts/cifar10_image_folder.py --root data --out data/cifar10
 #   --download; the committed results came from a JPEG copy in the same layout, see results/README.md)
@@ -19,6 +19,7 @@ PY=${PY:-python}
 CIFAR10=${CIFAR10:?set CIFAR10 to the folder holding train/ and test/}
 OUT=${OUT:-output/cifar10_mixshare}
 EPOCHS=${EPOCHS:-2}
+SEEDS=${SEEDS:-"0 1 2"}
 # MixShare's fadeout ends at epoch 100 of 300 (arXiv:2205.10139 Sec. 3.3): the same third of this schedule
 FADEOUT=$(python3 -c "print(round($EPOCHS / 3, 4))")
 WRN=(backbone=wrn28_2 depth=10 widen_factor=1)
@@ -39,13 +40,13 @@ STAGE=${STAGE:-all}
 mkdir -p "$OUT"
 if [ "$STAGE" != report ]; then
 (
-  for seed in 0 1; do
+  for seed in $SEEDS; do
     run mixshare_fadeout "$seed" --model mixshare --model-kwargs "${WRN[@]}" unmixing=fadeout "fadeout_epochs=$FADEOUT"
     run mixshare_partial "$seed" --model mixshare --model-kwargs "${WRN[@]}" unmixing=partial
   done
 ) &
 (
-  for seed in 0 1; do
+  for seed in $SEEDS; do
     run cut_mixmo "$seed" --model cut_mixmo --model-kwargs "${WRN[@]}"
     run single_wrn "$seed" --model wrn28_2 --model-kwargs depth=10 widen_factor=1
   done
