@@ -1,7 +1,7 @@
 """``--dry-run`` of ``timm-mimo-train`` and ``timm-mimo-validate``: what a run would read and build, and what is wrong.
 
-The recipe, the model and the data are resolved by the run's own functions (the command module passes itself in, so
-this module never imports the commands that call it), in the run's order: the training split
+The recipe, the model and the data are resolved by the run's own functions (imported from the modules that own
+them, never from the commands that call this one), in the run's order: the training split
 opened (its class count sizing the head when ``--num-classes`` is unset), the model built on the ``meta`` device
 (shapes only: no memory, no weights loaded, nothing downloaded), the transforms, the sampler (steps per epoch), the
 class checks, the validation split. What was resolved is printed as it comes; the first error ends it with one
@@ -12,13 +12,24 @@ import math
 import os
 import sys
 from collections import Counter
-from types import ModuleType
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from timm.data import resolve_data_config
 
 from timm_mimo.cli.args import CliError, check_model_input, one_line
+from timm_mimo.cli.eval_models import create_ensemble, create_eval_model, eval_class_names
+from timm_mimo.cli.optimizer import resolve_lr
+from timm_mimo.cli.resume import read_resume
+from timm_mimo.cli.run_folder import plan_run_folder
+from timm_mimo.cli.train_model import (
+    build_task,
+    check_binary_plans,
+    check_eval_metric,
+    check_labels,
+    create_train_model,
+    take_data_classes,
+)
 from timm_mimo.data import (
     DataError,
     dataset_class_descriptions,
@@ -113,32 +124,31 @@ def _run(report: Any) -> int:
     return 0
 
 
-def train_dry_run(args: argparse.Namespace, cli: ModuleType) -> int:
+def train_dry_run(args: argparse.Namespace) -> int:
     """``timm-mimo-train --dry-run``: prints what the run would train on and what is wrong; writes nothing.
 
     Args:
         args: The parsed ``timm-mimo-train`` arguments.
-        cli: The ``timm_mimo.cli.train`` module, whose functions resolve the run.
     """
-    return _run(lambda: _train_report(args, cli))
+    return _run(lambda: _train_report(args))
 
 
-def _train_report(args: argparse.Namespace, cli: ModuleType) -> None:
+def _train_report(args: argparse.Namespace) -> None:
     from timm_mimo.cli.data_path import open_eval_split, open_train_data, open_train_split
     args.world_size = int(os.environ.get('WORLD_SIZE', '1') or 1)
     args.rank, args.distributed, args.local_rank = 0, args.world_size > 1, 0
     print(f'dry run of timm-mimo-train{" --config " + args.config if args.config else ""}: the recipe, model and '
           'data as the run would resolve them', flush=True)
     lr_given = args.lr is not None
-    cli.resolve_lr(args)
+    resolve_lr(args)
     args.schedule_segment, args.schedule_segment_new = None, False
-    resume_state = cli.read_resume(args) if args.resume else None
-    cli.plan_run_folder(args, resume_state)  # checks only: the run folder is claimed by the run
+    resume_state = read_resume(args) if args.resume else None
+    plan_run_folder(args, resume_state)  # checks only: the run folder is claimed by the run
     _line('dataset', f'{args.dataset or "(image folder)"!r} in {args.data_dir!r}')
     dataset = open_train_split(args)
     _line('train split', _split_line(dataset, args.dataset, args.train_split))
     given_classes = args.num_classes
-    cli.take_data_classes(args, dataset)
+    take_data_classes(args, dataset)
     names = dataset_class_names(dataset)
     descriptions = dataset_class_descriptions(dataset)
     _line('classes', _class_summary(names, descriptions, args.num_classes))
@@ -146,16 +156,16 @@ def _train_report(args: argparse.Namespace, cli: ModuleType) -> None:
     _line('image sizes', _format_sizes(sizes))
     weights = _weights_line(args)
     with torch.device('meta'):
-        model = cli.create_train_model(_meta_copy(args))
+        model = create_train_model(_meta_copy(args))
         try:
-            task = cli.build_task(args, model, torch.device('meta'))
+            task = build_task(args, model, torch.device('meta'))
         except ValueError as exc:
             raise CliError(f'bad MIMO flags: {one_line(exc)}') from None
-        cli.check_binary_plans(task, model)
+        check_binary_plans(task, model)
         args.data_config = resolve_data_config(vars(args), model=model, verbose=False)
         check_model_input(model, args, args.data_config['input_size'])
     args.num_classes_resolved = model.num_classes
-    cli.check_labels(len(names) if names else dataset_num_classes(dataset), model.num_classes, args, names)
+    check_labels(len(names) if names else dataset_num_classes(dataset), model.num_classes, args, names)
     head = (f'--num-classes {given_classes}' if given_classes is not None else
             "the training split's class count" if args.num_classes is not None else "the model's default")
     _line('model', f'{args.model}: {sum(p.numel() for p in model.parameters()):,} params, '
@@ -192,7 +202,7 @@ def _train_report(args: argparse.Namespace, cli: ModuleType) -> None:
         rule = f'--lr-base {args.lr_base:g} x {"sqrt" if scale == "sqrt" else ""}({ratio}), {scale} scaling'
     _line('lr', f'{args.lr:g} ({rule}); {args.opt}, sched {args.sched}, warm-up {args.warmup_epochs} epoch(s)')
     if args.val_split:
-        cli.check_eval_metric(args, task)
+        check_eval_metric(args, task)
         val_set = open_eval_split(args, None, class_names)
         _line('val split', _split_line(val_set, args.dataset, args.val_split))
         val_names = set(dataset_class_names(val_set) or [])
@@ -209,17 +219,16 @@ def _train_report(args: argparse.Namespace, cli: ModuleType) -> None:
         _line('note', f'--device {args.device}: CUDA is not available on this machine (the run needs it)')
 
 
-def validate_dry_run(args: argparse.Namespace, cli: ModuleType) -> int:
+def validate_dry_run(args: argparse.Namespace) -> int:
     """``timm-mimo-validate --dry-run``: prints what would be evaluated and what is wrong; writes nothing.
 
     Args:
         args: The parsed ``timm-mimo-validate`` arguments.
-        cli: The ``timm_mimo.cli.validate`` module, whose functions resolve the evaluation.
     """
-    return _run(lambda: _validate_report(args, cli))
+    return _run(lambda: _validate_report(args))
 
 
-def _validate_report(args: argparse.Namespace, cli: ModuleType) -> None:
+def _validate_report(args: argparse.Namespace) -> None:
     import timm
 
     from timm_mimo.cli.checkpoint import check_checkpoint_model, read_checkpoint
@@ -230,7 +239,7 @@ def _validate_report(args: argparse.Namespace, cli: ModuleType) -> None:
         raise CliError('--dry-run checks one model: drop --model-list / the wildcard')
     state = None
     if args.ensemble_checkpoints:
-        model, class_names, _ = cli.create_ensemble(args.ensemble_checkpoints, args.use_ema)
+        model, class_names, _ = create_ensemble(args.ensemble_checkpoints, args.use_ema)
         weights = f'the ensemble of {len(args.ensemble_checkpoints)} checkpoints'
     else:
         if args.checkpoint:
@@ -247,8 +256,8 @@ def _validate_report(args: argparse.Namespace, cli: ModuleType) -> None:
         model_args = _meta_copy(args)
         model_args.checkpoint = args.checkpoint or '(dry run)'  # no download: the weights are the run's business
         with torch.device('meta'):
-            model = cli.create_eval_model(model_args)
-        class_names = cli.eval_class_names(args, state, model)
+            model = create_eval_model(model_args)
+        class_names = eval_class_names(args, state, model)
     with torch.device('meta' if not args.ensemble_checkpoints else 'cpu'):
         data_config = resolve_data_config(vars(args), model=model)
         check_model_input(model, args, data_config['input_size'])

@@ -5,24 +5,36 @@
 * No output path of a command is one of its inputs (:func:`check_outputs_are_not_inputs`).
 * Every file is written to a temporary file and renamed (:func:`write_atomically`): complete or absent, never
   half-written, and no temporary file is left behind, whatever stops the write (a full disk, SIGINT, SIGTERM).
+* Where a run writes is planned before anything is built (:func:`plan_run_folder`: a new folder, the resumed run's
+  own, or a copy of it) and claimed once every check has passed (:func:`prepare_output`).
 * SIGINT and SIGTERM become :class:`Interrupted` in the main thread (:class:`SignalGuard`), so ``finally`` blocks and
   the atomic writes clean up and the command ends with one ``error:`` line and status 130 / 143. A signal that lands
   where Python cannot raise (a destructor, e.g. a data loader shutting its workers down at an epoch's end) is
   remembered and raised at the command's next :meth:`SignalGuard.check`.
 """
+import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
-from typing import Callable, Dict, Iterator, Optional, Sequence, Union
+import time
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
-from timm_mimo.cli.args import CliError, one_line
+import torch
+
+from timm_mimo.cli.args import CliError, one_line, quiet_warnings
 
 __all__ = ['Interrupted', 'SignalGuard', 'write_atomically', 'write_error', 'claim_run_folder', 'same_path',
-           'is_inside', 'check_outputs_are_not_inputs']
+           'is_inside', 'check_outputs_are_not_inputs', 'plan_run_folder', 'prepare_output', 'CHECKPOINT_LAST',
+           'CHECKPOINT_BEST', 'EPOCH_CHECKPOINT']
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# the files of a run folder
+CHECKPOINT_LAST = 'last.pth.tar'
+CHECKPOINT_BEST = 'model_best.pth.tar'
+EPOCH_CHECKPOINT = re.compile(r'^checkpoint-(\d+)\.pth\.tar$')
 
 
 class Interrupted(BaseException):
@@ -154,3 +166,84 @@ def check_outputs_are_not_inputs(outputs: Dict[str, Optional[str]],
     """
     from timm_mimo.outputs import check_outputs
     check_outputs(outputs, inputs)
+
+
+def _resumed_epoch_of(path: str) -> Optional[int]:
+    """The epoch of a checkpoint file (read lazily), ``None`` when it cannot be read."""
+    try:
+        with quiet_warnings():
+            state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        return int(state['epoch'])
+    except Exception:  # noqa: BLE001 - an unreadable file is one a resume may replace
+        return None
+
+
+def plan_run_folder(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> Tuple[str, Optional[str], str]:
+    """Where the run will write, decided before anything is built or written: ``(root, name, how)``.
+
+    ``how`` is ``'continue'`` (a resumed run in its checkpoint's folder), ``'new'`` (a resumed run continued in a new
+    folder ``root/name``, claimed as is) or ``'next_free'`` (a new run: ``--experiment`` or a date-model-size name,
+    with a ``-1``, ``-2`` ... suffix when taken; ``name`` ``None`` until the data config is known). A run folder
+    belongs to one run: ``--experiment`` naming another existing folder while resuming is refused, as is continuing in
+    the checkpoint's folder from an epoch older than its ``last.pth.tar`` (that would replace the later epochs)."""
+    root = args.output or './output/train'
+    name: Optional[str] = args.experiment or None
+    how = 'next_free'
+    if state is not None:
+        source = os.path.dirname(os.path.abspath(args.resume))
+        target = os.path.join(root, args.experiment) if args.experiment else source
+        if same_path(target, source):
+            root, name, how = os.path.dirname(source), os.path.basename(source), 'continue'
+            last = os.path.join(source, CHECKPOINT_LAST)
+            last_epoch = _resumed_epoch_of(last) if os.path.isfile(last) and not same_path(last, args.resume) else None
+            if last_epoch is not None and last_epoch > int(state['epoch']):
+                raise CliError(f'--resume {args.resume!r} is epoch {state["epoch"]} but the run\'s {last!r} is epoch '
+                               f'{last_epoch}: continuing in {source!r} would replace the later epochs; give a new '
+                               f'--experiment to continue from epoch {state["epoch"]} in a copy, or resume {last}')
+        elif os.path.exists(target):
+            raise CliError(f'--resume {args.resume!r} continues the run in {source!r}, but --experiment '
+                           f'{args.experiment!r} names another run\'s folder {target!r}: drop --experiment to continue '
+                           'in the checkpoint\'s folder, or give a new --experiment to continue a copy of the run')
+        else:
+            how = 'new'
+    folder = os.path.join(root, name) if name else root
+    if args.data_dir and os.path.isdir(args.data_dir) and is_inside(folder, args.data_dir):
+        raise CliError(f'--output {root!r} lies inside --data-dir {args.data_dir!r}: the run folder would become part '
+                       'of the data (another class folder); pick an --output outside it')
+    if how == 'continue':
+        run_files = ('args.yaml', 'summary.csv', CHECKPOINT_LAST, CHECKPOINT_BEST)
+        inputs = (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path),
+                  ('--class-map', args.class_map))
+        for flag, path in inputs:
+            if path and is_inside(path, folder) and (os.path.basename(path) in run_files or
+                                                    EPOCH_CHECKPOINT.match(os.path.basename(path))):
+                raise CliError(f'{flag} {path!r} is a file of the run folder {folder!r}, which the resumed run '
+                               'rewrites; copy it elsewhere first')
+    return root, name, how
+
+
+def prepare_output(args: argparse.Namespace, data_config: Dict[str, Any],
+                   plan: Tuple[str, Optional[str], str]) -> str:
+    """The run folder (claimed here, after every check passed; :func:`plan_run_folder`); a file in the way or no
+    permission is one line."""
+    root, name, how = plan
+    if name is None:
+        name = '-'.join([time.strftime('%Y%m%d-%H%M%S'), args.model.replace('/', '_'),
+                         str(data_config['input_size'][-1])])
+    output_dir = os.path.join(root, name)
+    for path in (root, output_dir):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise CliError(f'--output: {path!r} is a file, not a folder; pick another --output / --experiment')
+    try:
+        if how != 'continue':
+            output_dir = claim_run_folder(root, name, next_free=how == 'next_free')
+        from timm_mimo.outputs import lock_run_folder
+        lock_run_folder(output_dir)  # held until the process ends: another process writing into it is refused
+        probe = os.path.join(output_dir, '.write-probe')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as exc:
+        raise CliError(f'--output: cannot write to {output_dir!r} ({one_line(exc)}); pick a writable --output') \
+            from None
+    return output_dir
