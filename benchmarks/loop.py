@@ -156,23 +156,23 @@ def _build(argv: Sequence[str], delay_seconds: float) -> Dict[str, Any]:
     from timm.data import resolve_data_config
     from timm.utils import init_distributed_device
 
-    from timm_mimo.cli import train
+    from timm_mimo.cli import data_path, optim_factory, run_loop, train, train_model
     args = train.parse_args(list(argv))
     device = init_distributed_device(args)
-    train.resolve_lr(args)
+    optim_factory.resolve_lr(args)
     torch.manual_seed(args.seed)
-    model = train.create_train_model(args)
+    model = train_model.create_train_model(args)
     args.num_classes_resolved = model.num_classes
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    task = train.build_task(args, model, device)
+    task = train_model.build_task(args, model, device)
     data_config = resolve_data_config(vars(args), model=model, verbose=False)
     num_partners = args.batch_size if task.pixel_mix is not None else 0
-    data = train.open_train_data(args, data_config, num_partners)
-    optimizer = train.create_optimizer(args, model, device)
-    scheduler, num_epochs = train.create_scheduler(args, optimizer, data.sampler.steps_per_epoch)
-    loader = train.create_train_loader(args, data, task, num_epochs, device, data_config)
+    data = data_path.open_train_data(args, data_config, num_partners)
+    optimizer = optim_factory.create_optimizer(args, model, device)
+    scheduler, num_epochs = optim_factory.create_scheduler(args, optimizer, data.sampler.steps_per_epoch)
+    loader = data_path.create_train_loader(args, data, task, num_epochs, device, data_config)
     data_loader = _data_loader(loader)
     slow = SlowCollate(data_loader.collate_fn, delay_seconds)
     data_loader.collate_fn = slow  # before the first pass: the workers get it when they start
@@ -180,7 +180,7 @@ def _build(argv: Sequence[str], delay_seconds: float) -> Dict[str, Any]:
         task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
-    run = train.Run(args, task, optimizer, scheduler, num_epochs, data.sampler.steps_per_epoch, device)
+    run = run_loop.Run(args, task, optimizer, scheduler, num_epochs, data.sampler.steps_per_epoch, device)
     return dict(args=args, device=device, model=model, task=task, loader=loader, sampler=data.sampler, run=run,
                 slow=slow, queue=_queue_depth(data_loader), workers=data_loader.num_workers)
 

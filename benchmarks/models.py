@@ -191,7 +191,7 @@ class _Setup:
         check_compile(args)
         self.compile_backend, self.compile_mode = args.torchcompile, args.torchcompile_mode
         self.cuda = self.device.type == 'cuda'
-        self.tf32 = self.cuda  # TF32 allowed for float32 work, as training sets it (train.set_cuda_backends)
+        self.tf32 = self.cuda  # TF32 allowed for float32 work, as training sets it (run_loop.set_cuda_backends)
         amp_flags = ['--amp', '--amp-dtype', str(self.amp_dtype).replace('torch.', '')] if self.amp_dtype else []
         # the training command's own optimizer flags (defaults: momentum, weight decay, ...) for create_optimizer
         from timm_mimo.cli import train
@@ -200,14 +200,14 @@ class _Setup:
 
     def apply_backend_flags(self) -> None:
         """The training command's CUDA settings (``cudnn.benchmark``, TF32 for float32 work); nothing on a CPU."""
-        from timm_mimo.cli import train
-        train.set_cuda_backends(self.device)
+        from timm_mimo.cli import run_loop
+        run_loop.set_cuda_backends(self.device)
 
     def create_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """The training command's optimizer (``timm_mimo.cli.train.create_optimizer``: fused under float16 AMP on
         CUDA)."""
-        from timm_mimo.cli import train
-        return train.create_optimizer(self.train_args, model, self.device)
+        from timm_mimo.cli import optim_factory
+        return optim_factory.create_optimizer(self.train_args, model, self.device)
 
     def create_scaler(self) -> Optional[Any]:
         """timm's ``NativeScaler`` (a GradScaler) under float16 AMP, as training; ``None`` otherwise."""

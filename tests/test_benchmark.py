@@ -270,14 +270,14 @@ def test_model_table_is_set_up_as_training_runs():
     weight decay 2e-5 off biases and norms), a GradScaler under float16, the training's AMP rule (--amp alone:
     bfloat16 on the CPU), cudnn.benchmark and TF32 on CUDA only (checked here by forcing the CUDA branch)."""
     from benchmarks.models import _Setup, _train_step
-    from timm_mimo.cli import train
+    from timm_mimo.cli import optim_factory, run_loop, train
     setup = _Setup(parse('--amp', '--device', 'cpu'))
     assert setup.amp_dtype == torch.bfloat16 and not setup.grad_scaler and setup.create_scaler() is None
     setup = _Setup(parse('--amp', '--amp-dtype', 'float16', '--device', 'cpu', '--lr', '0.1'))
     assert setup.amp_dtype == torch.float16 and setup.grad_scaler  # run as asked, said in the rows: not bfloat16
     model = timm.create_model('wrn28_2', depth=10, widen_factor=1, num_classes=10)
     optimizer = setup.create_optimizer(model)
-    reference = train.create_optimizer(train.parse_args(['--lr', '0.1']), model)
+    reference = optim_factory.create_optimizer(train.parse_args(['--lr', '0.1']), model)
     assert type(optimizer) is type(reference) and len(optimizer.param_groups) == len(reference.param_groups) == 2
     for ours, theirs in zip(optimizer.param_groups, reference.param_groups):
         assert {k: v for k, v in ours.items() if k != 'params'} == {k: v for k, v in theirs.items() if k != 'params'}
@@ -291,14 +291,14 @@ def test_model_table_is_set_up_as_training_runs():
     effect = setup.in_effect()
     assert (effect['amp'], effect['grad_scaler'], effect['cudnn_benchmark'], effect['tf32']) == (
         'float16', True, 'n/a (cpu)', 'n/a (cpu)')
-    # the CUDA branch is training's own (train.set_cuda_backends): cudnn.benchmark and TF32 for float32 work
+    # the CUDA branch is training's own (run_loop.set_cuda_backends): cudnn.benchmark and TF32 for float32 work
     saved = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     try:
         torch.backends.cudnn.benchmark = False
         torch.set_float32_matmul_precision('highest')
-        train.set_cuda_backends(torch.device('cpu'))
+        run_loop.set_cuda_backends(torch.device('cpu'))
         assert not torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == 'highest'
-        train.set_cuda_backends(torch.device('cuda'))
+        run_loop.set_cuda_backends(torch.device('cuda'))
         assert torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == 'high'
         assert torch.backends.cudnn.allow_tf32
     finally:

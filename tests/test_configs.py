@@ -16,7 +16,8 @@ import yaml
 from timm.data import resolve_data_config
 from timm.utils import init_distributed_device
 
-from timm_mimo.cli import train
+from timm_mimo.cli import data_path, optim_factory, run_loop, train, train_model
+from timm_mimo.metrics import is_mimo
 from timm_mimo.recipes import config_path, list_configs, recipes_by_table
 from timm_mimo.task import MimoTask
 
@@ -129,7 +130,7 @@ def _args(name, *extra):
 def _lr(args):
     """The optimizer's rate: ``--lr`` or timm's ``--lr-base`` rule on one process."""
     init_distributed_device(args)
-    train.resolve_lr(args)
+    optim_factory.resolve_lr(args)
     return args.lr
 
 
@@ -297,7 +298,7 @@ def test_mixvit_configs_match_thesis_appendix_a15(name):
     # CutMix alpha 1.0 and MixUp alpha 0.8 simultaneously (Table 4.4: without MSDA in its "-" rows)
     msda = not name.endswith(('_plain_convit_cifar100', '_ba_convit_cifar100'))
     if single:
-        assert not train.is_mimo(timm.create_model(args.model, **_tiny_kwargs(args.model)))
+        assert not is_mimo(timm.create_model(args.model, **_tiny_kwargs(args.model)))
         expected = (1.0, 0.8, 'simultaneous') if msda else (0.0, 0.0, 'batch')
         assert (args.cutmix, args.mixup, args.mixup_mode) == expected
         assert args.mimo_cutmix is None and args.mimo_mixup is None
@@ -418,27 +419,27 @@ def test_every_config_builds_and_runs_one_step(name, digits_dir):
                              '--val-split', 'validation', '--num-classes', '10', '-b', str(batch), '--workers', '0',
                              '--img-size', '32', '--model-kwargs', *[f'{k}={v}' for k, v in model_kwargs.items()]])
     init_distributed_device(args)
-    train.resolve_lr(args)
-    model = train.create_train_model(args)
+    optim_factory.resolve_lr(args)
+    model = train_model.create_train_model(args)
     args.num_classes_resolved = model.num_classes
-    task = train.build_task(args, model, torch.device('cpu'))
+    task = train_model.build_task(args, model, torch.device('cpu'))
     args.data_config = resolve_data_config(vars(args), model=model)
     num_partners = batch if task.pixel_mix is not None else 0
-    data = train.open_train_data(args, args.data_config, num_partners)
+    data = data_path.open_train_data(args, args.data_config, num_partners)
     sampler = data.sampler
-    optimizer = train.create_optimizer(args, model)
-    scheduler, num_epochs = train.create_scheduler(args, optimizer, sampler.steps_per_epoch)
-    loader = train.create_train_loader(args, data, task, num_epochs, torch.device('cpu'), args.data_config)
-    eval_loader, _ = train.create_eval_loader(args, args.data_config, torch.device('cpu'))
+    optimizer = optim_factory.create_optimizer(args, model)
+    scheduler, num_epochs = optim_factory.create_scheduler(args, optimizer, sampler.steps_per_epoch)
+    loader = data_path.create_train_loader(args, data, task, num_epochs, torch.device('cpu'), args.data_config)
+    eval_loader, _ = data_path.create_eval_loader(args, args.data_config, torch.device('cpu'))
     assert num_epochs == args.epochs and eval_loader is not None
     if args.l2 is not None:  # the papers' L2 covers every parameter, BatchNorm and biases included
         assert all(group['weight_decay'] == 2 * args.l2 for group in optimizer.param_groups)
         assert sum(len(g['params']) for g in optimizer.param_groups) == len(list(model.parameters()))
-    run = train.Run(args, task, optimizer, scheduler, num_epochs, sampler.steps_per_epoch, torch.device('cpu'))
+    run = run_loop.Run(args, task, optimizer, scheduler, num_epochs, sampler.steps_per_epoch, torch.device('cpu'))
     assert (run.mixup_fn is not None) == (args.mixup > 0 or args.cutmix > 0)
     before = [p.detach().clone() for p in model.parameters()]
     sampler.set_epoch(0)
-    train.seed_epoch(args, 0)
+    run_loop.seed_epoch(args, 0)
     run.steps_per_epoch = 1
     metrics = run.train_one_epoch(0, loader)
     assert math.isfinite(metrics['loss'])
@@ -454,7 +455,7 @@ def test_l2_flag_is_the_papers_loss_term_on_all_parameters():
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
     args = train.parse_args(['--model', 'test_resnet', '--opt', 'sgd', '--lr', '0.1', '--l2', '3e-4',
                              '--weight-decay', '0'])
-    optimizer = train.create_optimizer(args, model)
+    optimizer = optim_factory.create_optimizer(args, model)
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     for _ in range(3):
         nn.functional.cross_entropy(model(x), y).backward()

@@ -254,7 +254,7 @@ def test_cifar_c_labels_follow_the_run_class_names_in_torchvision_order(tmp_path
     """CIFAR-10-C's labels.npy holds torchvision's indices: a run whose class list is in another order is refused."""
     import numpy as np
 
-    from timm_mimo.cli.validate import check_cifar_c_order
+    from timm_mimo.cli.eval_splits import check_cifar_c_order
     from timm_mimo.evaluation import CorruptionRelease
     np.save(tmp_path / 'labels.npy', np.arange(5) % 10)
     np.save(tmp_path / 'gaussian_noise.npy', np.zeros((5, 32, 32, 3), dtype=np.uint8))

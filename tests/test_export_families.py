@@ -7,7 +7,7 @@ import pytest
 from test_fuzz import write_colour_folder
 
 from timm_mimo import hub
-from timm_mimo.cli import train, validate
+from timm_mimo.cli import train, validate, validation
 
 FAMILIES = {
     'single': ['--model', 'wrn28_2', '--model-kwargs', 'depth=10', 'widen_factor=1'],
@@ -39,9 +39,9 @@ def test_local_dir_export_scores_as_the_checkpoint(family, colour_data, tmp_path
     config = json.loads((out / 'config.json').read_text())
     assert config['label_names'] == ['blue', 'green', 'red', 'yellow']
     common = ['--data-dir', colour_data, '--workers', '0', '-b', '8']
-    from_checkpoint = validate.validate(validate.parse_args(
+    from_checkpoint = validation.validate(validate.parse_args(
         ['--config', str(tmp_path / 'run' / 'args.yaml'), '--checkpoint', checkpoint, *common]))
-    from_export = validate.validate(validate.parse_args(['--model', f'local-dir:{out}', *common]))
+    from_export = validation.validate(validate.parse_args(['--model', f'local-dir:{out}', *common]))
     assert os.path.isfile(out / 'model.safetensors')
     assert from_export['num_members'] == from_checkpoint['num_members']
     assert [round(from_export[key], 4) for key in COLUMNS] == [round(from_checkpoint[key], 4) for key in COLUMNS]

@@ -22,7 +22,7 @@ from PIL import Image
 
 import timm_mimo  # noqa: F401
 from timm_mimo import analysis, hub
-from timm_mimo.cli import train, validate
+from timm_mimo.cli import eval_splits, train, validate, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -236,7 +236,7 @@ ROWS = [
     Row('train-disk-full-in-args-yaml', 'train', T(), 2, r"cannot write '.*args.yaml' \(.*No space left",
         disk_full_in('yaml.safe_dump', NO_SPACE)),
     Row('train-internal-error', 'train', T(), 1, r'internal error \(ZeroDivisionError: division by zero\); run the '
-        r'command again with --debug', crash_in('timm_mimo.cli.train.build_task')),
+        r'command again with --debug', crash_in('timm_mimo.cli.run_loop.build_task')),
     Row('train-config-not-yaml', 'train', T('--config', '{tmp}/junk.yaml'), 2, r"cannot read config '.*junk.yaml'",
         text_file('junk.yaml', b'model: [unclosed\n')),
     # --- validate ------------------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ ROWS = [
         V('--checkpoint', '{last}', '--results-file', '{tmp}/res.csv'), 2, r"cannot write '.*res.csv'",
         disk_full_in('os.replace', NO_SPACE)),
     Row('validate-internal-error', 'validate', V('--checkpoint', '{last}'), 1, r'internal error \(ZeroDivisionError',
-        crash_in('timm_mimo.cli.validate.metric_columns')),
+        crash_in('timm_mimo.cli.validation.metric_columns')),
     Row('validate-unreadable-image', 'validate', V('--checkpoint', '{last}', '--data-dir', '{tmp}/data'), 2,
         r"image '.*red/0.png' \(index \d+ of the split\) cannot be read", broken_image_data()),
     Row('validate-unreadable-image-in-a-worker', 'validate',
@@ -409,7 +409,7 @@ def test_rows_cover_every_command():
 # ---- the paths the rows reach, checked where a row's one line cannot show them ---------------------------------------
 
 def test_debug_shows_the_traceback_after_the_line(world, tmp_path, monkeypatch, capsys):
-    crash_in('timm_mimo.cli.validate.metric_columns')(dict(world, tmp=str(tmp_path)), monkeypatch)
+    crash_in('timm_mimo.cli.validation.metric_columns')(dict(world, tmp=str(tmp_path)), monkeypatch)
     assert validate.main([*V('--checkpoint', '{last}')(world), '--debug']) == 1
     err = capsys.readouterr().err
     assert 'Traceback' in err and 'ZeroDivisionError' in err and err.strip().splitlines()[-1].startswith('error:')
@@ -458,7 +458,7 @@ def test_held_out_temperature_split_is_labelled_by_the_runs_classes(world, tmp_p
     from timm_mimo.data import apply_class_names, open_dataset
     dataset = open_dataset('', str(tmp_path), 'validation', False, False, None, '')
     apply_class_names(dataset, ['blue', 'green', 'red', 'yellow'], 'validation')
-    held_out = validate.open_calibration_split(args, dataset, None)
+    held_out = eval_splits.open_calibration_split(args, dataset, None)
     assert [held_out[i][1] for i in range(len(held_out))] == [1, 2, 3]
     assert isinstance(args, argparse.Namespace)
 
@@ -480,7 +480,7 @@ def test_temperature_records_its_provenance_and_a_tiny_fit_is_flagged(world, tmp
     assert row['temperature_checkpoint'] == world['last'] and row['temperature_images'] == 4
     assert row['temperature_checkpoint_sha256'] == checkpoint_digest(world['last'])
     assert 'fitted on 4 images (< 100)' in row['temperature_flag']
-    assert validate.rounded_results({'temperature': 1.23456789e-5, 'loss': 0.123456})['temperature'] == 1.23456789e-5
+    assert validation.rounded_results({'temperature': 1.23456789e-5, 'loss': 0.123456})['temperature'] == 1.23456789e-5
     assert hub.main(['export', '--checkpoint', world['last'], '--results', str(results), '--out',
                      str(tmp_path / 'e')]) == 2
     assert 'is flagged' in capsys.readouterr().err and not (tmp_path / 'e').exists()
@@ -496,8 +496,8 @@ def test_export_reproduces_the_checkpoint_metrics(world, tmp_path, capsys):
     assert config['label_names'] == ['blue', 'green', 'red', 'yellow']
     assert config['timm_mimo_eval_transform'] == {'crop_pad': 2}
     columns = ('top1', 'loss', 'member_top1', 'ece')
-    checkpoint = validate.validate(validate.parse_args(V('--checkpoint', '{last}')(world)))
-    exported = validate.validate(validate.parse_args(['--model', f'local-dir:{out}', '--data-dir', world['data'],
+    checkpoint = validation.validate(validate.parse_args(V('--checkpoint', '{last}')(world)))
+    exported = validation.validate(validate.parse_args(['--model', f'local-dir:{out}', '--data-dir', world['data'],
                                                       '--workers', '0', '-b', '16']))
     assert [round(exported[key], 4) for key in columns] == [round(checkpoint[key], 4) for key in columns]
 
@@ -529,10 +529,10 @@ def test_export_of_a_head_larger_than_its_classes_keeps_the_label_order(world, t
     assert hub.main(['export', '--checkpoint', str(tmp_path / 'wide' / 'last.pth.tar'), '--out', str(out)]) == 0
     assert json.loads((out / 'config.json').read_text())['label_names'] == ['yellow', None, 'red', 'green', None,
                                                                            'blue']
-    checkpoint = validate.validate(validate.parse_args(
+    checkpoint = validation.validate(validate.parse_args(
         [*MODEL, '--num-classes', '6', '--data-dir', world['data'], '--workers', '0', '--crop-pad', '2',
          '--checkpoint', str(tmp_path / 'wide' / 'last.pth.tar')]))
-    exported = validate.validate(validate.parse_args(['--model', f'local-dir:{out}', '--data-dir', world['data'],
+    exported = validation.validate(validate.parse_args(['--model', f'local-dir:{out}', '--data-dir', world['data'],
                                                       '--workers', '0']))
     assert (exported['top1'], round(exported['loss'], 4)) == (checkpoint['top1'], round(checkpoint['loss'], 4))
 

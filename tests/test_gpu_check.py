@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks import gpu_check  # noqa: E402
-from timm_mimo.cli import train  # noqa: E402
+from timm_mimo.cli import train_args  # noqa: E402
 from timm_mimo.cli.args import CliError  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def test_gpu_argument_lists_parse_with_the_commands_own_parsers(tmp_path):
     fp16_args = gpu_check.parse_part_arguments(fp16.argv)
     run_dir = tmp_path / 'work' / 'epoch-fp16'
     run_dir.mkdir(parents=True)
-    (run_dir / 'args.yaml').write_text(yaml.safe_dump(train.recorded_args(fp16_args)))
+    (run_dir / 'args.yaml').write_text(yaml.safe_dump(train_args.recorded_args(fp16_args)))
     parsed = {part.name: gpu_check.parse_part_arguments(part.argv) for part in parts}
     assert len(parsed) == 10
     # what each part is meant to run

@@ -299,9 +299,9 @@ def test_device_data_compiled_step_launches_a_handful_of_ops_from_the_host(small
     from test_train import run_args
     from torch.profiler import ProfilerActivity, profile
 
-    from timm_mimo.cli import train
+    from timm_mimo.cli import run_loop, train
     per_step = []
-    train_step = train.Run.train_step
+    train_step = run_loop.Run.train_step
 
     def profiled(self, batches, epoch, step):
         if not 3 <= step < 6:
@@ -311,7 +311,7 @@ def test_device_data_compiled_step_launches_a_handful_of_ops_from_the_host(small
         per_step.append(ops_outside_compiled_regions(prof.events()))
         return out
 
-    monkeypatch.setattr(train.Run, 'train_step', profiled)
+    monkeypatch.setattr(run_loop.Run, 'train_step', profiled)
     argv = run_args(small_digits_dir, tmp_path, 'host', '-b', '16', '--crop-pad', '1', '--epochs', '1',
                     '--device-data', '--val-split', '', '--workers', '1', '--clip-grad', '1.0',
                     '--torchcompile', 'aot_eager')

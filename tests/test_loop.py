@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 import timm_mimo  # noqa: F401
-from timm_mimo.cli import train
+from timm_mimo.cli import optim_factory, run_loop, train, train_model
 from timm_mimo.data import BatchRepeatSampler, PixelMix, ShardRequest
 from timm_mimo.loader import (
     DeviceDraws,
@@ -74,7 +74,7 @@ def test_training_steps_read_nothing_back_to_the_host(small_digits_dir, tmp_path
     """Zero host reads inside every optimizer step; exactly one per logged step (the loss); the plans come from the
     loader's worker, so none of their sampling runs in the training process."""
     step_reads, epoch_reads, steps = Counter(), Counter(), []
-    real_step, real_epoch = train.Run.train_step, train.Run.train_one_epoch
+    real_step, real_epoch = run_loop.Run.train_step, run_loop.Run.train_one_epoch
 
     def counted_step(self, batches, epoch, step):
         with HostReads() as reads:
@@ -89,8 +89,8 @@ def test_training_steps_read_nothing_back_to_the_host(small_digits_dir, tmp_path
         epoch_reads.update(reads.counts)
         return out
 
-    monkeypatch.setattr(train.Run, 'train_step', counted_step)
-    monkeypatch.setattr(train.Run, 'train_one_epoch', counted_epoch)
+    monkeypatch.setattr(run_loop.Run, 'train_step', counted_step)
+    monkeypatch.setattr(run_loop.Run, 'train_one_epoch', counted_epoch)
     argv = run_args(small_digits_dir, tmp_path, 'reads', '-b', '16', '--batch-repeat', '2', '--crop-pad', '1',
                     '--lr', '0.05', '--epochs', '2', '--val-split', '', '--workers', '1', '--log-interval', '3',
                     '--model-ema', *extra)
@@ -230,10 +230,10 @@ def test_training_loader_delivers_one_packed_buffer_per_shard(small_digits_dir, 
     from timm_mimo.cli.data_path import create_train_loader, open_train_data
     args = train.parse_args(run_args(small_digits_dir, tmp_path, 'packed', '--workers', '1'))
     init_distributed_device(args)
-    train.resolve_lr(args)
-    model = train.create_train_model(args)
+    optim_factory.resolve_lr(args)
+    model = train_model.create_train_model(args)
     args.num_classes_resolved = model.num_classes
-    task = train.build_task(args, model, torch.device('cpu'))
+    task = train_model.build_task(args, model, torch.device('cpu'))
     from timm.data import resolve_data_config
     data_config = resolve_data_config(vars(args), model=model, verbose=False)
     data = open_train_data(args, data_config, 0)
@@ -408,7 +408,7 @@ def test_float16_amp_on_cuda_takes_a_fused_optimizer(tmp_path):
 
     def fused(*argv, device=cuda):
         args = train.parse_args(['--model', 'resnet18', *argv])
-        return train.fused_for_amp(args, device)
+        return optim_factory.fused_for_amp(args, device)
 
     assert fused('--amp', '--amp-dtype', 'float16')
     assert fused('--amp', '--amp-dtype', 'float16', '--opt', 'adamw')
@@ -418,6 +418,7 @@ def test_float16_amp_on_cuda_takes_a_fused_optimizer(tmp_path):
     assert not fused('--amp', '--amp-dtype', 'float16', '--opt-kwargs', 'foreach=True')
     assert not fused()
     args = train.parse_args(['--model', 'resnet18', '--amp', '--amp-dtype', 'float16', '--lr', '0.1'])
-    optimizer = train.create_optimizer(args, model, cuda)  # the parameters stay on the CPU: fused SGD runs there too
+    # the parameters stay on the CPU: fused SGD runs there too
+    optimizer = optim_factory.create_optimizer(args, model, cuda)
     assert optimizer.defaults['fused'] is True and optimizer.defaults['nesterov'] is True
-    assert not train.create_optimizer(args, model, cpu).defaults.get('fused')
+    assert not optim_factory.create_optimizer(args, model, cpu).defaults.get('fused')

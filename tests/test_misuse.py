@@ -26,7 +26,7 @@ from torchvision.transforms.functional import to_tensor
 
 import timm_mimo  # noqa: F401
 from timm_mimo import analysis, hub
-from timm_mimo.cli import train, validate
+from timm_mimo.cli import checkpoint_saver, run_folder, run_loop, train, validate, validation
 from timm_mimo.cli.run_folder import Interrupted, SignalGuard
 
 MODEL = ['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
@@ -540,7 +540,7 @@ def test_validate_output_that_is_an_input_is_refused(out, collision, capsys):
 
 
 def test_two_runs_started_in_the_same_second_get_two_folders(small_digits_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(train.time, 'strftime', lambda *args: '20250101-000000')  # the same instant for both
+    monkeypatch.setattr(run_folder.time, 'strftime', lambda *args: '20250101-000000')  # the same instant for both
     argv = _run_argv('cut_mixmo', small_digits_dir, tmp_path / 'out', '', '--epochs', '1')
     argv.remove('--experiment')
     argv.remove('')
@@ -609,15 +609,15 @@ def test_extended_run_resumes_exactly_inside_its_extension(out, small_digits_dir
         return _run_argv('cut_mixmo', small_digits_dir, out, name, '--epochs', '4', '--extend-lr', '0.02', '--resume',
                          out / name / 'last.pth.tar')
     assert train.main(argv('cut')) == 0  # the whole extension
-    real_write_summary = train.write_summary
+    real_write_summary = checkpoint_saver.write_summary
 
     def stop_after_epoch_2(path, epoch, row):
         real_write_summary(path, epoch, row)
         if epoch == 2:
             raise KeyboardInterrupt  # a Ctrl-C inside the extension, after the epoch-2 checkpoint
-    monkeypatch.setattr(train, 'write_summary', stop_after_epoch_2)
+    monkeypatch.setattr(run_loop, 'write_summary', stop_after_epoch_2)
     assert train.main(argv('cut2')) == 130
-    monkeypatch.setattr(train, 'write_summary', real_write_summary)
+    monkeypatch.setattr(run_loop, 'write_summary', real_write_summary)
     assert torch.load(out / 'cut2' / 'last.pth.tar', weights_only=True)['epoch'] == 2
     assert train.main(argv('cut2')) == 0  # resumed inside the extension: its schedule, not a new one
     whole = torch.load(out / 'cut' / 'last.pth.tar', weights_only=True)
@@ -772,7 +772,7 @@ def test_sigint_in_validate_is_one_line_and_writes_nothing(runs, tmp_path, monke
 
     def interrupted(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)  # Ctrl-C while the split is evaluated
-    monkeypatch.setattr(validate, 'collect_logged', interrupted)
+    monkeypatch.setattr(validation, 'collect_logged', interrupted)
     code = validate.main(_validate_argv(run, '--checkpoint', run / 'last.pth.tar', '--results-file',
                                         tmp_path / 'val.csv'))
     assert code == 130
@@ -787,7 +787,7 @@ how, argv = sys.argv[1], sys.argv[2:]
 if how == 'sigint-epoch-boundary':
     # Ctrl-C while a destructor runs at the end of the first epoch (as when a data loader iterator shuts its workers
     # down): Python cannot raise there, it prints "Exception ignored" and goes on
-    run_epoch = train.Run.train_one_epoch
+    run_epoch = run_loop.Run.train_one_epoch
     class Finalizer:
         def __del__(self):
             signal.raise_signal(signal.SIGINT)
@@ -797,14 +797,14 @@ if how == 'sigint-epoch-boundary':
             finalizer = Finalizer()
             del finalizer
         return metrics
-    train.Run.train_one_epoch = epoch_then_ctrl_c
+    run_loop.Run.train_one_epoch = epoch_then_ctrl_c
 else:  # SIGTERM (a job scheduler) in the middle of the second epoch
-    run_epoch = train.Run.train_one_epoch
+    run_epoch = run_loop.Run.train_one_epoch
     def terminated_in_epoch_1(self, epoch, loader):
         if epoch == 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return run_epoch(self, epoch, loader)
-    train.Run.train_one_epoch = terminated_in_epoch_1
+    run_loop.Run.train_one_epoch = terminated_in_epoch_1
 sys.exit(train.main(argv))
 '''
 

@@ -257,11 +257,11 @@ def test_every_table_row_has_a_config_per_width():
 @pytest.mark.parametrize('path', MIXSHARE_CONFIGS, ids=lambda p: p.stem)
 def test_config_builds_its_row(path):
     """The row's model, mixer and loss; the recipe (lr, batch, L2, schedule) is checked in tests/test_configs.py."""
-    from timm_mimo.cli import train
+    from timm_mimo.cli import train, train_model
     args = train.parse_args(['--config', str(path), '--data-dir', '/unused'])
     with torch.device('meta'):
-        model = train.create_train_model(args)
-    task = train.build_task(args, model, torch.device('cpu'))  # MimoTask.from_model with the config's MIMO flags
+        model = train_model.create_train_model(args)
+    task = train_model.build_task(args, model, torch.device('cpu'))  # MimoTask.from_model with the config's MIMO flags
     mixer, loss = task.mixer_kwargs, task.loss_kwargs
     row = path.stem.split('_wrn')[0].removeprefix('mixshare_')
     expected = {

@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 
 from timm_mimo import hub
-from timm_mimo.cli import train, validate
+from timm_mimo.cli import bulk, eval_models, train, validate
 
 DIGITS = ['--num-classes', '10', '--in-chans', '1', '--img-size', '8', '--mean', '0.5', '--std', '0.5']
 WRN = dict(backbone='wrn28_2', depth=10, widen_factor=1)
@@ -92,7 +92,7 @@ def test_bulk_mode_model_list_wildcard_and_file_give_one_row_per_model(exports, 
 
 def test_a_wildcard_expands_to_the_registered_names_with_weights():
     args = validate.parse_args(['--model', 'mixvit_cait_*'])
-    assert validate.bulk_models(args) == timm.list_models('mixvit_cait_*', pretrained=True) != []
+    assert bulk.bulk_models(args) == timm.list_models('mixvit_cait_*', pretrained=True) != []
 
 
 @pytest.mark.parametrize('argv, match', [
@@ -216,7 +216,7 @@ def test_validate_pretrained_path_loads_a_local_copy_of_the_published_weights(tm
     args = validate.parse_args(['--model', 'mixvit_cait_xxs24', '--model-kwargs', *[f'{k}={v}' for k, v in
                                                                                      kwargs.items()],
                                 '--pretrained-path', str(tmp_path / 'model.safetensors')])
-    model = validate.create_eval_model(args).eval()
+    model = eval_models.create_eval_model(args).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), backbone(x), rtol=1e-5, atol=1e-5)

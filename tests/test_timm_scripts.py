@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from timm_mimo import hub
-from timm_mimo.cli import validate
+from timm_mimo.cli import train_model, validate
 from timm_mimo.evaluation import model_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,13 +182,12 @@ def test_timm_train_checkpoint_exports_from_its_namespace_alone(timm_run, tmp_pa
 
 def test_timm_train_checkpoint_in_the_other_commands(timm_run, tmp_path, small_digits_dir):
     from timm_mimo import analysis
-    from timm_mimo.cli import train
     from timm_mimo.evaluation import CheckpointEnsemble
     path = str(timm_run / 'last.pth.tar')
     ensemble = CheckpointEnsemble([model_from_checkpoint(path), model_from_checkpoint(path)])
     assert ensemble.num_members == 2
     fresh = timm.create_model('cut_mixmo', backbone='wrn28_2', depth=10, widen_factor=1, num_classes=10, in_chans=1)
-    train.load_initial_checkpoint(fresh, path)  # --initial-checkpoint
+    train_model.load_initial_checkpoint(fresh, path)  # --initial-checkpoint
     torch.testing.assert_close(fresh.state_dict()['backbone.fc.weight'],
                                model_from_checkpoint(path).state_dict()['backbone.fc.weight'], rtol=0, atol=0)
     # the analysis command's --model form: the model kwargs come from the run (args.yaml, else the Namespace)

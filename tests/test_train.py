@@ -11,7 +11,7 @@ import timm
 import torch
 import yaml
 
-from timm_mimo.cli import train, validate
+from timm_mimo.cli import checkpoint_saver, resume, run_loop, train, train_model, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,7 +81,7 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(digits_dir
     assert '2 process(es), global batch 64' in proc.stdout
     assert train.main(run_args(digits_dir, tmp_path, 'single', *args, '--grad-accum-steps', '2')) == 0
     ddp, single = state_dict(tmp_path / 'ddp' / 'last.pth.tar'), state_dict(tmp_path / 'single' / 'last.pth.tar')
-    params = dict(train.timm.create_model('cut_mixmo', backbone='wrn28_2', depth=10, widen_factor=1, num_classes=10,
+    params = dict(timm.create_model('cut_mixmo', backbone='wrn28_2', depth=10, widen_factor=1, num_classes=10,
                                           in_chans=1).named_parameters())
     assert ddp.keys() == single.keys() and set(params) <= set(single)
     # Parameters only: BatchNorm running statistics are buffers that DDP broadcasts from rank 0 (its shard only), not
@@ -119,7 +119,7 @@ def test_killed_run_resumes_to_the_same_weights(digits_dir, tmp_path):
 
 def test_checkpoint_is_never_half_written(tmp_path, monkeypatch):
     path = tmp_path / 'last.pth.tar'
-    train.save_checkpoint(str(path), {'epoch': 1, 'state_dict': {'w': torch.ones(3)}})
+    checkpoint_saver.save_checkpoint(str(path), {'epoch': 1, 'state_dict': {'w': torch.ones(3)}})
 
     def dying_save(obj, f, *args, **kwargs):
         with open(f, 'wb') as handle:
@@ -128,7 +128,7 @@ def test_checkpoint_is_never_half_written(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, 'save', dying_save)
     with pytest.raises(OSError):
-        train.save_checkpoint(str(path), {'epoch': 2, 'state_dict': {'w': torch.zeros(3)}})
+        checkpoint_saver.save_checkpoint(str(path), {'epoch': 2, 'state_dict': {'w': torch.zeros(3)}})
     assert torch.load(path, weights_only=True)['epoch'] == 1  # the previous checkpoint is intact
 
 
@@ -166,7 +166,7 @@ def test_train_empty_data_dir(tmp_path, capsys):
 
 def test_validate_refuses_a_checkpoint_of_another_architecture(digits_dir, tmp_path, capsys):
     other = tmp_path / 'other.pth.tar'
-    model = train.timm.create_model('test_resnet', num_classes=10, in_chans=1)
+    model = timm.create_model('test_resnet', num_classes=10, in_chans=1)
     torch.save({'state_dict': model.state_dict()}, other)
     results = tmp_path / 'val.csv'
     code = validate.main([*MODEL, '--data-dir', str(digits_dir), '--checkpoint', str(other), '--workers', '0',
@@ -190,7 +190,7 @@ def test_every_config_is_accepted_by_the_parser():
     assert len(configs) >= 150
     for name in configs:
         args = train.parse_args(['--config', name, '--data-dir', '/data'])
-        assert train.timm.is_model(args.model), name
+        assert timm.is_model(args.model), name
         assert (args.lr if args.lr is not None else args.lr_base) > 0 and args.epochs > 0
 
 
@@ -217,16 +217,16 @@ def test_interrupted_run_resumes_exactly_for_every_schedule(small_digits_dir, tm
             '--crop-pad', '1', '--lr', '0.05', '--warmup-epochs', '0', '--epochs', '4', '--mimo-cutmix', '1.0',
             '--data-dir', str(small_digits_dir), '--output', str(tmp_path), *extra]
     assert train.main([*argv, '--experiment', 'whole']) == 0
-    real_write_summary = train.write_summary
+    real_write_summary = checkpoint_saver.write_summary
 
     def stop_after_epoch_1(path, epoch, row):
         real_write_summary(path, epoch, row)
         if epoch == 1:
             raise KeyboardInterrupt  # as a user's Ctrl-C after the epoch-1 checkpoint
 
-    monkeypatch.setattr(train, 'write_summary', stop_after_epoch_1)
+    monkeypatch.setattr(run_loop, 'write_summary', stop_after_epoch_1)
     assert train.main([*argv, '--experiment', 'cut']) == 130
-    monkeypatch.setattr(train, 'write_summary', real_write_summary)
+    monkeypatch.setattr(run_loop, 'write_summary', real_write_summary)
     cut = tmp_path / 'cut'
     assert torch.load(cut / 'last.pth.tar', weights_only=True)['epoch'] == 1
     assert train.main([*argv, '--experiment', 'cut', '--resume', str(cut / 'last.pth.tar')]) == 0
@@ -260,10 +260,10 @@ def test_plateau_state_keeps_the_patience_counter():
     first, first_opt = plateau()
     first.step(1, 0.5)
     first.step(2, 0.5)
-    state = train.scheduler_state(first)
+    state = resume.scheduler_state(first)
     resumed, resumed_opt = plateau()
     resumed_opt.load_state_dict(first_opt.state_dict())
-    train.load_scheduler_state(resumed, state)
+    resume.load_scheduler_state(resumed, state)
     resumed.step(3, 0.5)
     assert resumed_opt.param_groups[0]['lr'] == 0.5
 
@@ -278,7 +278,7 @@ def test_pretrained_path_loads_a_backbone_file_into_the_mimo_model(tmp_path):
     args = train.parse_args(['--model', 'cut_mixmo', '--model-kwargs', 'backbone=wrn28_2', 'depth=10', 'widen_factor=1',
                              '--num-classes', '10', '--pretrained-path', str(tmp_path / 'wrn.safetensors'),
                              '--data-dir', str(tmp_path)])
-    model = train.create_train_model(args)
+    model = train_model.create_train_model(args)
     state = model.state_dict()
     body = {k: v for k, v in backbone.state_dict().items() if not k.startswith(('conv_stem.', 'fc.'))}
     assert all(torch.equal(state[f'backbone.{k}'], v) for k, v in body.items())

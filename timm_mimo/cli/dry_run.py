@@ -19,7 +19,7 @@ from timm.data import resolve_data_config
 
 from timm_mimo.cli.args import CliError, check_model_input, one_line
 from timm_mimo.cli.eval_models import create_ensemble, create_eval_model, eval_class_names
-from timm_mimo.cli.optimizer import resolve_lr
+from timm_mimo.cli.optim_factory import resolve_lr
 from timm_mimo.cli.resume import read_resume
 from timm_mimo.cli.run_folder import plan_run_folder
 from timm_mimo.cli.train_model import (

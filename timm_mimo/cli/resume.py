@@ -22,7 +22,7 @@ from timm_mimo.cli.checkpoint import (
     checkpoint_class_names,
     read_checkpoint,
 )
-from timm_mimo.cli.optimizer import (
+from timm_mimo.cli.optim_factory import (
     create_scheduler,
 )
 from timm_mimo.cli.train_args import (

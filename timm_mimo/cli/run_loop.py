@@ -55,7 +55,7 @@ from timm_mimo.cli.data_path import (
     open_train_split,
 )
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
-from timm_mimo.cli.optimizer import (
+from timm_mimo.cli.optim_factory import (
     compiled_optimizer_step,
     create_optimizer,
     create_scheduler,

@@ -15,8 +15,9 @@ Mixup, EMA, AMP scaler, distributed set-up, datasets and transforms are timm's; 
 
 This module is the command: ``main`` parses the flags (:mod:`timm_mimo.cli.train_args`), runs ``--dry-run``
 (:mod:`timm_mimo.cli.dry_run`) or the run (:func:`timm_mimo.cli.run_loop.train`), and ends every fault with one line.
-The run's pieces: :mod:`~timm_mimo.cli.train_model` (model, task, checks), :mod:`~timm_mimo.cli.optimizer` (optimizer,
-schedule), :mod:`~timm_mimo.cli.resume` (``--resume``), :mod:`~timm_mimo.cli.run_folder` (where a run writes).
+The run's pieces: :mod:`~timm_mimo.cli.train_model` (model, task, checks), :mod:`~timm_mimo.cli.optim_factory`
+(optimizer, schedule), :mod:`~timm_mimo.cli.resume` (``--resume``), :mod:`~timm_mimo.cli.run_folder` (where a run
+writes).
 """
 import argparse
 import os
@@ -28,7 +29,7 @@ import torch.distributed as dist
 from timm_mimo.cli.args import CliError
 from timm_mimo.cli.dry_run import train_dry_run
 from timm_mimo.cli.errors import report_unexpected, split_debug
-from timm_mimo.cli.optimizer import create_optimizer  # noqa: F401  (documented as timm_mimo.cli.train.create_optimizer)
+from timm_mimo.cli.optim_factory import create_optimizer  # noqa: F401  (documented as timm_mimo.cli.train.create_optimizer)
 from timm_mimo.cli.progress import close_logging, setup_console_logging
 from timm_mimo.cli.run_folder import CHECKPOINT_LAST, Interrupted, SignalGuard
 from timm_mimo.cli.run_loop import train
