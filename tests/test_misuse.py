@@ -782,7 +782,7 @@ def test_sigint_in_validate_is_one_line_and_writes_nothing(runs, tmp_path, monke
 
 SIGNAL_SCRIPT = '''
 import os, signal, sys
-from timm_mimo.cli import train
+from timm_mimo.cli import run_loop, train
 how, argv = sys.argv[1], sys.argv[2:]
 if how == 'sigint-epoch-boundary':
     # Ctrl-C while a destructor runs at the end of the first epoch (as when a data loader iterator shuts its workers

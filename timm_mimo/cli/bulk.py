@@ -2,8 +2,6 @@
 checkpoint of a ``--checkpoint`` folder, one results row each; a failing one is reported and skipped
 (:func:`validate_each`).
 """
-
-
 import argparse
 import os
 import sys
@@ -11,15 +9,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import timm
 
-from timm_mimo.cli.args import (
-    CliError,
-    existing_file,
-    one_line,
-)
+from timm_mimo.cli.args import CliError, existing_file, one_line
 from timm_mimo.cli.validation import rounded_results, validate
-from timm_mimo.data import (
-    DataError,
-)
+from timm_mimo.data import DataError
 
 __all__ = ['bulk_models', 'checkpoint_runs', 'validate_each']
 

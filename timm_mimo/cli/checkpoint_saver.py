@@ -6,8 +6,6 @@ pickled objects (``torch.load(weights_only=True)``), and every file is written a
 epoch's commit point (:func:`save_epoch`). ``checkpoint-<epoch>`` files rotate by age (:func:`prune_epoch_checkpoints`);
 ``summary.csv`` is rewritten, not appended, so a resumed epoch replaces its row (:func:`write_summary`).
 """
-
-
 import os
 import shutil
 from collections import OrderedDict
@@ -15,13 +13,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from timm_mimo.cli.run_folder import (
-    CHECKPOINT_BEST,
-    CHECKPOINT_LAST,
-    EPOCH_CHECKPOINT,
-    same_path,
-    write_atomically,
-)
+from timm_mimo.cli.run_folder import CHECKPOINT_BEST, CHECKPOINT_LAST, EPOCH_CHECKPOINT, same_path, write_atomically
 
 __all__ = ['save_checkpoint', 'copy_checkpoint', 'save_epoch', 'prune_epoch_checkpoints', 'write_summary',
            'restore_summary']

@@ -2,8 +2,6 @@
 deep ensemble of training runs (``--ensemble-checkpoints``), and the columns the model itself gives (the temperature
 it applies, ``--sharing-rates``).
 """
-
-
 import argparse
 import contextlib
 from collections import OrderedDict
@@ -17,24 +15,10 @@ import timm_mimo  # noqa: F401  (registers the MIMO models)
 from timm_mimo.analysis import sharing_rates
 from timm_mimo.calibration import at_search_bound, get_temperature, temperature_heads
 from timm_mimo.checkpoint import run_train_args
-from timm_mimo.cli.args import (
-    CliError,
-    one_line,
-    quiet_warnings,
-)
-from timm_mimo.cli.checkpoint import (
-    checkpoint_class_names,
-    checkpoint_weights,
-    read_checkpoint,
-)
-from timm_mimo.evaluation import (
-    CheckpointEnsemble,
-    model_from_checkpoint,
-)
-from timm_mimo.labels import (
-    check_ensemble_names,
-    label_names_list,
-)
+from timm_mimo.cli.args import CliError, one_line, quiet_warnings
+from timm_mimo.cli.checkpoint import checkpoint_class_names, checkpoint_weights, read_checkpoint
+from timm_mimo.evaluation import CheckpointEnsemble, model_from_checkpoint
+from timm_mimo.labels import check_ensemble_names, label_names_list
 from timm_mimo.metrics import is_mimo
 from timm_mimo.pretrained import PretrainedDownloadError, hub_errors_with_offline_hint
 

@@ -1,8 +1,6 @@
 """The data an evaluation opens beside ``--split``: the held-out split of ``--fit-temperature`` (and the columns
 of the fit) and the released corruption files of ``--corruption-dir``, each checked before any evaluation runs.
 """
-
-
 import argparse
 import os
 import sys
@@ -14,24 +12,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from timm_mimo.calibration import columns_after, fit_temperature, temperature_heads
-from timm_mimo.cli.args import (
-    CliError,
-    reader_kwargs,
-)
+from timm_mimo.cli.args import CliError, reader_kwargs
 from timm_mimo.cli.data_path import device_batches, pin_memory
-from timm_mimo.data import (
-    apply_class_names,
-    dataset_class_names,
-    open_dataset,
-)
-from timm_mimo.evaluation import (
-    MIN_CORRUPTION_SIZE,
-    CorruptionRelease,
-)
-from timm_mimo.labels import (
-    release_class_names,
-    release_label_map,
-)
+from timm_mimo.data import apply_class_names, dataset_class_names, open_dataset
+from timm_mimo.evaluation import MIN_CORRUPTION_SIZE, CorruptionRelease
+from timm_mimo.labels import release_class_names, release_label_map
 from timm_mimo.loader import quiet_worker_signals
 from timm_mimo.strict_images import strict_images
 from timm_mimo.temperature_provenance import provenance_columns

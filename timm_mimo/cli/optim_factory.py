@@ -2,8 +2,6 @@
 ``create_scheduler_v2``, the learning-rate rule when ``--lr`` is unset, ``--l2``, the fused update under float16 AMP
 and the compiled update of ``--device-data --torchcompile``.
 """
-
-
 import argparse
 from typing import Any, Optional
 
@@ -13,10 +11,7 @@ import torch.nn as nn
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
-from timm_mimo.cli.args import (
-    CliError,
-    one_line,
-)
+from timm_mimo.cli.args import CliError, one_line
 from timm_mimo.cli.evaluate import DECREASING_METRICS
 from timm_mimo.compiled_optim import CompiledOptimizerStep
 from timm_mimo.task import MimoTask

@@ -2,8 +2,6 @@
 (:func:`read_resume`) and restored into the run (:func:`load_resume`), the scheduler state, and the fresh schedule of a
 run's added epochs (``--extend-lr``, :class:`ShiftedScheduler`).
 """
-
-
 import argparse
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -13,22 +11,10 @@ from timm.models import clean_state_dict
 from timm.scheduler.plateau_lr import PlateauLRScheduler
 from timm.utils import NativeScaler
 
-from timm_mimo.cli.args import (
-    CliError,
-    one_line,
-)
-from timm_mimo.cli.checkpoint import (
-    check_checkpoint_model,
-    checkpoint_class_names,
-    read_checkpoint,
-)
-from timm_mimo.cli.optim_factory import (
-    create_scheduler,
-)
-from timm_mimo.cli.train_args import (
-    flag_names,
-    recorded_args,
-)
+from timm_mimo.cli.args import CliError, one_line
+from timm_mimo.cli.checkpoint import check_checkpoint_model, checkpoint_class_names, read_checkpoint
+from timm_mimo.cli.optim_factory import create_scheduler
+from timm_mimo.cli.train_args import flag_names, recorded_args
 from timm_mimo.task import MimoTask
 
 __all__ = ['read_resume', 'load_resume', 'ShiftedScheduler', 'scheduler_state', 'load_scheduler_state',

@@ -9,8 +9,6 @@ the command line, with flags from :func:`timm_mimo.cli.train_args.parse_args`::
 The loader is a plain ``DataLoader`` with :class:`~timm_mimo.data.BatchRepeatSampler` (timm's ``create_loader`` takes
 no batch sampler, and the batch-repetition / DDP / gradient-accumulation shard equality needs one).
 """
-
-
 import argparse
 import contextlib
 import importlib
@@ -34,26 +32,10 @@ from timm.data import Mixup, resolve_data_config
 from timm.layers import set_fast_norm
 from timm.utils import NativeScaler, dispatch_clip_grad, distribute_bn, init_distributed_device
 
-from timm_mimo.cli.args import (
-    CliError,
-    check_model_input,
-    one_line,
-)
-from timm_mimo.cli.checkpoint import (
-    checkpoint_class_names,
-)
-from timm_mimo.cli.checkpoint_saver import (
-    prune_epoch_checkpoints,
-    restore_summary,
-    save_epoch,
-    write_summary,
-)
-from timm_mimo.cli.data_path import (
-    create_eval_loader,
-    create_train_loader,
-    open_train_data,
-    open_train_split,
-)
+from timm_mimo.cli.args import CliError, check_model_input, one_line
+from timm_mimo.cli.checkpoint import checkpoint_class_names
+from timm_mimo.cli.checkpoint_saver import prune_epoch_checkpoints, restore_summary, save_epoch, write_summary
+from timm_mimo.cli.data_path import create_eval_loader, create_train_loader, open_train_data, open_train_split
 from timm_mimo.cli.evaluate import DECREASING_METRICS, format_metrics, metric_columns
 from timm_mimo.cli.optim_factory import (
     compiled_optimizer_step,
@@ -62,18 +44,8 @@ from timm_mimo.cli.optim_factory import (
     fused_for_amp,
     resolve_lr,
 )
-from timm_mimo.cli.progress import (
-    StepTimes,
-    add_log_file,
-    collect_logged,
-    rounded_summary,
-)
-from timm_mimo.cli.resume import (
-    create_segment_scheduler,
-    load_resume,
-    read_resume,
-    scheduler_state,
-)
+from timm_mimo.cli.progress import StepTimes, add_log_file, collect_logged, rounded_summary
+from timm_mimo.cli.resume import create_segment_scheduler, load_resume, read_resume, scheduler_state
 from timm_mimo.cli.run_folder import (
     CHECKPOINT_LAST,
     SignalGuard,
@@ -82,9 +54,7 @@ from timm_mimo.cli.run_folder import (
     write_atomically,
     write_error,
 )
-from timm_mimo.cli.train_args import (
-    recorded_args,
-)
+from timm_mimo.cli.train_args import recorded_args
 from timm_mimo.cli.train_model import (
     build_task,
     check_binary_plans,
@@ -94,11 +64,7 @@ from timm_mimo.cli.train_model import (
     load_initial_checkpoint,
     take_data_classes,
 )
-from timm_mimo.data import (
-    SimultaneousMixup,
-    dataset_class_names,
-    dataset_num_classes,
-)
+from timm_mimo.data import SimultaneousMixup, dataset_class_names, dataset_num_classes
 from timm_mimo.outputs import check_start_epoch, lock_run_folder, remove_empty_run_folder
 from timm_mimo.task import MimoTask
 

@@ -5,8 +5,6 @@ checkpoints (:func:`recorded_args`).
 The run (:mod:`timm_mimo.cli.run_loop`) and the resume rules (:mod:`timm_mimo.cli.resume`) read the recorded flags
 from here, so the parser lives below them and below the command (:mod:`timm_mimo.cli.train`).
 """
-
-
 import argparse
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Sequence
@@ -34,9 +32,7 @@ from timm_mimo.cli.args import (
     positive,
     unit_interval,
 )
-from timm_mimo.cli.data_path import (
-    DEVICE_DATA_REFUSED,
-)
+from timm_mimo.cli.data_path import DEVICE_DATA_REFUSED
 from timm_mimo.labels import check_unique_names
 from timm_mimo.mixing import MASK_KINDS
 

@@ -2,8 +2,6 @@
 ``--initial-checkpoint`` weights, the :class:`~timm_mimo.task.MimoTask`, and the class, metric and mixing checks made
 before anything is written.
 """
-
-
 import argparse
 import contextlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -15,24 +13,11 @@ from timm.loss import SoftTargetCrossEntropy
 
 import timm_mimo  # noqa: F401  (registers the MIMO models)
 from timm_mimo.checkpoint import allow_train_args
-from timm_mimo.cli.args import (
-    CliError,
-    existing_file,
-    one_line,
-    quiet_warnings,
-)
-from timm_mimo.cli.checkpoint import (
-    read_weights_file,
-)
+from timm_mimo.cli.args import CliError, existing_file, one_line, quiet_warnings
+from timm_mimo.cli.checkpoint import read_weights_file
 from timm_mimo.cli.evaluate import metric_columns
-from timm_mimo.cli.train_args import (
-    MIMO_FLAGS,
-)
-from timm_mimo.data import (
-    dataset_class_descriptions,
-    dataset_class_names,
-    dataset_num_classes,
-)
+from timm_mimo.cli.train_args import MIMO_FLAGS
+from timm_mimo.data import dataset_class_descriptions, dataset_class_names, dataset_num_classes
 from timm_mimo.metrics import is_mimo
 from timm_mimo.pretrained import PretrainedDownloadError, hub_errors_with_offline_hint
 from timm_mimo.task import MimoTask

@@ -53,29 +53,14 @@ from timm_mimo.cli.args import (
     parse_with_config,
 )
 from timm_mimo.cli.bulk import bulk_models, checkpoint_runs, validate_each
-from timm_mimo.cli.checkpoint import (
-    read_weights_file,
-)
+from timm_mimo.cli.checkpoint import read_weights_file
 from timm_mimo.cli.dry_run import validate_dry_run
 from timm_mimo.cli.errors import report_unexpected, split_debug
-from timm_mimo.cli.run_folder import (
-    Interrupted,
-    SignalGuard,
-    check_outputs_are_not_inputs,
-    write_error,
-)
+from timm_mimo.cli.run_folder import Interrupted, SignalGuard, check_outputs_are_not_inputs, write_error
 from timm_mimo.cli.validation import rounded_results, validate, write_results
-from timm_mimo.data import (
-    DataError,
-)
-from timm_mimo.evaluation import (
-    SEVERITIES,
-    CorruptionRelease,
-    known_corruptions,
-)
-from timm_mimo.labels import (
-    check_unique_names,
-)
+from timm_mimo.data import DataError
+from timm_mimo.evaluation import SEVERITIES, CorruptionRelease, known_corruptions
+from timm_mimo.labels import check_unique_names
 from timm_mimo.outputs import release_run_folders
 from timm_mimo.recipes import config_path
 

@@ -2,8 +2,6 @@
 requested extra and returns one results row; timm validate.py's leading columns and rounding (:func:`timm_columns`,
 :func:`rounded_results`) and the results file (:func:`write_results`).
 """
-
-
 import argparse
 import csv
 import importlib
@@ -18,16 +16,8 @@ from timm.data import resolve_data_config
 from timm.layers import set_fast_norm
 from torch.utils.data import DataLoader
 
-from timm_mimo.cli.args import (
-    CliError,
-    check_model_input,
-    one_line,
-    reader_kwargs,
-)
-from timm_mimo.cli.checkpoint import (
-    check_checkpoint_model,
-    read_checkpoint,
-)
+from timm_mimo.cli.args import CliError, check_model_input, one_line, reader_kwargs
+from timm_mimo.cli.checkpoint import check_checkpoint_model, read_checkpoint
 from timm_mimo.cli.data_path import device_batches, pin_memory
 from timm_mimo.cli.eval_models import (
     check_ensemble_input,
@@ -39,24 +29,11 @@ from timm_mimo.cli.eval_models import (
     sharing_rate_columns,
     temperature_of,
 )
-from timm_mimo.cli.eval_splits import (
-    check_corruptible,
-    fit_temperature_columns,
-    open_calibration_split,
-    open_release,
-)
+from timm_mimo.cli.eval_splits import check_corruptible, fit_temperature_columns, open_calibration_split, open_release
 from timm_mimo.cli.evaluate import metric_columns
 from timm_mimo.cli.progress import collect_logged
-from timm_mimo.cli.run_folder import (
-    write_atomically,
-    write_error,
-)
-from timm_mimo.data import (
-    apply_class_names,
-    create_image_transform,
-    dataset_num_classes,
-    open_dataset,
-)
+from timm_mimo.cli.run_folder import write_atomically, write_error
+from timm_mimo.data import apply_class_names, create_image_transform, dataset_num_classes, open_dataset
 from timm_mimo.evaluation import (
     SEVERITIES,
     corruption_metrics,
