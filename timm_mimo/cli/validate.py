@@ -64,7 +64,7 @@ from timm_mimo.labels import check_unique_names
 from timm_mimo.outputs import release_run_folders
 from timm_mimo.recipes import config_path
 
-__all__ = ['build_parser', 'parse_args', 'main']
+__all__ = ['build_parser', 'parse_args', 'validate', 'main']
 
 
 REFUSED = [
