@@ -30,6 +30,11 @@ it, batches produced before the round were counted; ``--loader-share S`` sets th
 loader times so that the loader delivers S times the step rate (set again in each round from that round's step; e.g.
 0.4: loop / step must then read about 0.4).
 
+With ``--device-data`` the draws of a whole epoch are made ahead (one worker) and copied to the device in one block
+(:class:`~timm_mimo.loader.DeviceDrawBatches`): nothing is queued per batch, a loop round reads the block the way
+training does (crossing an epoch's end when the round does), and a per-batch data delay has no batch to slow:
+``--data-delay-ms`` / ``--loader-share`` are refused there (measure a slow data path on the worker path).
+
 Both sides are built first and measured in alternating rounds (``--rounds``; the best time of each kept, like every
 other benchmark family here; the ratios are the median of each round's own, as a round's step, loop and loader run
 back to back). ``loop / step`` near 1 means the data path keeps up with the step; ``loader / step`` says by
@@ -50,6 +55,7 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import print_table
 from benchmarks.models import backbone_model_kwargs
+from timm_mimo.loader import DeviceDrawBatches
 from timm_mimo.outputs import write_csv
 
 __all__ = ['add_arguments', 'run', 'measure', 'SlowCollate', 'MIN_STEPS_PER_WORKER']
@@ -173,16 +179,20 @@ def _build(argv: Sequence[str], delay_seconds: float) -> Dict[str, Any]:
     optimizer = optim_factory.create_optimizer(args, model, device)
     scheduler, num_epochs = optim_factory.create_scheduler(args, optimizer, data.sampler.steps_per_epoch)
     loader = data_path.create_train_loader(args, data, task, num_epochs, device, data_config)
-    data_loader = _data_loader(loader)
-    slow = SlowCollate(data_loader.collate_fn, delay_seconds)
-    data_loader.collate_fn = slow  # before the first pass: the workers get it when they start
+    if isinstance(loader, DeviceDrawBatches):  # draws made an epoch ahead: nothing queued per batch
+        collating, queue, workers = loader, 0, loader.num_workers
+    else:
+        collating = _data_loader(loader)
+        queue, workers = _queue_depth(collating), collating.num_workers
+    slow = SlowCollate(collating.collate_fn, delay_seconds)
+    collating.collate_fn = slow  # before the first pass: the workers get it when they start
     if args.torchcompile:
         task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     run = run_loop.Run(args, task, optimizer, scheduler, num_epochs, data.sampler.steps_per_epoch, device)
     return dict(args=args, device=device, model=model, task=task, loader=loader, sampler=data.sampler, run=run,
-                slow=slow, queue=_queue_depth(data_loader), workers=data_loader.num_workers)
+                slow=slow, queue=queue, workers=workers)
 
 
 def _timed_steps(run: Any, batches: Any, first_step: int, count: int, device: torch.device) -> float:
@@ -320,11 +330,17 @@ def _backbone_argv(model_name: str, shared: List[str]) -> Optional[List[str]]:
     return ['--model', probe.backbone_name, *shared, *flags]
 
 
-def _check_round_length(steps: int, shared: Sequence[str]) -> None:
-    """Refuse rounds so short that the batches the workers have in progress when a round starts would matter."""
+def _check_round_length(steps: int, shared: Sequence[str], slowed: bool = False) -> None:
+    """Refuse rounds so short that the batches the workers have in progress when a round starts would matter, and a
+    per-batch data delay where batches are cut from draws made an epoch ahead (``--device-data``)."""
     from timm_mimo.cli import train
     from timm_mimo.cli.args import CliError
-    workers = train.parse_args(list(shared)).workers
+    train_args = train.parse_args(list(shared))
+    if slowed and train_args.device_data:
+        raise CliError('--data-delay-ms / --loader-share slow each loader batch, but with --device-data the batches '
+                       'are cut on the device from draws made an epoch ahead: drop --device-data to measure a slow '
+                       'data path (the worker path), or drop the delay')
+    workers = train_args.workers
     if steps < MIN_STEPS_PER_WORKER * workers:
         raise CliError(f'--steps {steps} with --workers {workers}: the batches the workers have in progress when a '
                        f'round starts could hide up to {min(100, round(100 * workers / steps))} % of a slow data '
@@ -335,7 +351,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     shared = list(args.train_args)
     if shared[:1] == ['--']:
         shared = shared[1:]
-    _check_round_length(args.steps, shared)
+    _check_round_length(args.steps, shared, args.data_delay_ms > 0 or args.loader_share is not None)
     backbone_argv = None if args.no_backbone else _backbone_argv(args.model, shared)
     delay = args.data_delay_ms / 1000
     sides = OrderedDict()

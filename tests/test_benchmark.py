@@ -214,6 +214,25 @@ def test_loop_mode_measures_the_real_loop_of_both_sides(small_digits_dir, tmp_pa
     assert float(rows[1]['ratio_epoch_to_backbone']) > 0
 
 
+
+def test_loop_mode_reads_device_data_drawn_an_epoch_ahead(small_digits_dir, tmp_path, capsys):
+    """benchmark.py loop with --device-data: the batches are cut from draws made an epoch ahead, so nothing is queued
+    per batch (no drain) and a loop round crosses an epoch's end as training does (11 steps per epoch here, 3 x 12
+    timed); a per-batch data delay has no batch to slow there and is refused with the way out."""
+    results = tmp_path / 'device.csv'
+    flags = ['loop', '--model', 'cut_mixmo', '--batch-repeat', '2', '--steps', '12', '--warmup-steps', '1',
+             '--rounds', '3', '--no-backbone', '--results-file', str(results)]
+    shared = ['--', *LOOP_DATA, '--data-dir', str(small_digits_dir), '-b', '16', '--workers', '1', '--device-data']
+    assert benchmark.main([*flags, *shared]) == 0
+    with open(results) as f:
+        row = next(csv.DictReader(f))
+    assert row['drained_batches'] == '0' and int(row['steps_per_epoch']) < 12 * 3
+    assert float(row['ratio_loop_to_step']) > 0 and float(row['loader_samples_per_sec']) > 0
+    capsys.readouterr()
+    assert benchmark.main([*flags, '--data-delay-ms', '5', *shared]) == 2
+    err = capsys.readouterr().err
+    assert 'with --device-data the batches are cut on the device' in err and 'drop --device-data' in err
+
 def test_loop_mode_is_not_fooled_by_the_loader_queue(small_digits_dir, tmp_path):
     """--data-delay-ms 150 with 2 workers: the sleeps alone allow one batch per 75 ms at best, and the loop and the
     loader alone are timed at or above that floor. Timed on the queue the loader holds (4 x 2 batches + 1 in the

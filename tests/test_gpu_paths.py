@@ -292,10 +292,11 @@ def ops_outside_compiled_regions(events):
 
 def test_device_data_compiled_step_launches_a_handful_of_ops_from_the_host(small_digits_dir, tmp_path, monkeypatch):
     """--device-data --torchcompile: the device augmentation, the step (gather, mixing, forward, loss, backward) and
-    the optimizer update (clipping included) run as compiled graphs; what the host still dispatches per step,
-    counted with the CPU profiler over three steady steps, is the loader hand-off (views of one packed buffer), the
-    backward's seed gradient, the loss weighting and the sampler's CPU shuffle: a bounded handful, no model,
-    augmentation or optimizer op (the eager step dispatches over 500)."""
+    the optimizer update (clipping included) run as compiled graphs, and the draws of the whole epoch were copied to
+    the device before it began; what the host still dispatches per step, counted with the CPU profiler over three
+    steady steps, is the shard's views of that block, the backward's seed gradient and the loss weighting: no model,
+    augmentation or optimizer op (the eager step dispatches over 500), no sampler work (shuffles), no loader hand-off
+    (a buffer received from a worker) and no copy. (With draws handed over per step, 75 ops, 5 of them kernels.)"""
     from test_train import run_args
     from torch.profiler import ProfilerActivity, profile
 
@@ -321,8 +322,19 @@ def test_device_data_compiled_step_launches_a_handful_of_ops_from_the_host(small
         kernels = {name: count for name, count in counts.items() if name not in NO_KERNEL}
         assert not {'aten::convolution', 'aten::convolution_backward', 'aten::native_batch_norm_backward',
                     'aten::_foreach_add_', 'aten::add_', 'aten::addcmul', 'aten::clamp_'} & set(kernels), kernels
+        print('HOSTOPS', dict(counts), 'KERNELS', kernels)
         assert sum(kernels.values()) <= 10, kernels
         assert sum(counts.values()) <= 80, counts
+
+
+def test_compiled_device_data_run_resumes_exactly(small_digits_dir, tmp_path, monkeypatch):
+    """--device-data --torchcompile (compiled augmentation, step and optimizer update, clipping on) keeps the exact
+    resume: a run stopped after epoch 1 and resumed ends bit-identical to the uninterrupted one. Placed right after
+    another compiled run in the same process: with automatic dynamic shapes the optimizer update's second compilation
+    diverged inside dynamo (SpeculationLogDivergence); it is compiled with ``dynamic=False``."""
+    from test_train import test_interrupted_run_resumes_exactly_for_every_schedule as resumes_exactly
+    resumes_exactly(small_digits_dir, tmp_path, monkeypatch,
+                    ['--sched', 'cosine', '--device-data', '--torchcompile', 'aot_eager', '--clip-grad', '1.0'])
 
 
 @pytest.mark.parametrize('opt', ['sgd', 'adamw'])
@@ -378,11 +390,3 @@ def test_compiled_optimizer_update_is_the_eager_update_in_one_graph(opt):
     # at most one graph for the first step (which builds the optimizer state), then one graph per update
     assert len(calls) <= 2 and calls[-1] >= 4, calls
     torch._dynamo.reset()
-
-
-def test_compiled_device_data_run_resumes_exactly(small_digits_dir, tmp_path, monkeypatch):
-    """--device-data --torchcompile (compiled augmentation, step and optimizer update, clipping on) keeps the exact
-    resume: a run stopped after epoch 1 and resumed ends bit-identical to the uninterrupted one."""
-    from test_train import test_interrupted_run_resumes_exactly_for_every_schedule as resumes_exactly
-    resumes_exactly(small_digits_dir, tmp_path, monkeypatch,
-                    ['--sched', 'cosine', '--device-data', '--torchcompile', 'aot_eager', '--clip-grad', '1.0'])

@@ -422,3 +422,76 @@ def test_float16_amp_on_cuda_takes_a_fused_optimizer(tmp_path):
     optimizer = optim_factory.create_optimizer(args, model, cuda)
     assert optimizer.defaults['fused'] is True and optimizer.defaults['nesterov'] is True
     assert not optim_factory.create_optimizer(args, model, cpu).defaults.get('fused')
+
+
+def _device_draw_epochs(kind, epochs, workers=0, max_block_bytes=None, rank=0, world_size=1, accum=2):
+    """The --device-data training batches of ``epochs`` as the per-step loader (``'steps'``) or the epoch-ahead draws
+    (``'blocks'``) deliver them: Cut-MixMo plans with pixel-mixing partners, batch repetition, accumulation."""
+    from timm_mimo.loader import DeviceDrawBatches
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (24, 1, 6, 6), dtype=torch.uint8)
+    device_images = DeviceImages(images, torch.arange(24) % 3, pad=2, mean=(0.5,), std=(0.25,), device='cpu')
+    sampler = BatchRepeatSampler(24, batch_size=4, batch_repeat=2, world_size=world_size, rank=rank,
+                                 grad_accum_steps=accum, seed=5, num_partners=4)
+    task = MimoTask.from_model(tiny_mimo(), seed=5, mimo_cutmix=1.0, input_repeat=0.25, verbose=False)
+    draws = DeviceShardDataset(24, pad=2, hflip=0.5, plan_sampler=task.plan_sampler((6, 6)),
+                               steps_per_epoch=sampler.steps_per_epoch, num_epochs=3, seed=5)
+    if kind == 'steps':
+        loader = Prefetcher(DataLoader(draws, batch_sampler=sampler, collate_fn=pack_batch), torch.device('cpu'),
+                            channels_last=True, device_images=device_images)
+    else:
+        extra = {} if max_block_bytes is None else dict(max_block_bytes=max_block_bytes)
+        loader = DeviceDrawBatches(draws, sampler, device_images, channels_last=True, num_workers=workers, **extra)
+    got = []
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        got.append(list(loader))
+    return got, loader
+
+
+@pytest.mark.parametrize('workers, max_block_bytes', [(0, None), (1, 1), (1, 22_000)])
+def test_epoch_ahead_device_draws_are_the_per_step_loaders_batches(workers, max_block_bytes):
+    """--device-data draws a block of steps ahead (an epoch when it fits, else blocks of whole steps, the last one
+    shorter) and cuts each step's shards from one buffer: the same batches as the per-step loader, epoch after epoch
+    and from a resumed epoch, in the layout the model expects, with each shard's host-side plan flag kept."""
+    reference, _ = _device_draw_epochs('steps', [0, 1, 2])
+    got, loader = _device_draw_epochs('blocks', [0, 1, 2], workers, max_block_bytes)
+    assert len(reference[0]) == 2 * 6 and all(len(e) == len(r) for e, r in zip(got, reference))
+    if max_block_bytes is None:
+        assert loader.steps_per_block == 6 and len(loader.blocks) == 1  # the whole epoch in one block
+    elif max_block_bytes == 1:
+        assert loader.steps_per_block == 1 and len(loader.blocks) == 6
+    else:
+        assert 1 < loader.steps_per_block < 6 and 6 % loader.steps_per_block  # a shorter last block
+    for epoch_got, epoch_ref in zip(got, reference):
+        for a, b in zip(epoch_got, epoch_ref):
+            _same_batch(a, b)
+            assert a.images.is_contiguous(memory_format=torch.channels_last)
+            assert a.plan.mix.binary is b.plan.mix.binary
+    assert {a.plan.mix.binary for epoch in got for a in epoch} == {True, False}  # both plan kinds were cut
+    resumed, _ = _device_draw_epochs('blocks', [1, 2], workers, max_block_bytes)
+    for epoch_got, epoch_ref in zip(resumed, reference[1:]):
+        for a, b in zip(epoch_got, epoch_ref):
+            _same_batch(a, b)
+
+
+def test_epoch_ahead_device_draws_of_two_ranks_are_the_accumulated_shards():
+    """DDP over 2 ranks, each its block of draws, gives the shards of one process accumulating over 2."""
+    accumulated, _ = _device_draw_epochs('blocks', [0, 1], accum=2)
+    ranks = [_device_draw_epochs('blocks', [0, 1], rank=rank, world_size=2, accum=1)[0] for rank in (0, 1)]
+    for epoch, epoch_batches in enumerate(accumulated):
+        for step in range(len(epoch_batches) // 2):
+            for shard in (0, 1):
+                _same_batch(ranks[shard][epoch][step], epoch_batches[2 * step + shard])
+
+
+def test_epoch_ahead_device_draws_restart_after_an_epoch_left_half_way():
+    """An epoch left before its end (a benchmark, an interrupted pass) does not shift the next one's draws."""
+    reference, _ = _device_draw_epochs('steps', [0, 1])
+    _, loader = _device_draw_epochs('blocks', [], max_block_bytes=1)
+    loader.sampler.set_epoch(0)
+    batches = iter(loader)
+    next(batches), next(batches), next(batches)  # into the second block of epoch 0
+    loader.sampler.set_epoch(1)
+    for a, b in zip(list(loader), reference[1]):
+        _same_batch(a, b)

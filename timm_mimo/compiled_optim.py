@@ -49,7 +49,7 @@ class CompiledOptimizerStep:
         raw_step = inspect.unwrap(type(optimizer).step)
         differentiable = optimizer.defaults.get('differentiable', False)
         self._step = optimizer.step if differentiable else functools.partial(raw_step, optimizer)
-        self._compiled = torch.compile(self._update, backend=backend, mode=mode)
+        self._compiled = torch.compile(self._update, backend=backend, mode=mode, dynamic=False)
 
     def _update(self) -> None:
         with torch.no_grad():

@@ -9,29 +9,33 @@
   ``PrefetchLoader`` habits). On a CPU device it does the same work inline.
 * :class:`DeviceImages` keeps a small data set (CIFAR, Tiny ImageNet, any folder of same-sized images) decoded once as
   uint8 on the device and applies the CIFAR recipe's augmentations there (pad-crop, flip, normalisation) as one gather;
-  the loader workers then only draw indices, crops, flips and plans.
+  :class:`DeviceDrawBatches` draws an epoch's indices, crops, flips and plans ahead in one loader worker, packed in
+  one buffer that reaches the device in one copy, and cuts every step's batch from it with views: no loader hand-off,
+  no host-to-device copy and no sampler work inside a step.
 
 Random draws stay pure functions of (seed, epoch, step, shard), whichever path is taken: DDP over N processes equals
 gradient accumulation over N shards, and a resumed run repeats the interrupted one exactly.
 """
+import copy
+import itertools
 import math
 import os
 import random
 import signal
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, is_dataclass, replace
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from timm_mimo.data import ShardRequest, shard_seed
 from timm_mimo.shard_plan import PlanSampler, ShardPlan
 
 __all__ = ['MimoBatch', 'DeviceDraws', 'ShardDataset', 'DeviceShardDataset', 'DeviceImages', 'Prefetcher',
            'keep_batch', 'PackedBatch', 'pack_batch', 'quiet_worker_signals', 'AUGMENT_SEED_OFFSET',
-           'augmentation_seed']
+           'augmentation_seed', 'DrawBlock', 'DeviceDrawBlocks', 'DeviceDrawBatches', 'augment_draws']
 
 AUGMENT_SEED_OFFSET = 104_729  # augmentation draws use their own seed stream, apart from plans and partners
 
@@ -378,6 +382,173 @@ class DeviceImages:
             yield torch.addcmul(self.shift, crops.float(), self.scale), self.targets[chunk]
 
 
+def augment_draws(batch: MimoBatch, device_images: DeviceImages, channels_last: bool = False) -> MimoBatch:
+    """A batch of device draws (on the device) as images and labels: the shard's, then its partners'."""
+    images, targets = device_images.augment(batch.draws)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    cut = images.shape[0] - batch.draws.num_partners
+    partners = (images[cut:], targets[cut:]) if batch.draws.num_partners else (None, None)
+    return replace(batch, images=images[:cut], targets=targets[:cut], partner_images=partners[0],
+                   partner_targets=partners[1], draws=None)
+
+
+@dataclass
+class DrawBlock:
+    """The packed draws of consecutive shards of one epoch (:class:`DeviceDrawBlocks`' item).
+
+    Attributes:
+        epoch: The epoch.
+        block: Which block of the epoch (from 0).
+        buffer: ``(S, W)`` uint8: row s holds shard s's :class:`PackedBatch` buffer (zero-padded to the widest).
+        skeletons: Each shard's batch with its tensors replaced by their slots in its row.
+    """
+    epoch: int
+    block: int
+    buffer: torch.Tensor
+    skeletons: List[Any]
+
+    def pin_memory(self) -> 'DrawBlock':
+        """The buffer page-locked (``DataLoader(pin_memory=True)`` calls this in its pinning thread)."""
+        return replace(self, buffer=self.buffer.pin_memory())
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> 'DrawBlock':
+        """The buffer on ``device``: one copy for the whole block."""
+        return replace(self, buffer=self.buffer.to(device, non_blocking=non_blocking))
+
+    def batches(self) -> Iterator[Any]:
+        """Every shard's batch, its tensors views of the buffer (no copy, no kernel): shards that share a layout
+        (all of them, normally) are cut from per-slot views of the whole block made once."""
+        views: Dict[_Slot, torch.Tensor] = {}
+        rows = self.buffer.shape[0]
+
+        def column(slot: _Slot) -> torch.Tensor:
+            if slot not in views:  # (S, *shape) view of every row's bytes at this slot
+                block = self.buffer[:, slot.offset:slot.offset + slot.nbytes]
+                views[slot] = block.view(slot.dtype).view(rows, *slot.shape)
+            return views[slot]
+
+        for row, skeleton in enumerate(self.skeletons):
+            yield _replace_tensors(skeleton, lambda slot, row=row: column(slot)[row])
+
+
+class DeviceDrawBlocks(Dataset):
+    """The draws of a :class:`DeviceShardDataset`, a block of consecutive optimizer steps at a time (for one loader
+    worker): item ``(epoch, block)`` is a :class:`DrawBlock` of the shards ``sampler`` yields for this process in
+    steps ``[block · steps_per_block, (block + 1) · steps_per_block)`` of ``epoch``.
+
+    Every shard is drawn by :meth:`DeviceShardDataset.__getitems__` from its own (seed, epoch, step, shard) generators,
+    as the per-step loader draws it: the same batches, so DDP still equals gradient accumulation and a resumed run
+    repeats the interrupted one.
+
+    Args:
+        shards: Draws one shard (indices, crops, flips, plan).
+        sampler: The batch-repetition sampler (``timm_mimo.data.BatchRepeatSampler``); copied, not changed.
+        steps_per_block: Optimizer steps per block.
+    """
+
+    def __init__(self, shards: DeviceShardDataset, sampler: Any, steps_per_block: int):
+        self.shards = shards
+        self.sampler = copy.copy(sampler)
+        self.steps_per_block = steps_per_block
+
+    def __len__(self) -> int:
+        return -(-self.sampler.steps_per_epoch // self.steps_per_block)
+
+    def __getitem__(self, key: Tuple[int, int]) -> DrawBlock:
+        epoch, block = key
+        self.sampler.set_epoch(epoch)
+        per_step = self.sampler.grad_accum_steps
+        first = block * self.steps_per_block * per_step
+        last = min((block + 1) * self.steps_per_block, self.sampler.steps_per_epoch) * per_step
+        packed = [pack_batch(self.shards.__getitems__(request))
+                  for request in itertools.islice(iter(self.sampler), first, last)]
+        buffer = torch.zeros(len(packed), max(p.buffer.numel() for p in packed), dtype=torch.uint8)
+        for row, batch in enumerate(packed):
+            buffer[row, :batch.buffer.numel()] = batch.buffer
+        return DrawBlock(epoch, block, buffer, [batch.skeleton for batch in packed])
+
+
+class _BlockOrder:
+    """``(epoch, block)`` from ``(first_epoch, 0)`` on, without end (a loader's sampler)."""
+
+    def __init__(self, first_epoch: int, blocks_per_epoch: int):
+        self.first_epoch = first_epoch
+        self.blocks_per_epoch = blocks_per_epoch
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        for epoch in itertools.count(self.first_epoch):
+            for block in range(self.blocks_per_epoch):
+                yield epoch, block
+
+
+class DeviceDrawBatches:
+    """``--device-data`` training batches: a block of steps' draws made ahead, one copy to the device, views per step.
+
+    One loader worker draws the next block (normally a whole epoch: indices, crops, flips and MIMO plans of every
+    shard, :class:`DeviceDrawBlocks`) while the steps of the current one run; the block arrives pinned, is copied to
+    the device in one transfer, and each step's shards are views of it augmented on the device
+    (:func:`augment_draws`). A step thus does no loader hand-off, no host-to-device copy and no sampler work; the
+    batches are those of the per-step loader over :class:`DeviceShardDataset`, in the same order. Iterate once per
+    epoch after ``sampler.set_epoch(epoch)``, as a DataLoader.
+
+    Args:
+        shards: Draws one shard.
+        sampler: The batch-repetition sampler (its ``epoch`` says which epoch an iteration yields).
+        device_images: The images the draws index.
+        channels_last: Hand over channels-last images.
+        num_workers: 0: blocks are drawn in the main process when needed; otherwise one worker draws ahead.
+        pin_memory: Page-lock the blocks (asynchronous copies to a GPU).
+        max_block_bytes: Largest block buffer; an epoch whose draws are larger is split into blocks of whole steps.
+    """
+
+    def __init__(self, shards: DeviceShardDataset, sampler: Any, device_images: DeviceImages,
+                 channels_last: bool = False, num_workers: int = 1, pin_memory: bool = False,
+                 max_block_bytes: int = 512 * 2 ** 20):
+        self.sampler = sampler
+        self.device_images = device_images
+        self.channels_last = channels_last
+        first = copy.copy(sampler)
+        first.set_epoch(0)
+        shard_bytes = pack_batch(shards.__getitems__(next(iter(first)))).buffer.numel()
+        step_bytes = shard_bytes * sampler.grad_accum_steps
+        self.steps_per_block = max(1, min(sampler.steps_per_epoch, max_block_bytes // step_bytes))
+        self.blocks = DeviceDrawBlocks(shards, sampler, self.steps_per_block)
+        self.num_workers = min(num_workers, 1)
+        self.pin_memory = pin_memory
+        self.collate_fn: Callable[[Any], Any] = keep_batch  # applied to each block in the worker
+        self.loader: Optional[DataLoader] = None
+        self._stream: Optional[Iterator[DrawBlock]] = None
+        self._next_block: Optional[Tuple[int, int]] = None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def _restart(self, epoch: int) -> None:
+        """A new loader whose worker draws blocks from ``(epoch, 0)`` on."""
+        self._stream = None  # the old loader's worker ends with its iterator
+        self.loader = DataLoader(self.blocks, batch_size=None, sampler=_BlockOrder(epoch, len(self.blocks)),
+                                 num_workers=self.num_workers, collate_fn=self.collate_fn, pin_memory=self.pin_memory,
+                                 prefetch_factor=1 if self.num_workers else None,
+                                 worker_init_fn=quiet_worker_signals)
+        self._stream = iter(self.loader)
+        self._next_block = (epoch, 0)
+
+    def __iter__(self) -> Iterator[MimoBatch]:
+        epoch = self.sampler.epoch
+        if self._next_block != (epoch, 0):  # first epoch, a jump (resume, benchmark) or an epoch left half-way
+            self._restart(epoch)
+        device = self.device_images.device
+        for index in range(len(self.blocks)):
+            block = next(self._stream)
+            if (block.epoch, block.block) != (epoch, index):
+                raise RuntimeError(f'device draws out of order: got block {block.block} of epoch {block.epoch}, '
+                                   f'expected {index} of {epoch}')
+            self._next_block = (epoch, index + 1) if index + 1 < len(self.blocks) else (epoch + 1, 0)
+            for batch in block.to(device, non_blocking=True).batches():
+                yield augment_draws(batch, self.device_images, self.channels_last)
+
+
 class Prefetcher:
     """Iterates a loader one batch ahead with the next batch's copies and normalisation already issued.
 
@@ -436,13 +607,7 @@ class Prefetcher:
             if moved.draws is not None:
                 if self.device_images is None:
                     raise ValueError('a batch of device draws needs the DeviceImages it indexes')
-                images, targets = self.device_images.augment(moved.draws)
-                if self.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                cut = images.shape[0] - moved.draws.num_partners
-                partners = (images[cut:], targets[cut:]) if moved.draws.num_partners else (None, None)
-                return replace(moved, images=images[:cut], targets=targets[:cut], partner_images=partners[0],
-                               partner_targets=partners[1], draws=None)
+                return augment_draws(moved, self.device_images, self.channels_last)
             partners = None if moved.partner_images is None else self._images(moved.partner_images)
             return replace(moved, images=self._images(moved.images), partner_images=partners)
         images, targets = batch[0], batch[1]

@@ -2,12 +2,14 @@
 
 Training reads a :class:`~timm_mimo.data.BatchRepeatSampler` through a :class:`~timm_mimo.loader.ShardDataset`
 (persistent workers load the images and draw each shard's MIMO plan), or with ``--device-data`` a
-:class:`~timm_mimo.loader.DeviceImages` copy of the whole split kept on the device; evaluation reads its share of the
-validation split in order. Both go through a :class:`~timm_mimo.loader.Prefetcher` unless ``--no-prefetcher``: uint8
-images from pinned memory, copied without blocking on a side stream and normalised on the device, as timm's
+:class:`~timm_mimo.loader.DeviceImages` copy of the whole split kept on the device, cut into batches by draws made an
+epoch ahead (:class:`~timm_mimo.loader.DeviceDrawBatches`); evaluation reads its share of the validation split in
+order. Loaded images go through a :class:`~timm_mimo.loader.Prefetcher` unless ``--no-prefetcher``: uint8 images
+from pinned memory, copied without blocking on a side stream and normalised on the device, as timm's
 ``PrefetchLoader`` does.
 """
 import argparse
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -28,6 +30,7 @@ from timm_mimo.data import (
     open_dataset,
 )
 from timm_mimo.loader import (
+    DeviceDrawBatches,
     DeviceImages,
     DeviceShardDataset,
     Prefetcher,
@@ -40,6 +43,8 @@ from timm_mimo.task import MimoTask
 __all__ = ['TrainData', 'open_train_split', 'open_train_data', 'open_eval_split', 'create_train_loader',
            'create_eval_loader', 'device_batches', 'pin_memory',
            'load_device_images', 'DEVICE_DATA_REFUSED']
+
+_logger = logging.getLogger('train')
 
 # training options that the device-resident data path cannot apply (it does the CIFAR recipe: pad-crop, flip)
 DEVICE_DATA_REFUSED = (('aa', None, '--aa'), ('reprob', 0.0, '--reprob'))
@@ -144,26 +149,30 @@ def load_device_images(dataset: Dataset, args: argparse.Namespace, data_config: 
 
 def create_train_loader(args: argparse.Namespace, data: TrainData, task: MimoTask, num_epochs: int,
                         device: torch.device, data_config: Dict[str, Any]) -> Iterable[Any]:
-    """The training batches: :class:`~timm_mimo.loader.MimoBatch` es on ``device``, plans drawn in the workers."""
+    """The training batches: :class:`~timm_mimo.loader.MimoBatch` es on ``device``, plans drawn in the workers (with
+    ``--device-data`` an epoch ahead, in one worker)."""
     image_size = tuple(data_config['input_size'][-2:])
     plan_sampler = task.plan_sampler(image_size) if task.mimo else None
     steps = data.sampler.steps_per_epoch
     in_chans = data_config['input_size'][0]
     mean, std = channel_stats(data_config['mean'], in_chans), channel_stats(data_config['std'], in_chans)
-    device_images = None
     if args.device_data:
         device_images = load_device_images(data.dataset, args, data_config, device)
         if args.torchcompile:
             device_images.compile(args.torchcompile, args.torchcompile_mode)
         hflip = 0.0 if args.no_aug else args.hflip
-        shards: Dataset = DeviceShardDataset(len(data.dataset), device_images.pad, hflip, plan_sampler, steps,
-                                             num_epochs, args.seed, random_crop=not args.no_aug)
-    else:
-        shards = ShardDataset(data.dataset, plan_sampler, steps, num_epochs, args.seed)
+        draws = DeviceShardDataset(len(data.dataset), device_images.pad, hflip, plan_sampler, steps, num_epochs,
+                                   args.seed, random_crop=not args.no_aug)
+        if args.no_prefetcher and args.rank == 0:
+            _logger.info('--device-data: the training batches are cut on the device from draws made an epoch ahead; '
+                         '--no-prefetcher has no copy to leave unprefetched there')
+        return DeviceDrawBatches(draws, data.sampler, device_images, args.channels_last, args.workers,
+                                 pin_memory(args, device))
+    shards = ShardDataset(data.dataset, plan_sampler, steps, num_epochs, args.seed)
     loader = DataLoader(shards, batch_sampler=data.sampler, collate_fn=pack_batch, **_loader_kwargs(args, device))
     if args.no_prefetcher:
-        return _MovedBatches(loader, device, args.channels_last, device_images)
-    return Prefetcher(loader, device, mean, std, args.channels_last, _random_erasing(args, device), device_images)
+        return _MovedBatches(loader, device, args.channels_last)
+    return Prefetcher(loader, device, mean, std, args.channels_last, _random_erasing(args, device))
 
 
 def open_eval_split(args: argparse.Namespace, transform: Any,
@@ -216,10 +225,9 @@ def device_batches(loader: DataLoader, args: argparse.Namespace, data_config: Di
 class _MovedBatches:
     """``--no-prefetcher``: the loader's normalised batches moved to the device as they come (no side stream)."""
 
-    def __init__(self, loader: DataLoader, device: torch.device, channels_last: bool,
-                 device_images: Optional[DeviceImages] = None):
+    def __init__(self, loader: DataLoader, device: torch.device, channels_last: bool):
         self.loader = loader
-        self.prefetcher = Prefetcher(loader, device, channels_last=channels_last, device_images=device_images)
+        self.prefetcher = Prefetcher(loader, device, channels_last=channels_last)
 
     def __len__(self) -> int:
         return len(self.loader)
