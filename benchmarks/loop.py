@@ -30,10 +30,10 @@ it, batches produced before the round were counted; ``--loader-share S`` sets th
 loader times so that the loader delivers S times the step rate (set again in each round from that round's step; e.g.
 0.4: loop / step must then read about 0.4).
 
-With ``--device-data`` the draws of a whole epoch are made ahead (one worker) and copied to the device in one block
-(:class:`~timm_mimo.loader.DeviceDrawBatches`): nothing is queued per batch, a loop round reads the block the way
-training does (crossing an epoch's end when the round does), and a per-batch data delay has no batch to slow:
-``--data-delay-ms`` / ``--loader-share`` are refused there (measure a slow data path on the worker path).
+With ``--device-data`` the draws of a whole epoch are made ahead (in blocks, by the workers) and copied to the device
+one block at a time (:class:`~timm_mimo.loader.DeviceDrawBatches`): nothing is queued per batch, a loop round reads the
+block the way training does (crossing an epoch's end when the round does), and a per-batch data delay has no batch to
+slow: ``--data-delay-ms`` / ``--loader-share`` are refused there (measure a slow data path on the worker path).
 
 Both sides are built first and measured in alternating rounds (``--rounds``; the best time of each kept, like every
 other benchmark family here; the ratios are the median of each round's own, as a round's step, loop and loader run

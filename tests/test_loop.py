@@ -449,16 +449,17 @@ def _device_draw_epochs(kind, epochs, workers=0, max_block_bytes=None, rank=0, w
     return got, loader
 
 
-@pytest.mark.parametrize('workers, max_block_bytes', [(0, None), (1, 1), (1, 22_000)])
+@pytest.mark.parametrize('workers, max_block_bytes', [(0, None), (1, 1), (1, 22_000), (2, None)])
 def test_epoch_ahead_device_draws_are_the_per_step_loaders_batches(workers, max_block_bytes):
-    """--device-data draws a block of steps ahead (an epoch when it fits, else blocks of whole steps, the last one
-    shorter) and cuts each step's shards from one buffer: the same batches as the per-step loader, epoch after epoch
-    and from a resumed epoch, in the layout the model expects, with each shard's host-side plan flag kept."""
+    """--device-data draws an epoch ahead in blocks of whole steps (the epoch split among the workers, blocks capped in
+    bytes, the last one shorter) and cuts each step's shards from a block's buffer: the same batches as the per-step
+    loader, epoch after epoch and from a resumed epoch, in the layout the model expects, with each shard's host-side
+    plan flag kept."""
     reference, _ = _device_draw_epochs('steps', [0, 1, 2])
     got, loader = _device_draw_epochs('blocks', [0, 1, 2], workers, max_block_bytes)
     assert len(reference[0]) == 2 * 6 and all(len(e) == len(r) for e, r in zip(got, reference))
-    if max_block_bytes is None:
-        assert loader.steps_per_block == 6 and len(loader.blocks) == 1  # the whole epoch in one block
+    if max_block_bytes is None:  # the whole epoch in one block, or split between the workers
+        assert loader.steps_per_block == 6 // max(workers, 1) and len(loader.blocks) == max(workers, 1)
     elif max_block_bytes == 1:
         assert loader.steps_per_block == 1 and len(loader.blocks) == 6
     else:

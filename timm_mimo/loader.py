@@ -9,9 +9,9 @@
   ``PrefetchLoader`` habits). On a CPU device it does the same work inline.
 * :class:`DeviceImages` keeps a small data set (CIFAR, Tiny ImageNet, any folder of same-sized images) decoded once as
   uint8 on the device and applies the CIFAR recipe's augmentations there (pad-crop, flip, normalisation) as one gather;
-  :class:`DeviceDrawBatches` draws an epoch's indices, crops, flips and plans ahead in one loader worker, packed in
-  one buffer that reaches the device in one copy, and cuts every step's batch from it with views: no loader hand-off,
-  no host-to-device copy and no sampler work inside a step.
+  :class:`DeviceDrawBatches` draws an epoch's indices, crops, flips and plans ahead in the loader workers, packed in a
+  few blocks that reach the device in one copy each, and cuts every step's batch from them with views: no loader
+  hand-off, no host-to-device copy and no sampler work inside a step.
 
 Random draws stay pure functions of (seed, epoch, step, shard), whichever path is taken: DDP over N processes equals
 gradient accumulation over N shards, and a resumed run repeats the interrupted one exactly.
@@ -483,23 +483,25 @@ class _BlockOrder:
 
 
 class DeviceDrawBatches:
-    """``--device-data`` training batches: a block of steps' draws made ahead, one copy to the device, views per step.
+    """``--device-data`` training batches: an epoch's draws made ahead in blocks, one copy each, views per step.
 
-    One loader worker draws the next block (normally a whole epoch: indices, crops, flips and MIMO plans of every
-    shard, :class:`DeviceDrawBlocks`) while the steps of the current one run; the block arrives pinned, is copied to
-    the device in one transfer, and each step's shards are views of it augmented on the device
-    (:func:`augment_draws`). A step thus does no loader hand-off, no host-to-device copy and no sampler work; the
-    batches are those of the per-step loader over :class:`DeviceShardDataset`, in the same order. Iterate once per
-    epoch after ``sampler.set_epoch(epoch)``, as a DataLoader.
+    The loader workers draw the next epoch (indices, crops, flips and MIMO plans of every shard,
+    :class:`DeviceDrawBlocks`) while the current one trains, each worker a block of consecutive steps (an epoch split
+    among the workers, in blocks of at most ``max_block_bytes``); a block arrives pinned, is copied to the device in one
+    transfer, and each step's shards are views of it augmented on the device (:func:`augment_draws`). A step thus does
+    no loader hand-off, no host-to-device copy and no sampler work; the batches are those of the per-step loader over
+    :class:`DeviceShardDataset`, in the same order. Iterate once per epoch after ``sampler.set_epoch(epoch)``, as a
+    DataLoader.
 
     Args:
         shards: Draws one shard.
         sampler: The batch-repetition sampler (its ``epoch`` says which epoch an iteration yields).
         device_images: The images the draws index.
         channels_last: Hand over channels-last images.
-        num_workers: 0: blocks are drawn in the main process when needed; otherwise one worker draws ahead.
+        num_workers: 0: blocks are drawn in the main process when needed; otherwise the workers draw one block each
+            ahead (``prefetch_factor`` 1: about an epoch ahead).
         pin_memory: Page-lock the blocks (asynchronous copies to a GPU).
-        max_block_bytes: Largest block buffer; an epoch whose draws are larger is split into blocks of whole steps.
+        max_block_bytes: Largest block buffer (blocks hold whole steps).
     """
 
     def __init__(self, shards: DeviceShardDataset, sampler: Any, device_images: DeviceImages,
@@ -512,9 +514,11 @@ class DeviceDrawBatches:
         first.set_epoch(0)
         shard_bytes = pack_batch(shards.__getitems__(next(iter(first)))).buffer.numel()
         step_bytes = shard_bytes * sampler.grad_accum_steps
-        self.steps_per_block = max(1, min(sampler.steps_per_epoch, max_block_bytes // step_bytes))
+        steps = sampler.steps_per_epoch
+        # an epoch split among the workers (they draw its blocks side by side), within the size cap
+        self.steps_per_block = max(1, min(-(-steps // max(num_workers, 1)), max_block_bytes // step_bytes))
         self.blocks = DeviceDrawBlocks(shards, sampler, self.steps_per_block)
-        self.num_workers = min(num_workers, 1)
+        self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.collate_fn: Callable[[Any], Any] = keep_batch  # applied to each block in the worker
         self.loader: Optional[DataLoader] = None
@@ -525,8 +529,8 @@ class DeviceDrawBatches:
         return len(self.sampler)
 
     def _restart(self, epoch: int) -> None:
-        """A new loader whose worker draws blocks from ``(epoch, 0)`` on."""
-        self._stream = None  # the old loader's worker ends with its iterator
+        """A new loader whose workers draw blocks from ``(epoch, 0)`` on."""
+        self._stream = None  # the old loader's workers end with its iterator
         self.loader = DataLoader(self.blocks, batch_size=None, sampler=_BlockOrder(epoch, len(self.blocks)),
                                  num_workers=self.num_workers, collate_fn=self.collate_fn, pin_memory=self.pin_memory,
                                  prefetch_factor=1 if self.num_workers else None,

@@ -150,7 +150,7 @@ def load_device_images(dataset: Dataset, args: argparse.Namespace, data_config: 
 def create_train_loader(args: argparse.Namespace, data: TrainData, task: MimoTask, num_epochs: int,
                         device: torch.device, data_config: Dict[str, Any]) -> Iterable[Any]:
     """The training batches: :class:`~timm_mimo.loader.MimoBatch` es on ``device``, plans drawn in the workers (with
-    ``--device-data`` an epoch ahead, in one worker)."""
+    ``--device-data`` an epoch ahead, in blocks)."""
     image_size = tuple(data_config['input_size'][-2:])
     plan_sampler = task.plan_sampler(image_size) if task.mimo else None
     steps = data.sampler.steps_per_epoch
