@@ -20,7 +20,7 @@ mkdir -p "$OUT"
 run() {  # run <name> <command...>: the command line and its output into $OUT/<name>.txt
   local name=$1; shift
   { echo "\$ $*"; echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD), $(nproc) cores," \
-      "load average $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min), torch threads default"; "$@"; } 2>&1 \
+      "runnable processes $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15-min means), torch threads default"; "$@"; } 2>&1 \
     | grep -v -e 'UserWarning' -e 'warnings.warn' | tee "$OUT/$name.txt"
 }
 part() { [[ " $PARTS " == *" $1 "* ]]; }
