@@ -296,7 +296,7 @@ def test_device_data_compiled_step_launches_a_handful_of_ops_from_the_host(small
     the device before it began; what the host still dispatches per step, counted with the CPU profiler over three
     steady steps, is the shard's views of that block, the backward's seed gradient and the loss weighting: no model,
     augmentation or optimizer op (the eager step dispatches over 500), no sampler work (shuffles), no loader hand-off
-    (a buffer received from a worker) and no copy. (With draws handed over per step, 75 ops, 5 of them kernels.)"""
+    (a buffer received from a worker) and no copy. (With draws handed over per step: 73 ops, 5 of them kernels.)"""
     from test_train import run_args
     from torch.profiler import ProfilerActivity, profile
 
